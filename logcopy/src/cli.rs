@@ -1,0 +1,172 @@
+//! The command line: upstream's script names and flags as subcommands, so an operator can swap them in.
+//!
+//! Exit codes, the same for every subcommand: 0 success; 1 the work failed (where upstream's Python raised and
+//! exited 1: a merge that stops on duplicate routes, a file that is not a results file, ...); 2 bad usage or
+//! configuration.
+
+use crate::results::file::{self, DEFAULT_MAX_BYTES, LoadError, Loaded};
+use crate::results::pyjson::{self, Object, Value};
+use crate::results::{self, Input, MergeFailure, Version, evalai};
+use crate::volume::atomic_write;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The Leaderboard version when neither a flag nor the files decide it.
+pub const DEFAULT_VERSION: Version = Version::V2;
+
+#[derive(Debug, Parser)]
+#[command(name = "logcopy", version, about = "The CARLA Leaderboard results sidecar", propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Merge worker result files into one Leaderboard results file (drop-in for merge_statistics.py).
+    Merge(MergeArgs),
+    /// Convert a merged results file to EvalAI's results.json, stdout.txt and metadata.json
+    /// (drop-in for generate_results.py, generate_stdout.py and generate_metadata.py at once).
+    Evalai(EvalaiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The worker files, in worker order. Missing, empty or half-written files count as no data, as upstream.
+    #[arg(short = 'f', long = "file-paths", num_args = 1.., required = true, value_name = "FILE")]
+    pub file_paths: Vec<PathBuf>,
+    /// Where the merged file is written (atomically; left untouched when the merge fails).
+    #[arg(short = 'e', long, value_name = "FILE")]
+    pub endpoint: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalaiArgs {
+    /// The merged results file.
+    #[arg(short = 'f', long = "file-path", value_name = "FILE")]
+    pub file_path: PathBuf,
+    /// The folder that receives results.json, stdout.txt and metadata.json (created if missing).
+    #[arg(short = 'o', long = "out-dir", value_name = "DIR")]
+    pub out_dir: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Force the Leaderboard version (1.0 or 2.0) instead of detecting it from the files (default when
+    /// nothing in them tells: 2.0).
+    #[arg(long = "leaderboard-version", value_name = "VERSION")]
+    pub leaderboard_version: Option<Version>,
+    /// Refuse a results file larger than this many bytes.
+    #[arg(long = "max-results-bytes", value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES)]
+    pub max_results_bytes: u64,
+}
+
+/// Runs a parsed command line and decides the exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Merge(a) => merge(&a),
+        Command::Evalai(a) => evalai(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failed) => ExitCode::from(1),
+    }
+}
+
+/// The work failed; the reasons were printed.
+struct Failed;
+
+fn fail(cmd: &str, msg: impl std::fmt::Display) -> Failed {
+    eprintln!("logcopy {cmd}: error: {msg}");
+    Failed
+}
+
+fn merge(a: &MergeArgs) -> Result<(), Failed> {
+    let mut inputs = Vec::with_capacity(a.file_paths.len());
+    for path in &a.file_paths {
+        let name = path.display().to_string();
+        match file::load(path, a.common.max_results_bytes) {
+            Ok(Loaded::Data(data)) => inputs.push(Input { name, data }),
+            Ok(Loaded::Missing) => eprintln!("logcopy merge: note: {name}: does not exist; counted as no data, as upstream"),
+            Ok(Loaded::NoData { reason }) => eprintln!("logcopy merge: note: {name}: {reason}; counted as no data, as upstream"),
+            Err(e) => return Err(fail("merge", e)),
+        }
+    }
+    let version = match a.common.leaderboard_version {
+        Some(v) => v,
+        None => results::detect_all(inputs.iter().map(|i| (i.name.as_str(), &i.data)))
+            .map_err(|e| fail("merge", e))?
+            .unwrap_or(DEFAULT_VERSION),
+    };
+    match results::merge(version, &inputs) {
+        Ok(m) => {
+            for w in &m.warnings {
+                eprintln!("logcopy merge: warning: {w}");
+            }
+            atomic_write(&a.endpoint, m.to_bytes().as_bytes()).map_err(|e| fail("merge", e))
+        }
+        Err(MergeFailure { error, partial }) => {
+            // 1.0 writes the record list before its global step, as upstream does.
+            if let Some(p) = partial {
+                let bytes = pyjson::to_pretty(&p, version.sort_keys());
+                atomic_write(&a.endpoint, bytes.as_bytes()).map_err(|e| fail("merge", e))?;
+            }
+            Err(fail("merge", error))
+        }
+    }
+}
+
+fn evalai(a: &EvalaiArgs) -> Result<(), Failed> {
+    let path = &a.file_path;
+    let raw = file::read_regular(path, a.common.max_results_bytes);
+    // What upstream's `fetch_dict` hands the converters: an object, nothing (missing, corrupt, or a JSON value
+    // that is not an object, which they test with `in` and export as no data), or a crash.
+    let data: Result<Option<Object>, String> = match &raw {
+        Ok(None) => Ok(None),
+        Ok(Some(bytes)) => match Loaded::from_bytes(path, bytes) {
+            Ok(Loaded::Data(Value::Object(o))) => Ok(Some(o)),
+            Ok(_) | Err(LoadError::NotAnObject { .. }) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    let version = a.common.leaderboard_version.unwrap_or_else(|| match &data {
+        Ok(Some(o)) => results::detect(&Value::Object(o.clone())).unwrap_or(DEFAULT_VERSION),
+        _ => DEFAULT_VERSION,
+    });
+    std::fs::create_dir_all(&a.out_dir)
+        .map_err(|e| fail("evalai", format!("cannot create {}: {e}", a.out_dir.display())))?;
+    let data = data.as_ref().map(Option::as_ref).map_err(String::clone);
+    let outputs = [
+        ("results.json", data.clone().and_then(|d| evalai::results_json(version, d).map_err(|e| e.to_string()))),
+        ("stdout.txt", data.and_then(|d| evalai::stdout_txt(version, d).map_err(|e| e.to_string()))),
+    ];
+    let mut ok = true;
+    for (name, produced) in outputs {
+        let written = produced.and_then(|s| atomic_write(&a.out_dir.join(name), s.as_bytes()).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            ok = false;
+            fail("evalai", format!("{name} not written: {}: {e}", path.display()));
+        }
+    }
+    // metadata.json is a byte copy of the merged file; without one, upstream keeps the old copy.
+    match raw {
+        Ok(Some(bytes)) => {
+            if let Err(e) = atomic_write(&a.out_dir.join("metadata.json"), &bytes) {
+                ok = false;
+                fail("evalai", e);
+            }
+        }
+        Ok(None) => println!("Couldn't generate the metadata, missing input file '{}'", path.display()),
+        Err(e) => {
+            ok = false;
+            fail("evalai", format!("metadata.json not written: {e}"));
+        }
+    }
+    if ok { Ok(()) } else { Err(Failed) }
+}
