@@ -11,6 +11,7 @@ use crate::volume::atomic_write;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// The Leaderboard version when neither a flag nor the files decide it.
 pub const DEFAULT_VERSION: Version = Version::V2;
@@ -92,8 +93,12 @@ fn merge(a: &MergeArgs) -> Result<(), Failed> {
         let name = path.display().to_string();
         match file::load(path, a.common.max_results_bytes) {
             Ok(Loaded::Data(data)) => inputs.push(Input { name, data }),
-            Ok(Loaded::Missing) => eprintln!("logcopy merge: note: {name}: does not exist; counted as no data, as upstream"),
-            Ok(Loaded::NoData { reason }) => eprintln!("logcopy merge: note: {name}: {reason}; counted as no data, as upstream"),
+            Ok(Loaded::Missing) => {
+                eprintln!("logcopy merge: note: {name}: does not exist; counted as no data, as upstream")
+            }
+            Ok(Loaded::NoData { reason }) => {
+                eprintln!("logcopy merge: note: {name}: {reason}; counted as no data, as upstream")
+            }
             Err(e) => return Err(fail("merge", e)),
         }
     }
@@ -129,14 +134,14 @@ fn evalai(a: &EvalaiArgs) -> Result<(), Failed> {
     let data: Result<Option<Object>, String> = match &raw {
         Ok(None) => Ok(None),
         Ok(Some(bytes)) => match Loaded::from_bytes(path, bytes) {
-            Ok(Loaded::Data(Value::Object(o))) => Ok(Some(o)),
+            Ok(Loaded::Data(Value::Object(o))) => Ok(Some(Arc::unwrap_or_clone(o))),
             Ok(_) | Err(LoadError::NotAnObject { .. }) => Ok(None),
             Err(e) => Err(e.to_string()),
         },
         Err(e) => Err(e.to_string()),
     };
     let version = a.common.leaderboard_version.unwrap_or_else(|| match &data {
-        Ok(Some(o)) => results::detect(&Value::Object(o.clone())).unwrap_or(DEFAULT_VERSION),
+        Ok(Some(o)) => results::detect(&Value::object(o.clone())).unwrap_or(DEFAULT_VERSION),
         _ => DEFAULT_VERSION,
     });
     std::fs::create_dir_all(&a.out_dir)
@@ -148,7 +153,8 @@ fn evalai(a: &EvalaiArgs) -> Result<(), Failed> {
     ];
     let mut ok = true;
     for (name, produced) in outputs {
-        let written = produced.and_then(|s| atomic_write(&a.out_dir.join(name), s.as_bytes()).map_err(|e| e.to_string()));
+        let written =
+            produced.and_then(|s| atomic_write(&a.out_dir.join(name), s.as_bytes()).map_err(|e| e.to_string()));
         if let Err(e) = written {
             ok = false;
             fail("evalai", format!("{name} not written: {}: {e}", path.display()));

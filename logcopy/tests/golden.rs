@@ -109,8 +109,13 @@ fn run_case(case: &Case, force_version: bool) -> Vec<String> {
     }
 
     let out_dir = work.join("evalai");
-    let mut args: Vec<std::ffi::OsString> =
-        vec!["evalai".into(), "--file-path".into(), endpoint.into_os_string(), "--out-dir".into(), out_dir.clone().into_os_string()];
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "evalai".into(),
+        "--file-path".into(),
+        endpoint.into_os_string(),
+        "--out-dir".into(),
+        out_dir.clone().into_os_string(),
+    ];
     if force_version {
         args.extend(["--leaderboard-version".into(), case.version.into()]);
     }
@@ -118,7 +123,9 @@ fn run_case(case: &Case, force_version: bool) -> Vec<String> {
     if !out.status.success() {
         problems.push(format!("evalai failed: {}", show(&out.stderr)));
     }
-    for (ours, theirs) in [("results.json", "expected_evalai_results.json"), ("stdout.txt", "expected_evalai_stdout.txt")] {
+    for (ours, theirs) in
+        [("results.json", "expected_evalai_results.json"), ("stdout.txt", "expected_evalai_stdout.txt")]
+    {
         let want = read(&expected_dir.join(theirs));
         let got = read(&out_dir.join(ours));
         if want != got {
@@ -133,7 +140,12 @@ fn run_case(case: &Case, force_version: bool) -> Vec<String> {
         problems.push("metadata.json is not a byte copy of the merged file".into());
     }
     let _ = std::fs::remove_dir_all(&work);
-    problems.into_iter().map(|p| format!("{}/{name} (version {}): {p}", case.version, if force_version { "forced" } else { "detected" })).collect()
+    problems
+        .into_iter()
+        .map(|p| {
+            format!("{}/{name} (version {}): {p}", case.version, if force_version { "forced" } else { "detected" })
+        })
+        .collect()
 }
 
 #[test]

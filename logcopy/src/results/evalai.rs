@@ -52,7 +52,12 @@ fn group_name(version: Version, group: &'static str) -> &'static str {
 }
 
 /// `global_record[group][key]`, with upstream's KeyError as an error.
-fn global_field<'a>(version: Version, g: &'a Object, group: &'static str, key: &str) -> Result<&'a Value, ConvertError> {
+fn global_field<'a>(
+    version: Version,
+    g: &'a Object,
+    group: &'static str,
+    key: &str,
+) -> Result<&'a Value, ConvertError> {
     let group = group_name(version, group);
     g.get(group)
         .and_then(Value::as_object)
@@ -70,7 +75,7 @@ fn global_record(data: &Object) -> Result<Option<&Object>, ConvertError> {
     match cp.get("global_record") {
         None => Err(err("`_checkpoint` has no `global_record` (upstream: KeyError)")),
         Some(g) if !g.is_truthy() => Ok(None),
-        Some(Value::Object(g)) => Ok(Some(g)),
+        Some(Value::Object(g)) => Ok(Some(&**g)),
         Some(v) => Err(err(format!("`global_record` is {}, not an object", v.type_name()))),
     }
 }
@@ -92,8 +97,8 @@ pub fn results_value(version: Version, data: Option<&Object>) -> Result<Value, C
     let mut entry = Object::with_capacity(3);
     entry.insert("split", Value::str("leaderboard"));
     entry.insert("show_to_participant", Value::Bool(true));
-    entry.insert("accuracies", Value::Object(acc));
-    Ok(Value::Array(vec![Value::Object(entry)]))
+    entry.insert("accuracies", Value::object(acc));
+    Ok(Value::array(vec![Value::object(entry)]))
 }
 
 /// `results.json`, as `generate_results.py` writes it.
@@ -122,7 +127,11 @@ fn num_of(v: &Value, what: &str) -> Result<Num, ConvertError> {
 pub fn stdout_txt(version: Version, data: Option<&Object>) -> Result<String, ConvertError> {
     let Some(data) = data else { return Ok(INITIALIZING.into()) };
     let cp = match data.get("_checkpoint") {
-        Some(Value::Object(cp)) if data.contains_key("sensors") && cp.contains_key("progress") && cp.contains_key("records") => cp,
+        Some(Value::Object(cp))
+            if data.contains_key("sensors") && cp.contains_key("progress") && cp.contains_key("records") =>
+        {
+            cp
+        }
         _ => return Ok(INITIALIZING.into()),
     };
     let g = global_record(data)?;
@@ -141,11 +150,9 @@ pub fn stdout_txt(version: Version, data: Option<&Object>) -> Result<String, Con
     };
     let mut counts: Vec<(&str, usize)> = Vec::new();
     for s in sensors {
-        let pretty = PRETTY_SENSORS
-            .iter()
-            .find(|(k, _)| Some(*k) == s.as_str())
-            .map(|(_, p)| *p)
-            .ok_or_else(|| err(format!("unknown sensor {} (upstream: KeyError in PRETTY_SENSORS)", pyjson::py_repr(s))))?;
+        let pretty = PRETTY_SENSORS.iter().find(|(k, _)| Some(*k) == s.as_str()).map(|(_, p)| *p).ok_or_else(|| {
+            err(format!("unknown sensor {} (upstream: KeyError in PRETTY_SENSORS)", pyjson::py_repr(s)))
+        })?;
         match counts.iter_mut().find(|(p, _)| *p == pretty) {
             Some((_, n)) => *n += 1,
             None => counts.push((pretty, 1)),
@@ -193,19 +200,20 @@ pub fn stdout_txt(version: Version, data: Option<&Object>) -> Result<String, Con
                 .and_then(|v| num_of(v, &format!("record {i}: `meta.{k}`")))
         };
         let (dg, ds) = (meta_num("duration_game")?, meta_num("duration_system")?);
-        let ratio = if ds.is_zero() { Num::Int(0) } else { dg.div(ds).map_err(|e| err(e.to_string()))? };
+        let ratio = if ds.is_zero() { Num::Int(0) } else { dg.py_div(ds).map_err(|e| err(e.to_string()))? };
         routes.push(Route {
             id: field("route_id")?,
             index: field("index")?,
             status: field("status")?,
             ratio: ratio.round(4),
-            fps: Num::Int(20).mul(ratio).round(4),
+            fps: Num::Int(20).py_mul(ratio).round(4),
         });
-        game = game.add(dg);
-        system = system.add(ds);
+        game = game.py_add(dg);
+        system = system.py_add(ds);
     }
-    let ratio = if system.is_zero() { Num::Float(0.0) } else { game.div(system).map_err(|e| err(e.to_string()))? }.round(4);
-    let fps = Num::Int(20).mul(ratio).round(4);
+    let ratio =
+        if system.is_zero() { Num::Float(0.0) } else { game.py_div(system).map_err(|e| err(e.to_string()))? }.round(4);
+    let fps = Num::Int(20).py_mul(ratio).round(4);
     out.push_str(&format!("- Submission ratio of {}x\n", py_str(&ratio.to_value())));
     out.push_str(&format!("- Submission FPS of {}\n", py_str(&fps.to_value())));
 
@@ -246,7 +254,10 @@ mod tests {
 
     #[test]
     fn unknown_sensor_is_an_error_like_upstream() {
-        let v = parse(br#"{"_checkpoint": {"global_record": {}, "progress": [0, 1], "records": []}, "sensors": ["sonar"]}"#).unwrap();
+        let v = parse(
+            br#"{"_checkpoint": {"global_record": {}, "progress": [0, 1], "records": []}, "sensors": ["sonar"]}"#,
+        )
+        .unwrap();
         let e = stdout_txt(Version::V2, v.as_object()).unwrap_err();
         assert!(e.0.contains("unknown sensor 'sonar'"), "{e}");
     }

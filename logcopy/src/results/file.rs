@@ -41,9 +41,9 @@ impl Loaded {
             }),
             Ok(v @ Value::Object(_)) => Ok(Loaded::Data(v)),
             Ok(v) => Err(LoadError::NotAnObject { path: path.to_path_buf(), found: v.type_name() }),
-            Err(e @ ParseError::Syntax { .. }) => Ok(Loaded::NoData {
-                reason: if bytes.is_empty() { "the file is empty".into() } else { e.to_string() },
-            }),
+            Err(e @ ParseError::Syntax { .. }) => {
+                Ok(Loaded::NoData { reason: if bytes.is_empty() { "the file is empty".into() } else { e.to_string() } })
+            }
             Err(e) => Err(LoadError::Parse { path: path.to_path_buf(), source: e }),
         }
     }
@@ -131,7 +131,8 @@ mod tests {
     use super::*;
 
     fn tmp() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("logcopy-file-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let d =
+            std::env::temp_dir().join(format!("logcopy-file-{}-{:?}", std::process::id(), std::thread::current().id()));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
@@ -141,7 +142,9 @@ mod tests {
         let d = tmp();
         let p = d.join("r.json");
         assert_eq!(load(&p, 100).unwrap(), Loaded::Missing);
-        for (bytes, no_data) in [(&b""[..], true), (b"{\"a\": ", true), (b"[]", true), (b"{}", true), (b"{\"a\": 1}", false)] {
+        for (bytes, no_data) in
+            [(&b""[..], true), (b"{\"a\": ", true), (b"[]", true), (b"{}", true), (b"{\"a\": 1}", false)]
+        {
             std::fs::write(&p, bytes).unwrap();
             let l = load(&p, 100).unwrap();
             assert_eq!(matches!(l, Loaded::NoData { .. }), no_data, "{bytes:?}");

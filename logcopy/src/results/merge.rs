@@ -15,6 +15,7 @@ use super::num::Num;
 use super::pyjson::{Object, Value};
 use super::stats;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// One worker file that holds data, in argument order.
 #[derive(Debug, Clone)]
@@ -110,7 +111,8 @@ fn worker(input: &Input) -> Result<Worker<'_>, MergeError> {
         Some(v) => return Err(malformed(name, format!("`_checkpoint.progress` is {}, not a list", v.type_name()))),
         None => return Err(malformed(name, "has no `_checkpoint.progress` (upstream: KeyError 'progress')")),
     };
-    let sensors = top.get("sensors").ok_or_else(|| malformed(name, "has no `sensors` (upstream: KeyError 'sensors')"))?;
+    let sensors =
+        top.get("sensors").ok_or_else(|| malformed(name, "has no `sensors` (upstream: KeyError 'sensors')"))?;
     for (i, r) in records.iter().enumerate() {
         match r.as_object().map(|o| o.get("route_id")) {
             Some(Some(Value::Str(_))) => {}
@@ -144,12 +146,13 @@ impl Totals<'_> {
 }
 
 fn totals(inputs: &[Input]) -> Result<Totals<'_>, MergeError> {
-    let mut t = Totals { workers: Vec::new(), total_routes: 0, total_progress: Num::ZERO, sensors: Value::Array(vec![]) };
+    let mut t =
+        Totals { workers: Vec::new(), total_routes: 0, total_progress: Num::ZERO, sensors: Value::array(vec![]) };
     let mut first_sensors: Option<&str> = None;
     for input in inputs {
         let w = worker(input)?;
         t.total_routes += w.records.len() as i64;
-        t.total_progress = t.total_progress.add(w.total);
+        t.total_progress = t.total_progress.py_add(w.total);
         if w.sensors.is_truthy() {
             match first_sensors {
                 None => {
@@ -224,7 +227,11 @@ fn check_missing_data(sorted: &[(&str, &str, (i64, i64))]) -> Result<(), MergeEr
         }
         let total = route.saturating_mul(rep_num).saturating_add(rep);
         if total.saturating_sub(prev_total) > 1 {
-            return Err(MergeError::MissingData { from: prev_id.to_string(), to: id.to_string(), file: file.to_string() });
+            return Err(MergeError::MissingData {
+                from: prev_id.to_string(),
+                to: id.to_string(),
+                file: file.to_string(),
+            });
         }
         (prev_rep, prev_total, prev_id) = (rep, total, id);
     }
@@ -238,15 +245,26 @@ fn route_record_v2(input: &Object) -> Object {
     r.insert("route_id", Value::Null);
     r.insert("status", Value::str("Started"));
     r.insert("num_infractions", Value::Int(0));
-    r.insert("infractions", Value::Object(INFRACTIONS_V2.iter().map(|k| (*k, Value::Array(vec![]))).collect()));
-    r.insert("scores", Value::Object(["score_route", "score_penalty", "score_composed"].map(|k| (k, Value::Int(0))).into_iter().collect()));
-    r.insert("meta", Value::Object(["route_length", "duration_game", "duration_system"].map(|k| (k, Value::Int(0))).into_iter().collect()));
+    r.insert("infractions", Value::object(INFRACTIONS_V2.iter().map(|k| (*k, Value::empty_array())).collect()));
+    r.insert(
+        "scores",
+        Value::object(
+            ["score_route", "score_penalty", "score_composed"].map(|k| (k, Value::Int(0))).into_iter().collect(),
+        ),
+    );
+    r.insert(
+        "meta",
+        Value::object(
+            ["route_length", "duration_game", "duration_system"].map(|k| (k, Value::Int(0))).into_iter().collect(),
+        ),
+    );
     for (k, v) in input.iter() {
         let mut v = v.clone();
         if k == "infractions"
             && let Value::Object(inf) = &mut v
+            && inf.contains_key(YIELD_KEY_OLD)
         {
-            inf.rename(YIELD_KEY_OLD, YIELD_KEY);
+            Arc::make_mut(inf).rename(YIELD_KEY_OLD, YIELD_KEY);
         }
         r.insert(k, v);
     }
@@ -299,23 +317,23 @@ fn merge_v2(inputs: &[Input]) -> Result<Merged, MergeError> {
             warnings.push(format!("The statistics are badly formed. Setting their status to 'Invalid': {p}"));
             entry_status = "Invalid";
         }
-        (Value::Object(g.global), Value::Array(g.values), Value::Array(g.labels))
+        (Value::object(g.global), Value::array(g.values), Value::array(g.labels))
     } else {
-        (Value::Object(Object::new()), Value::Array(vec![]), Value::Array(vec![]))
+        (Value::empty_object(), Value::array(vec![]), Value::array(vec![]))
     };
 
     let mut cp = Object::with_capacity(3);
     cp.insert("global_record", global);
-    cp.insert("progress", Value::Array(vec![Value::Int(t.total_routes), t.total_progress.to_value()]));
-    cp.insert("records", Value::Array(recs.into_iter().map(|r| Value::Object(r.record)).collect()));
+    cp.insert("progress", Value::array(vec![Value::Int(t.total_routes), t.total_progress.to_value()]));
+    cp.insert("records", Value::array(recs.into_iter().map(|r| Value::object(r.record)).collect()));
     let mut out = Object::with_capacity(6);
-    out.insert("_checkpoint", Value::Object(cp));
+    out.insert("_checkpoint", Value::object(cp));
     out.insert("entry_status", Value::str(entry_status));
     out.insert("eligible", Value::Bool(entry_status == "Finished"));
     out.insert("sensors", t.sensors);
     out.insert("values", values);
     out.insert("labels", labels);
-    Ok(Merged { version: Version::V2, value: Value::Object(out), complete, warnings })
+    Ok(Merged { version: Version::V2, value: Value::object(out), complete, warnings })
 }
 
 fn merge_v1(inputs: &[Input]) -> Result<Merged, MergeFailure> {
@@ -338,19 +356,19 @@ fn merge_v1(inputs: &[Input]) -> Result<Merged, MergeFailure> {
         })
         .collect();
 
-    let progress = Value::Array(vec![Value::Int(t.total_routes), t.total_progress.to_value()]);
+    let progress = Value::array(vec![Value::Int(t.total_routes), t.total_progress.to_value()]);
     let partial = |records: &[Object]| {
         let mut cp = Object::with_capacity(3);
         cp.insert("progress", progress.clone());
-        cp.insert("records", Value::Array(records.iter().cloned().map(Value::Object).collect()));
-        cp.insert("global_record", Value::Object(Object::new()));
+        cp.insert("records", Value::array(records.iter().cloned().map(Value::object).collect()));
+        cp.insert("global_record", Value::empty_object());
         let mut out = Object::with_capacity(6);
         out.insert("sensors", t.sensors.clone());
-        out.insert("values", Value::Array(vec![]));
-        out.insert("labels", Value::Array(vec![]));
+        out.insert("values", Value::array(vec![]));
+        out.insert("labels", Value::array(vec![]));
         out.insert("entry_status", Value::str("Started"));
         out.insert("eligible", Value::Bool(false));
-        out.insert("_checkpoint", Value::Object(cp));
+        out.insert("_checkpoint", Value::object(cp));
         out
     };
     let mut out = partial(&records);
@@ -362,7 +380,7 @@ fn merge_v1(inputs: &[Input]) -> Result<Merged, MergeFailure> {
             .iter()
             .flat_map(|w| w.records.iter().filter_map(|r| r.as_object().map(|o| (w.name, o))))
             .collect();
-        let fail = |error| MergeFailure { error, partial: Some(Value::Object(partial(&records))) };
+        let fail = |error| MergeFailure { error, partial: Some(Value::object(partial(&records))) };
         let g = stats::global_v1(&in_file_order, t.total_progress).map_err(fail)?;
         // save_global_record: progress matches by construction; then "Agent" in any status.
         let mut entry_status = "Finished";
@@ -370,7 +388,10 @@ fn merge_v1(inputs: &[Input]) -> Result<Merged, MergeFailure> {
             let status = match r.get("status") {
                 Some(Value::Str(s)) => s.as_str(),
                 Some(v) => {
-                    return Err(fail(malformed("merged records", format!("a `status` is {}, not a string", v.type_name()))));
+                    return Err(fail(malformed(
+                        "merged records",
+                        format!("a `status` is {}, not a string", v.type_name()),
+                    )));
                 }
                 None => {
                     let id = r.get("route_id").and_then(Value::as_str).unwrap_or("?").to_string();
@@ -386,15 +407,15 @@ fn merge_v1(inputs: &[Input]) -> Result<Merged, MergeFailure> {
                 break;
             }
         }
-        out.insert("values", Value::Array(g.values));
-        out.insert("labels", Value::Array(g.labels));
+        out.insert("values", Value::array(g.values));
+        out.insert("labels", Value::array(g.labels));
         out.insert("entry_status", Value::str(entry_status));
         out.insert("eligible", Value::Bool(true));
         if let Some(Value::Object(cp)) = out.get_mut("_checkpoint") {
-            cp.insert("global_record", Value::Object(g.global));
+            Arc::make_mut(cp).insert("global_record", Value::object(g.global));
         }
     }
-    Ok(Merged { version: Version::V1, value: Value::Object(out), complete, warnings: Vec::new() })
+    Ok(Merged { version: Version::V1, value: Value::object(out), complete, warnings: Vec::new() })
 }
 
 #[cfg(test)]
@@ -436,10 +457,19 @@ mod tests {
         let a = input("w1.json", &worker_v2(&["RouteScenario_0_rep0", "RouteScenario_1_rep0"], 2, "[]"));
         let b = input("w2.json", &worker_v2(&["RouteScenario_1_rep0"], 1, "[]"));
         let e = merge(Version::V2, &[a.clone(), b]).unwrap_err().error;
-        assert_eq!(e, MergeError::Duplicate { route_id: "RouteScenario_1_rep0".into(), files: vec!["w1.json".into(), "w2.json".into()] });
+        assert_eq!(
+            e,
+            MergeError::Duplicate {
+                route_id: "RouteScenario_1_rep0".into(),
+                files: vec!["w1.json".into(), "w2.json".into()]
+            }
+        );
         let c = input("w3.json", &worker_v2(&["RouteScenario_3_rep0"], 1, "[]"));
         let e = merge(Version::V2, &[a, c]).unwrap_err().error;
-        assert!(matches!(&e, MergeError::MissingData { from, to, file } if from == "RouteScenario_1_rep0" && to == "RouteScenario_3_rep0" && file == "w3.json"), "{e}");
+        assert!(
+            matches!(&e, MergeError::MissingData { from, to, file } if from == "RouteScenario_1_rep0" && to == "RouteScenario_3_rep0" && file == "w3.json"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -448,8 +478,13 @@ mod tests {
             v.iter().map(|id| (*id, "f", route_sort_key(Version::V2, id).unwrap())).collect()
         };
         // A hole before the first repetition reset goes unnoticed upstream (spec §5.1).
-        assert!(check_missing_data(&ids(&["RouteScenario_0_rep0", "RouteScenario_0_rep1", "RouteScenario_1_rep1"])).is_ok());
-        assert!(check_missing_data(&ids(&["RouteScenario_1_rep0", "RouteScenario_1_rep1", "RouteScenario_2_rep0"])).is_err());
+        assert!(
+            check_missing_data(&ids(&["RouteScenario_0_rep0", "RouteScenario_0_rep1", "RouteScenario_1_rep1"])).is_ok()
+        );
+        assert!(
+            check_missing_data(&ids(&["RouteScenario_1_rep0", "RouteScenario_1_rep1", "RouteScenario_2_rep0"]))
+                .is_err()
+        );
         assert!(check_missing_data(&ids(&["RouteScenario_1_rep0", "RouteScenario_2_rep0"])).is_ok());
     }
 
@@ -466,7 +501,10 @@ mod tests {
     fn record_normalisation_keeps_defaults_first_and_unknown_keys_after_meta() {
         let r = parse(br#"{"index": 3, "route_id": "R_1_rep0", "town_name": "T", "meta": {}, "status": "Perfect", "infractions": {"yield_emergency_vehicles_infractions": [1]}}"#).unwrap();
         let out = route_record_v2(r.as_object().unwrap());
-        assert_eq!(out.keys().collect::<Vec<_>>(), ["index", "route_id", "status", "num_infractions", "infractions", "scores", "meta", "town_name"]);
+        assert_eq!(
+            out.keys().collect::<Vec<_>>(),
+            ["index", "route_id", "status", "num_infractions", "infractions", "scores", "meta", "town_name"]
+        );
         let inf = out.get("infractions").unwrap().as_object().unwrap();
         assert_eq!(inf.keys().collect::<Vec<_>>(), [YIELD_KEY]);
     }
@@ -477,7 +515,10 @@ mod tests {
             (r#"{"sensors": []}"#, "no `_checkpoint`"),
             (r#"{"_checkpoint": {"records": [], "progress": []}, "sensors": []}"#, "fewer than 2"),
             (r#"{"_checkpoint": {"records": [1], "progress": [0, 1]}, "sensors": []}"#, "record 0 is an integer"),
-            (r#"{"_checkpoint": {"records": [{"route_id": "x"}], "progress": [1, 1]}, "sensors": []}"#, "route id \"x\""),
+            (
+                r#"{"_checkpoint": {"records": [{"route_id": "x"}], "progress": [1, 1]}, "sensors": []}"#,
+                "route id \"x\"",
+            ),
         ] {
             let e = merge(Version::V2, &[input("bad.json", json)]).unwrap_err().error.to_string();
             assert!(e.starts_with("bad.json: ") && e.contains(needle), "{e}");

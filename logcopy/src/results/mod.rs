@@ -30,7 +30,9 @@ pub struct VersionConflict {
 }
 
 /// The version the files were written by, where any of them says; `Ok(None)` when none does.
-pub fn detect_all<'a>(files: impl IntoIterator<Item = (&'a str, &'a pyjson::Value)>) -> Result<Option<Version>, VersionConflict> {
+pub fn detect_all<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a pyjson::Value)>,
+) -> Result<Option<Version>, VersionConflict> {
     let mut seen: Option<(&str, Version)> = None;
     for (name, value) in files {
         let Some(v) = detect(value) else { continue };

@@ -56,21 +56,21 @@ impl Num {
         self.as_f64() == 0.0
     }
 
-    pub fn add(self, o: Num) -> Num {
+    pub fn py_add(self, o: Num) -> Num {
         match (self, o) {
             (Num::Int(a), Num::Int(b)) => a.checked_add(b).map_or(Num::Float(a as f64 + b as f64), Num::Int),
             _ => Num::Float(self.as_f64() + o.as_f64()),
         }
     }
 
-    pub fn sub(self, o: Num) -> Num {
+    pub fn py_sub(self, o: Num) -> Num {
         match (self, o) {
             (Num::Int(a), Num::Int(b)) => a.checked_sub(b).map_or(Num::Float(a as f64 - b as f64), Num::Int),
             _ => Num::Float(self.as_f64() - o.as_f64()),
         }
     }
 
-    pub fn mul(self, o: Num) -> Num {
+    pub fn py_mul(self, o: Num) -> Num {
         match (self, o) {
             (Num::Int(a), Num::Int(b)) => a.checked_mul(b).map_or(Num::Float(a as f64 * b as f64), Num::Int),
             _ => Num::Float(self.as_f64() * o.as_f64()),
@@ -78,7 +78,7 @@ impl Num {
     }
 
     /// Python's true division `/`: always a float, and zero divisors raise.
-    pub fn div(self, o: Num) -> Result<Num, ArithError> {
+    pub fn py_div(self, o: Num) -> Result<Num, ArithError> {
         if o.is_zero() {
             return Err(ArithError::ZeroDivision);
         }
@@ -181,11 +181,11 @@ mod tests {
 
     #[test]
     fn int_sums_stay_int_until_a_float_arrives() {
-        let s = Num::ZERO.add(Num::Int(2)).add(Num::Int(3));
+        let s = Num::ZERO.py_add(Num::Int(2)).py_add(Num::Int(3));
         assert_eq!(s, Num::Int(5));
-        assert_eq!(s.add(Num::Float(0.0)), Num::Float(5.0));
-        assert_eq!(Num::Int(100).div(Num::Int(2)), Ok(Num::Float(50.0)));
-        assert_eq!(Num::Int(1).div(Num::Float(0.0)), Err(ArithError::ZeroDivision));
+        assert_eq!(s.py_add(Num::Float(0.0)), Num::Float(5.0));
+        assert_eq!(Num::Int(100).py_div(Num::Int(2)), Ok(Num::Float(50.0)));
+        assert_eq!(Num::Int(1).py_div(Num::Float(0.0)), Err(ArithError::ZeroDivision));
     }
 
     #[test]

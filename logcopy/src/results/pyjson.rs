@@ -15,11 +15,16 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// Deepest nesting the parser accepts. Result files are 6 levels deep.
 pub const MAX_DEPTH: usize = 128;
 
 /// A JSON value with Python's distinctions.
+///
+/// Lists and objects are shared (`Arc`): a merge passes thousands of records from the worker files to the merged
+/// file, and sharing makes that a reference count instead of a deep copy. Editing goes through `Arc::make_mut`,
+/// which copies only a container that is still shared.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Null,
@@ -30,8 +35,8 @@ pub enum Value {
     BigInt(Box<str>),
     Float(f64),
     Str(String),
-    Array(Vec<Value>),
-    Object(Object),
+    Array(Arc<Vec<Value>>),
+    Object(Arc<Object>),
 }
 
 /// An insertion-ordered JSON object.
@@ -51,6 +56,14 @@ impl Object {
 
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// `get`, trying position `hint` first: records almost always list their keys in the canonical order.
+    pub fn get_at(&self, hint: usize, key: &str) -> Option<&Value> {
+        match self.entries.get(hint) {
+            Some((k, v)) if k == key => Some(v),
+            _ => self.get(key),
+        }
     }
 
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
@@ -112,6 +125,22 @@ impl Value {
         Value::Str(s.into())
     }
 
+    pub fn array(items: Vec<Value>) -> Value {
+        Value::Array(Arc::new(items))
+    }
+
+    pub fn object(obj: Object) -> Value {
+        Value::Object(Arc::new(obj))
+    }
+
+    pub fn empty_array() -> Value {
+        Value::array(Vec::new())
+    }
+
+    pub fn empty_object() -> Value {
+        Value::object(Object::new())
+    }
+
     pub fn as_object(&self) -> Option<&Object> {
         match self {
             Value::Object(o) => Some(o),
@@ -166,10 +195,8 @@ impl Value {
         match (self, other) {
             (Null, Null) => true,
             (Str(a), Str(b)) => a == b,
-            (Array(a), Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.py_eq(y)),
-            (Object(a), Object(b)) => {
-                a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.py_eq(w)))
-            }
+            (Array(a), Array(b)) => a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.py_eq(y)),
+            (Object(a), Object(b)) => a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.py_eq(w))),
             (BigInt(a), BigInt(b)) => a == b,
             _ => match (crate::results::num::Num::from_value(self), crate::results::num::Num::from_value(other)) {
                 (Some(a), Some(b)) => a.py_eq(b),
@@ -268,7 +295,7 @@ impl<'a> Parser<'a> {
         self.skip_ws();
         if self.eat("}") {
             self.depth -= 1;
-            return Ok(Value::Object(obj));
+            return Ok(Value::object(obj));
         }
         loop {
             self.skip_ws();
@@ -305,7 +332,7 @@ impl<'a> Parser<'a> {
             return Err(self.err("expecting ',' delimiter"));
         }
         self.depth -= 1;
-        Ok(Value::Object(obj))
+        Ok(Value::object(obj))
     }
 
     fn array(&mut self) -> Result<Value, ParseError> {
@@ -315,7 +342,7 @@ impl<'a> Parser<'a> {
         self.skip_ws();
         if self.eat("]") {
             self.depth -= 1;
-            return Ok(Value::Array(items));
+            return Ok(Value::array(items));
         }
         loop {
             self.skip_ws();
@@ -330,7 +357,7 @@ impl<'a> Parser<'a> {
             return Err(self.err("expecting ',' delimiter"));
         }
         self.depth -= 1;
-        Ok(Value::Array(items))
+        Ok(Value::array(items))
     }
 
     fn hex4(&mut self) -> Result<u32, ParseError> {
@@ -476,7 +503,7 @@ fn write_value(out: &mut String, v: &Value, level: usize, sort_keys: bool) {
             let _ = write!(out, "{i}");
         }
         Value::BigInt(s) => out.push_str(s),
-        Value::Float(f) => out.push_str(&float_json(*f)),
+        Value::Float(f) => write_float(out, *f),
         Value::Str(s) => write_str(out, s),
         Value::Array(items) => {
             if items.is_empty() {
@@ -523,7 +550,14 @@ fn write_value(out: &mut String, v: &Value, level: usize, sort_keys: bool) {
 /// A JSON string literal with `ensure_ascii=True`.
 fn write_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
+    let mut rest = s;
+    loop {
+        // Copy the longest run of printable ASCII that needs no escape in one go.
+        let plain = rest.bytes().take_while(|b| (b' '..=b'~').contains(b) && *b != b'"' && *b != b'\\').count();
+        out.push_str(&rest[..plain]);
+        rest = &rest[plain..];
+        let Some(c) = rest.chars().next() else { break };
+        rest = &rest[c.len_utf8()..];
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
@@ -532,7 +566,6 @@ fn write_str(out: &mut String, s: &str) {
             '\t' => out.push_str("\\t"),
             '\u{8}' => out.push_str("\\b"),
             '\u{c}' => out.push_str("\\f"),
-            ' '..='~' => out.push(c),
             _ => {
                 let mut buf = [0u16; 2];
                 for unit in c.encode_utf16(&mut buf) {
@@ -546,12 +579,18 @@ fn write_str(out: &mut String, s: &str) {
 
 /// A float as `json.dumps` writes it: `repr`, or the bare literals `NaN`, `Infinity`, `-Infinity`.
 pub fn float_json(f: f64) -> String {
+    let mut out = String::new();
+    write_float(&mut out, f);
+    out
+}
+
+fn write_float(out: &mut String, f: f64) {
     if f.is_nan() {
-        "NaN".into()
+        out.push_str("NaN");
     } else if f.is_infinite() {
-        if f > 0.0 { "Infinity".into() } else { "-Infinity".into() }
+        out.push_str(if f > 0.0 { "Infinity" } else { "-Infinity" });
     } else {
-        float_repr(f)
+        write_repr(out, f);
     }
 }
 
@@ -563,6 +602,13 @@ pub fn float_repr(f: f64) -> String {
     if f.is_infinite() {
         return if f > 0.0 { "inf".into() } else { "-inf".into() };
     }
+    let mut out = String::new();
+    write_repr(&mut out, f);
+    out
+}
+
+/// Appends `repr(f)` for a finite `f`.
+fn write_repr(out: &mut String, f: f64) {
     let mut buf = ryu::Buffer::new();
     let s = buf.format_finite(f);
     let (neg, s) = match s.strip_prefix('-') {
@@ -575,19 +621,23 @@ pub fn float_repr(f: f64) -> String {
         None => (s, 0),
     };
     let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let all: String = format!("{int_part}{frac_part}");
+    let mut all_buf = [0u8; 32];
+    let all_len = int_part.len() + frac_part.len();
+    all_buf[..int_part.len()].copy_from_slice(int_part.as_bytes());
+    all_buf[int_part.len()..all_len].copy_from_slice(frac_part.as_bytes());
+    // ryu writes at most 17 significant digits plus a few zeros: ASCII digits only.
+    let all = std::str::from_utf8(&all_buf[..all_len]).unwrap_or("0");
     // x = 0.<all> * 10^(len(int_part) + exp10), before stripping zeros.
     let mut decpt = int_part.len() as i32 + exp10;
     let trimmed_lead = all.trim_start_matches('0');
     decpt -= (all.len() - trimmed_lead.len()) as i32;
     let digits = trimmed_lead.trim_end_matches('0');
-    let mut out = String::new();
     if neg {
         out.push('-');
     }
     if digits.is_empty() {
         out.push_str("0.0");
-        return out;
+        return;
     }
     let n = digits.len() as i32;
     if -4 < decpt && decpt <= 16 {
@@ -617,7 +667,6 @@ pub fn float_repr(f: f64) -> String {
         let e = decpt - 1;
         let _ = write!(out, "e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs());
     }
-    out
 }
 
 /// Python's `str(value)` as an f-string prints it: strings raw, numbers as `repr`, containers as `repr`.
@@ -728,8 +777,10 @@ mod tests {
 
     #[test]
     fn ints_and_floats_stay_distinct() {
-        assert_eq!(rt("[100, 100.0, 1E2, -0, 123456789012345678901234567890]"),
-            "[\n    100,\n    100.0,\n    100.0,\n    0,\n    123456789012345678901234567890\n]");
+        assert_eq!(
+            rt("[100, 100.0, 1E2, -0, 123456789012345678901234567890]"),
+            "[\n    100,\n    100.0,\n    100.0,\n    0,\n    123456789012345678901234567890\n]"
+        );
     }
 
     #[test]

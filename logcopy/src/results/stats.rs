@@ -31,7 +31,7 @@ impl<'a> RecordView<'a> {
     }
 
     fn group(&self, group: &str) -> Result<&'a Object, MergeError> {
-        match self.record.get(group) {
+        match self.record.get_at(canonical_position(group), group) {
             Some(Value::Object(o)) => Ok(o),
             Some(v) => Err(self.err(format!("`{group}` is {}, not an object", v.type_name()))),
             None => Err(self.err(format!("has no `{group}` (upstream: KeyError)"))),
@@ -39,7 +39,9 @@ impl<'a> RecordView<'a> {
     }
 
     fn field(&self, group: &str, key: &str) -> Result<&'a Value, MergeError> {
-        self.group(group)?.get(key).ok_or_else(|| self.err(format!("has no `{group}.{key}` (upstream: KeyError '{key}')")))
+        self.group(group)?
+            .get_at(canonical_position(key), key)
+            .ok_or_else(|| self.err(format!("has no `{group}.{key}` (upstream: KeyError '{key}')")))
     }
 
     fn num(&self, group: &str, key: &str) -> Result<Num, MergeError> {
@@ -55,9 +57,13 @@ impl<'a> RecordView<'a> {
         }
     }
 
-    /// `len(record.infractions[key])`.
-    fn count(&self, key: &str) -> Result<Num, MergeError> {
-        match self.field("infractions", key)? {
+    /// `len(record.infractions[key])`; `position` is where the evaluator writes the key.
+    fn count(&self, position: usize, key: &str) -> Result<Num, MergeError> {
+        let v = self
+            .group("infractions")?
+            .get_at(position, key)
+            .ok_or_else(|| self.err(format!("has no `infractions.{key}` (upstream: KeyError '{key}')")))?;
+        match v {
             Value::Array(a) => Ok(Num::Int(a.len() as i64)),
             Value::Str(s) => Ok(Num::Int(s.chars().count() as i64)),
             Value::Object(o) => Ok(Num::Int(o.len() as i64)),
@@ -73,7 +79,9 @@ impl<'a> RecordView<'a> {
         }
         let first = match v {
             Value::Array(a) => &a[0],
-            other => return Err(self.err(format!("`infractions.outside_route_lanes` is {}, not a list", other.type_name()))),
+            other => {
+                return Err(self.err(format!("`infractions.outside_route_lanes` is {}, not a list", other.type_name())));
+            }
         };
         let msg = first.as_str().ok_or_else(|| self.err("an `outside_route_lanes` message is not a string"))?;
         let token = msg.split(' ').nth(8).ok_or_else(|| {
@@ -82,7 +90,7 @@ impl<'a> RecordView<'a> {
         let metres: f64 = token.trim().replace('_', "").parse().map_err(|_| {
             self.err(format!("the off-lane distance {token:?} in {msg:?} is not a number (upstream: ValueError)"))
         })?;
-        self.arith(Num::Float(metres).div(Num::Int(1000)))
+        self.arith(Num::Float(metres).py_div(Num::Int(1000)))
     }
 
     fn arith<T>(&self, r: Result<T, ArithError>) -> Result<T, MergeError> {
@@ -90,20 +98,35 @@ impl<'a> RecordView<'a> {
     }
 }
 
+/// Where a key sits in a 2.0 record written by the evaluator: lookups try there first.
+fn canonical_position(key: &str) -> usize {
+    match key {
+        "infractions" => 4,
+        "scores" => 5,
+        "meta" => 6,
+        "score_route" | "route_length" => 0,
+        "score_penalty" | "duration_game" => 1,
+        "score_composed" | "duration_system" => 2,
+        _ => 0,
+    }
+}
+
 const SCORES_MEAN_ORDER: [&str; 3] = ["score_composed", "score_route", "score_penalty"];
 
 fn nums_object<const N: usize>(keys: [&str; N], vals: [Num; N]) -> Value {
-    Value::Object(keys.iter().zip(vals).map(|(k, v)| (*k, v.to_value())).collect())
+    Value::object(keys.iter().zip(vals).map(|(k, v)| (*k, v.to_value())).collect())
 }
 
 /// 2.0 `compute_global_statistics` over the merged, sorted and re-indexed records; `n` is the route total.
 pub(crate) fn global_v2(recs: &[Rec], n: Num) -> Result<Global, MergeError> {
     let views: Vec<RecordView> = recs.iter().map(|r| RecordView { file: r.file, record: &r.record }).collect();
-    let arith = |r: Result<Num, ArithError>| r.map_err(|e| MergeError::Statistics {
-        file: "merged records".into(),
-        route_id: "-".into(),
-        reason: format!("{e} in the global statistics"),
-    });
+    let arith = |r: Result<Num, ArithError>| {
+        r.map_err(|e| MergeError::Statistics {
+            file: "merged records".into(),
+            route_id: "-".into(),
+            reason: format!("{e} in the global statistics"),
+        })
+    };
 
     // [composed, route, penalty], the order of `scores_mean`.
     let mut mean = [Num::ZERO; 3];
@@ -113,15 +136,15 @@ pub(crate) fn global_v2(recs: &[Rec], n: Num) -> Result<Global, MergeError> {
     for v in &views {
         // Upstream adds route, penalty, composed in that order; each sum is independent, so only per-key order matters.
         for (i, key) in SCORES_MEAN_ORDER.iter().enumerate() {
-            mean[i] = mean[i].add(v.arith(v.num("scores", key)?.div(n))?);
+            mean[i] = mean[i].py_add(v.arith(v.num("scores", key)?.py_div(n))?);
         }
-        total_length = total_length.add(v.num("meta", "route_length")?);
-        duration_game = duration_game.add(v.num("meta", "duration_game")?);
-        duration_system = duration_system.add(v.num("meta", "duration_system")?);
+        total_length = total_length.py_add(v.num("meta", "route_length")?);
+        duration_game = duration_game.py_add(v.num("meta", "duration_game")?);
+        duration_system = duration_system.py_add(v.num("meta", "duration_system")?);
         let status = v.status("Started")?;
         let route_result = if status.contains("Failed") { "Failed" } else { status };
         if route_result == "Failed" {
-            exceptions.push(Value::Array(vec![
+            exceptions.push(Value::array(vec![
                 v.record.get("route_id").cloned().unwrap_or(Value::Null),
                 v.record.get("index").cloned().unwrap_or(Value::Int(-1)),
                 Value::str(status),
@@ -139,14 +162,14 @@ pub(crate) fn global_v2(recs: &[Rec], n: Num) -> Result<Global, MergeError> {
         let mut acc = [Num::ZERO; 3];
         for v in &views {
             for (i, key) in SCORES_MEAN_ORDER.iter().enumerate() {
-                let diff = v.num("scores", key)?.sub(mean[i]);
-                acc[i] = acc[i].add(Num::Float(v.arith(num::pow2(diff))?));
+                let diff = v.num("scores", key)?.py_sub(mean[i]);
+                acc[i] = acc[i].py_add(Num::Float(v.arith(num::pow2(diff))?));
             }
         }
-        let denom = Num::Float(n.sub(Num::Int(1)).as_f64());
+        let denom = Num::Float(n.py_sub(Num::Int(1)).as_f64());
         let mut out = [Num::ZERO; 3];
         for i in 0..3 {
-            let q = arith(acc[i].div(denom))?;
+            let q = arith(acc[i].py_div(denom))?;
             out[i] = Num::Float(arith(num::sqrt(q.as_f64()).map(Num::Float))?.as_f64()).round(3);
         }
         out
@@ -157,10 +180,10 @@ pub(crate) fn global_v2(recs: &[Rec], n: Num) -> Result<Global, MergeError> {
     for v in &views {
         let length = v.num("meta", "route_length")?;
         let route = v.num("scores", "score_route")?;
-        km = km.add(v.arith(v.arith(length.div(Num::Int(1000)))?.mul(route).div(Num::Int(100)))?);
+        km = km.py_add(v.arith(v.arith(length.py_div(Num::Int(1000)))?.py_mul(route).py_div(Num::Int(100)))?);
         for (i, key) in INFRACTIONS_V2.iter().enumerate() {
-            let value = if *key == "outside_route_lanes" { v.off_lane_km()? } else { v.count(key)? };
-            inf[i] = inf[i].add(value);
+            let value = if *key == "outside_route_lanes" { v.off_lane_km()? } else { v.count(i, key)? };
+            inf[i] = inf[i].py_add(value);
         }
     }
     // Python's max(km, 0.001) keeps km unless 0.001 is strictly greater.
@@ -169,7 +192,7 @@ pub(crate) fn global_v2(recs: &[Rec], n: Num) -> Result<Global, MergeError> {
     }
     for (i, key) in INFRACTIONS_V2.iter().enumerate() {
         if *key != "outside_route_lanes" {
-            inf[i] = arith(inf[i].div(km))?;
+            inf[i] = arith(inf[i].py_div(km))?;
         }
         inf[i] = inf[i].round(3);
     }
@@ -195,8 +218,8 @@ pub(crate) fn global_v2(recs: &[Rec], n: Num) -> Result<Global, MergeError> {
     meta.insert("total_length", total_length.to_value());
     meta.insert("duration_game", duration_game.to_value());
     meta.insert("duration_system", duration_system.to_value());
-    meta.insert("exceptions", Value::Array(exceptions));
-    g.insert("meta", Value::Object(meta));
+    meta.insert("exceptions", Value::array(exceptions));
+    g.insert("meta", Value::object(meta));
 
     let source = |key: &str| -> Num {
         match SCORES_MEAN_ORDER.iter().position(|k| *k == key) {
@@ -227,11 +250,11 @@ pub(crate) fn global_v1(records: &[(&str, &Object)], n: Num) -> Result<Global, M
     let mut exceptions = Vec::new();
     for v in &views {
         for (i, key) in SCORE_ORDER.iter().enumerate() {
-            scores[i] = scores[i].add(v.num("scores", key)?);
+            scores[i] = scores[i].py_add(v.num("scores", key)?);
         }
-        total_length = total_length.add(v.num("meta", "route_length")?);
-        duration_game = duration_game.add(v.num("meta", "duration_game")?);
-        duration_system = duration_system.add(v.num("meta", "duration_system")?);
+        total_length = total_length.py_add(v.num("meta", "route_length")?);
+        duration_game = duration_game.py_add(v.num("meta", "duration_game")?);
+        duration_system = duration_system.py_add(v.num("meta", "duration_system")?);
         for (i, key) in INFRACTIONS_V1.iter().enumerate() {
             let acc = inf[i].unwrap_or(Num::ZERO);
             inf[i] = Some(acc);
@@ -240,11 +263,11 @@ pub(crate) fn global_v1(records: &[(&str, &Object)], n: Num) -> Result<Global, M
                 continue;
             }
             let length = v.num("meta", "route_length")?;
-            let km = v.arith(v.arith(route.div(Num::Int(100)))?.mul(length).div(Num::Float(1000.0)))?;
-            inf[i] = Some(acc.add(v.arith(v.count(key)?.div(km))?));
+            let km = v.arith(v.arith(route.py_div(Num::Int(100)))?.py_mul(length).py_div(Num::Float(1000.0)))?;
+            inf[i] = Some(acc.py_add(v.arith(v.count(i, key)?.py_div(km))?));
         }
         // `status is not 'Completed'` is always true for strings read from JSON (quirk B1).
-        exceptions.push(Value::Array(vec![
+        exceptions.push(Value::array(vec![
             v.record.get("route_id").cloned().unwrap_or(Value::Null),
             v.record.get("index").cloned().unwrap_or(Value::Null),
             v.record.get("status").cloned().unwrap_or_else(|| Value::str("Started")),
@@ -255,7 +278,7 @@ pub(crate) fn global_v1(records: &[(&str, &Object)], n: Num) -> Result<Global, M
     if !views.is_empty() {
         let nf = Num::Float(n.as_f64());
         for s in scores.iter_mut() {
-            *s = s.div(nf).map_err(global_err)?;
+            *s = s.py_div(nf).map_err(global_err)?;
         }
         if n.py_eq(Num::Int(1)) {
             std = [Value::str("NaN"), Value::str("NaN"), Value::str("NaN")];
@@ -263,34 +286,34 @@ pub(crate) fn global_v1(records: &[(&str, &Object)], n: Num) -> Result<Global, M
             let mut acc = [Num::ZERO; 3];
             for v in &views {
                 for (i, key) in SCORE_ORDER.iter().enumerate() {
-                    let diff = v.num("scores", key)?.sub(scores[i]);
-                    acc[i] = acc[i].add(Num::Float(v.arith(num::pow2(diff))?));
+                    let diff = v.num("scores", key)?.py_sub(scores[i]);
+                    acc[i] = acc[i].py_add(Num::Float(v.arith(num::pow2(diff))?));
                 }
             }
-            let denom = Num::Float(n.sub(Num::Int(1)).as_f64());
+            let denom = Num::Float(n.py_sub(Num::Int(1)).as_f64());
             for i in 0..3 {
-                let q = acc[i].div(denom).map_err(global_err)?;
+                let q = acc[i].py_div(denom).map_err(global_err)?;
                 std[i] = Value::Float(num::sqrt(q.as_f64()).map_err(global_err)?);
             }
         }
     }
 
-    let inf_value = |x: Option<Num>| x.map_or(Value::Array(vec![]), Num::to_value);
+    let inf_value = |x: Option<Num>| x.map_or(Value::array(vec![]), Num::to_value);
     let mut g = Object::with_capacity(7);
     g.insert("route_id", Value::Int(-1));
     g.insert("index", Value::Int(-1));
     g.insert("status", Value::str(status));
-    g.insert("infractions", Value::Object(INFRACTIONS_V1.iter().zip(inf).map(|(k, x)| (*k, inf_value(x))).collect()));
+    g.insert("infractions", Value::object(INFRACTIONS_V1.iter().zip(inf).map(|(k, x)| (*k, inf_value(x))).collect()));
     g.insert("scores", nums_object(SCORE_ORDER, scores));
     let mut meta = Object::with_capacity(4);
     meta.insert("total_length", total_length.to_value());
     meta.insert("duration_system", duration_system.to_value());
     meta.insert("duration_game", duration_game.to_value());
     if !exceptions.is_empty() {
-        meta.insert("exceptions", Value::Array(exceptions));
+        meta.insert("exceptions", Value::array(exceptions));
     }
-    g.insert("meta", Value::Object(meta));
-    g.insert("scores_std_dev", Value::Object(SCORE_ORDER.iter().zip(std).map(|(k, v)| (*k, v)).collect()));
+    g.insert("meta", Value::object(meta));
+    g.insert("scores_std_dev", Value::object(SCORE_ORDER.iter().zip(std).map(|(k, v)| (*k, v)).collect()));
 
     let source = |key: &str| -> Result<Num, MergeError> {
         let x = match SCORE_ORDER.iter().position(|k| *k == key) {

@@ -63,8 +63,11 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
         assert_eq!(std::fs::read(&out).unwrap(), b"new");
         assert!(!std::fs::symlink_metadata(&out).unwrap().file_type().is_symlink());
-        let leftovers: Vec<_> = std::fs::read_dir(&d).unwrap().filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX)).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
+            .collect();
         assert!(leftovers.is_empty());
         let e = atomic_write(&d.join("no-such-dir/x.json"), b"x").unwrap_err();
         assert!(e.to_string().contains("no-such-dir/x.json"), "{e}");

@@ -1,0 +1,603 @@
+//! The marker protocol: the empty files in `containers-status/` (mounted at `/tmp/status` in the
+//! workers) through which the containers of a submission Job coordinate.
+//!
+//! This module is the one place where marker names are spelled: the supervisor (simulator and
+//! agent containers) and `logcopy` both format and parse them here, so the protocol cannot drift
+//! between the two binaries. Upstream, the names were built by `touch` and tested by `ls` and
+//! `find` in three shell scripts; we keep them byte for byte, so a Job mixing our containers with
+//! upstream ones still agrees on what each file means.
+//!
+//! Markers are evidence, not commands: a file says that something happened (an attempt started,
+//! crashed, finished, or EvalAI reported a cancellation). Each reader decides what to do about it
+//! from the whole set it sees ([`StatusSet`]), so a marker read twice, late, or together with
+//! others must still lead to the same decision.
+//!
+//! Parsing is strict: a name is a marker only if it is exactly the canonical spelling of one,
+//! so `parse` and `file_name` are inverse of each other. Anything else in the folder (a temporary
+//! file, generation 2's `uploader-1.done`, a hand-written `agent-01.done`) is ignored, never
+//! guessed at.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+/// Which side of a worker pair a container runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// The CARLA server (`simulator` container).
+    Simulator,
+    /// The participant's stack driven by the leaderboard evaluator (`agent` container).
+    Agent,
+}
+
+impl Role {
+    /// Both roles, simulator first.
+    pub const ALL: [Role; 2] = [Role::Simulator, Role::Agent];
+
+    /// The name used in marker files and container names: `simulator` or `agent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Simulator => "simulator",
+            Role::Agent => "agent",
+        }
+    }
+
+    /// The other side of the pair.
+    pub fn peer(self) -> Role {
+        match self {
+            Role::Simulator => Role::Agent,
+            Role::Agent => Role::Simulator,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that is not the name of a role.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not a role name (expected \"simulator\" or \"agent\")")]
+pub struct UnknownRole {
+    /// The string that was given.
+    pub name: String,
+}
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    /// Accepts exactly `simulator` or `agent` (case-sensitive, as in marker names).
+    fn from_str(s: &str) -> Result<Role, UnknownRole> {
+        match s {
+            "simulator" => Ok(Role::Simulator),
+            "agent" => Ok(Role::Agent),
+            _ => Err(UnknownRole { name: s.to_owned() }),
+        }
+    }
+}
+
+/// The number of a worker pair within the Job (`ID` in marker names; 1-based in practice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId(pub u32);
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// The index of one run of a container, starting at 0.
+///
+/// Upstream, attempt `N` is the number of crash markers of that container already present, so
+/// each restart by Kubernetes uses a fresh index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Attempt(pub u32);
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// One marker file in `containers-status/`, as a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Marker {
+    /// `<role>-<worker>.start<attempt>`: the container began this attempt (the agent waits for
+    /// its simulator's).
+    Start { role: Role, worker: WorkerId, attempt: Attempt },
+    /// `<role>-<worker>.crash<attempt>`: this attempt failed; the container exits 1 so that
+    /// Kubernetes restarts it.
+    Crash { role: Role, worker: WorkerId, attempt: Attempt },
+    /// `<role>-<worker>.done`: this side finished normally.
+    Done { role: Role, worker: WorkerId },
+    /// `<role>-<worker>.failed`: this side ended for good without finishing (no upstream
+    /// equivalent; upstream left readers to count crashes against `backoffLimit`).
+    Failed { role: Role, worker: WorkerId },
+    /// `simulation.cancel`: EvalAI reported the submission cancelled; every worker stops.
+    /// Written by `logcopy`.
+    Cancel,
+    /// `simulation-<worker>.cancel`: cancellation of one worker pair (generation 2).
+    WorkerCancel { worker: WorkerId },
+    /// `logcopy.done`: `logcopy` finished its final merge and upload.
+    LogcopyDone,
+}
+
+/// A string that is not exactly the name of a marker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not a marker name")]
+pub struct UnknownMarker {
+    /// The string that was given.
+    pub name: String,
+}
+
+impl Marker {
+    /// The canonical file name of this marker, e.g. `simulator-3.crash0`.
+    pub fn file_name(&self) -> String {
+        self.to_string()
+    }
+
+    /// The marker whose canonical file name is exactly `name`, or `None`.
+    ///
+    /// Never panics. Numbers are ASCII decimal digits without sign or leading zeros that fit
+    /// a `u32`; roles and keywords are lowercase; nothing may precede or follow the name.
+    pub fn parse(name: &str) -> Option<Marker> {
+        match name {
+            "simulation.cancel" => return Some(Marker::Cancel),
+            "logcopy.done" => return Some(Marker::LogcopyDone),
+            _ => {}
+        }
+        // The first '.' ends the "<prefix>-<id>" head; a second one (e.g. `.done.tmp`) is left
+        // in `kind` and makes it match nothing.
+        let (head, kind) = name.split_once('.')?;
+        let (prefix, id) = head.split_once('-')?;
+        let worker = WorkerId(parse_decimal(id)?);
+        if prefix == "simulation" {
+            return (kind == "cancel").then_some(Marker::WorkerCancel { worker });
+        }
+        let role = prefix.parse::<Role>().ok()?;
+        match kind {
+            "done" => Some(Marker::Done { role, worker }),
+            "failed" => Some(Marker::Failed { role, worker }),
+            _ => {
+                if let Some(n) = kind.strip_prefix("start") {
+                    let attempt = Attempt(parse_decimal(n)?);
+                    Some(Marker::Start { role, worker, attempt })
+                } else if let Some(n) = kind.strip_prefix("crash") {
+                    let attempt = Attempt(parse_decimal(n)?);
+                    Some(Marker::Crash { role, worker, attempt })
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// The worker pair this marker is about, or `None` for Job-wide markers.
+    pub fn worker(&self) -> Option<WorkerId> {
+        match *self {
+            Marker::Start { worker, .. }
+            | Marker::Crash { worker, .. }
+            | Marker::Done { worker, .. }
+            | Marker::Failed { worker, .. }
+            | Marker::WorkerCancel { worker } => Some(worker),
+            Marker::Cancel | Marker::LogcopyDone => None,
+        }
+    }
+
+    /// The side of the pair this marker is about, or `None` for cancellations and `logcopy.done`.
+    pub fn role(&self) -> Option<Role> {
+        match *self {
+            Marker::Start { role, .. }
+            | Marker::Crash { role, .. }
+            | Marker::Done { role, .. }
+            | Marker::Failed { role, .. } => Some(role),
+            Marker::Cancel | Marker::WorkerCancel { .. } | Marker::LogcopyDone => None,
+        }
+    }
+}
+
+impl fmt::Display for Marker {
+    /// Writes the canonical file name (the same string as [`Marker::file_name`]).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Marker::Start { role, worker, attempt } => write!(f, "{role}-{worker}.start{attempt}"),
+            Marker::Crash { role, worker, attempt } => write!(f, "{role}-{worker}.crash{attempt}"),
+            Marker::Done { role, worker } => write!(f, "{role}-{worker}.done"),
+            Marker::Failed { role, worker } => write!(f, "{role}-{worker}.failed"),
+            Marker::Cancel => f.write_str("simulation.cancel"),
+            Marker::WorkerCancel { worker } => write!(f, "simulation-{worker}.cancel"),
+            Marker::LogcopyDone => f.write_str("logcopy.done"),
+        }
+    }
+}
+
+impl FromStr for Marker {
+    type Err = UnknownMarker;
+
+    /// Same as [`Marker::parse`], with an error naming the rejected string.
+    fn from_str(s: &str) -> Result<Marker, UnknownMarker> {
+        Marker::parse(s).ok_or_else(|| UnknownMarker { name: s.to_owned() })
+    }
+}
+
+/// Parses the canonical decimal spelling of a `u32`: ASCII digits only, no sign, no leading
+/// zero except `0` itself. Stricter than `u32::from_str`, which accepts `+7` and `007`, so that
+/// every accepted name formats back to itself.
+fn parse_decimal(s: &str) -> Option<u32> {
+    let bytes = s.as_bytes();
+    match bytes {
+        [] => None,
+        [b'0'] => Some(0),
+        [b'0', ..] => None,
+        _ => bytes.iter().try_fold(0u32, |acc, &b| {
+            if b.is_ascii_digit() { acc.checked_mul(10)?.checked_add(u32::from(b - b'0')) } else { None }
+        }),
+    }
+}
+
+/// The markers present in one listing of the status folder, as typed values.
+///
+/// Pure: it is built from file names, so reading the folder (and deciding how often) stays
+/// with the caller, and tests need no files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusSet {
+    markers: BTreeSet<Marker>,
+}
+
+impl StatusSet {
+    /// The markers among `names`; names that are not exactly a marker name are ignored.
+    pub fn from_names<I, S>(names: I) -> StatusSet
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        StatusSet { markers: names.into_iter().filter_map(|n| Marker::parse(n.as_ref())).collect() }
+    }
+
+    /// Whether `m` is present.
+    pub fn contains(&self, m: &Marker) -> bool {
+        self.markers.contains(m)
+    }
+
+    /// The attempts of `role` on `worker` that have a crash marker, ascending.
+    ///
+    /// Their count is the next attempt number upstream would use.
+    pub fn crashes(&self, role: Role, worker: WorkerId) -> Vec<Attempt> {
+        self.attempts(|m| match *m {
+            Marker::Crash { role: r, worker: w, attempt } if r == role && w == worker => Some(attempt),
+            _ => None,
+        })
+    }
+
+    /// The attempts of `role` on `worker` that have a start marker, ascending.
+    pub fn starts(&self, role: Role, worker: WorkerId) -> Vec<Attempt> {
+        self.attempts(|m| match *m {
+            Marker::Start { role: r, worker: w, attempt } if r == role && w == worker => Some(attempt),
+            _ => None,
+        })
+    }
+
+    /// Whether `<role>-<worker>.done` is present.
+    pub fn is_done(&self, role: Role, worker: WorkerId) -> bool {
+        self.contains(&Marker::Done { role, worker })
+    }
+
+    /// Whether `<role>-<worker>.failed` is present.
+    pub fn is_failed(&self, role: Role, worker: WorkerId) -> bool {
+        self.contains(&Marker::Failed { role, worker })
+    }
+
+    /// Whether `worker` must stop: `simulation.cancel` or `simulation-<worker>.cancel` is present.
+    pub fn cancelled(&self, worker: WorkerId) -> bool {
+        self.contains(&Marker::Cancel) || self.contains(&Marker::WorkerCancel { worker })
+    }
+
+    /// Whether any cancellation marker, Job-wide or for one worker, is present.
+    pub fn any_cancel(&self) -> bool {
+        self.markers.iter().any(|m| matches!(m, Marker::Cancel | Marker::WorkerCancel { .. }))
+    }
+
+    /// Whether `logcopy.done` is present.
+    pub fn logcopy_done(&self) -> bool {
+        self.contains(&Marker::LogcopyDone)
+    }
+
+    /// The markers present, in a stable order (by variant, then role, worker, attempt).
+    pub fn iter(&self) -> impl Iterator<Item = &Marker> {
+        self.markers.iter()
+    }
+
+    /// Collects attempts in ascending order; the set is ordered by variant, role and worker
+    /// before attempt, so the matches come out sorted.
+    fn attempts(&self, pick: impl Fn(&Marker) -> Option<Attempt>) -> Vec<Attempt> {
+        self.markers.iter().filter_map(pick).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W3: WorkerId = WorkerId(3);
+
+    /// One marker of each shape, with the exact name upstream's scripts use.
+    fn canonical() -> Vec<(Marker, &'static str)> {
+        use Role::{Agent, Simulator};
+        vec![
+            (Marker::Start { role: Simulator, worker: W3, attempt: Attempt(0) }, "simulator-3.start0"),
+            (Marker::Start { role: Agent, worker: W3, attempt: Attempt(2) }, "agent-3.start2"),
+            (Marker::Crash { role: Simulator, worker: W3, attempt: Attempt(0) }, "simulator-3.crash0"),
+            (Marker::Crash { role: Agent, worker: WorkerId(12), attempt: Attempt(10) }, "agent-12.crash10"),
+            (Marker::Done { role: Agent, worker: W3 }, "agent-3.done"),
+            (Marker::Done { role: Simulator, worker: WorkerId(1) }, "simulator-1.done"),
+            (Marker::Failed { role: Agent, worker: W3 }, "agent-3.failed"),
+            (Marker::Failed { role: Simulator, worker: WorkerId(4) }, "simulator-4.failed"),
+            (Marker::Cancel, "simulation.cancel"),
+            (Marker::WorkerCancel { worker: W3 }, "simulation-3.cancel"),
+            (Marker::LogcopyDone, "logcopy.done"),
+            (
+                Marker::Crash { role: Agent, worker: WorkerId(u32::MAX), attempt: Attempt(u32::MAX) },
+                "agent-4294967295.crash4294967295",
+            ),
+            (Marker::Done { role: Agent, worker: WorkerId(0) }, "agent-0.done"),
+        ]
+    }
+
+    #[test]
+    fn formats_to_upstream_names_and_round_trips() {
+        for (m, name) in canonical() {
+            assert_eq!(m.file_name(), name);
+            assert_eq!(m.to_string(), name);
+            assert_eq!(Marker::parse(name), Some(m), "{name}");
+            assert_eq!(name.parse::<Marker>(), Ok(m));
+        }
+    }
+
+    #[test]
+    fn rejects_everything_that_is_not_exactly_a_marker() {
+        let rejected = [
+            "",
+            ".",
+            "-",
+            "agent",
+            "agent-",
+            "agent-.done",
+            "agent-1",
+            "agent-1.",
+            "agent-01.done",
+            "agent-00.done",
+            "agent-+1.done",
+            "agent--1.done",
+            "agent-1.start",
+            "agent-1.crash",
+            "agent-1.crash-1",
+            "agent-1.crash+1",
+            "agent-1.crash01",
+            "agent-1.start00",
+            "agent-1.done.tmp",
+            "agent-1.done ",
+            " agent-1.done",
+            "agent-1.Done",
+            "Agent-1.done",
+            "AGENT-1.DONE",
+            "agent_1.done",
+            "agent-1-2.done",
+            "agent-1.cancel",
+            "agent.done",
+            "simulation.cancel2",
+            "simulation-1.cancel2",
+            "simulation-1.done",
+            "simulation-.cancel",
+            "simulation-01.cancel",
+            "simulator.cancel",
+            "simulator-1.cancel",
+            "logcopy.done.tmp",
+            "logcopy-1.done",
+            "logcopy.crash0",
+            "uploader-1.done",
+            "worker-1.start",
+            "worker-1.start0",
+            "monitor.done",
+            "agent-4294967296.done",
+            "agent-1.crash4294967296",
+            "agent-99999999999999999999999999999999.done",
+            "agent-1.start99999999999999999999999999999999",
+            "agent-١.done",
+            "agent-1.crash٣",
+            "agent-１.done",
+            "agént-1.done",
+            "agent-1.done\0",
+            "agent-1.done\n",
+            "simulation.cancel\n",
+        ];
+        for name in rejected {
+            assert_eq!(Marker::parse(name), None, "{name:?}");
+            let err = name.parse::<Marker>().unwrap_err();
+            assert_eq!(err.name, name);
+            let msg = err.to_string();
+            assert!(msg.contains("is not a marker name"), "{msg}");
+        }
+        assert_eq!(
+            "agent-01.done".parse::<Marker>().unwrap_err().to_string(),
+            "\"agent-01.done\" is not a marker name"
+        );
+    }
+
+    #[test]
+    fn accessors() {
+        let crash = Marker::Crash { role: Role::Simulator, worker: W3, attempt: Attempt(1) };
+        assert_eq!(crash.worker(), Some(W3));
+        assert_eq!(crash.role(), Some(Role::Simulator));
+        let wc = Marker::WorkerCancel { worker: W3 };
+        assert_eq!(wc.worker(), Some(W3));
+        assert_eq!(wc.role(), None);
+        for m in [Marker::Cancel, Marker::LogcopyDone] {
+            assert_eq!(m.worker(), None);
+            assert_eq!(m.role(), None);
+        }
+    }
+
+    #[test]
+    fn role_and_numbers() {
+        for role in Role::ALL {
+            assert_eq!(role.to_string().parse::<Role>(), Ok(role));
+            assert_eq!(role.peer().peer(), role);
+        }
+        assert_eq!(Role::Simulator.to_string(), "simulator");
+        assert_eq!(Role::Agent.to_string(), "agent");
+        let err = "Agent".parse::<Role>().unwrap_err();
+        assert_eq!(err.name, "Agent");
+        assert!(err.to_string().contains("\"Agent\""));
+        assert_eq!(WorkerId(42).to_string(), "42");
+        assert_eq!(Attempt(0).to_string(), "0");
+        assert_eq!(parse_decimal("0"), Some(0));
+        assert_eq!(parse_decimal("4294967295"), Some(u32::MAX));
+        for bad in ["", "00", "01", "+1", "-0", "4294967296", "1 ", "1e3", "٣"] {
+            assert_eq!(parse_decimal(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A deterministic linear congruential generator (Knuth's MMIX constants), so the
+    /// property test needs no extra crate and fails the same way every run.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 >> 33
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn parse_never_panics_and_accepted_names_format_back() {
+        const ALPHABET: &[char] =
+            &['0', '1', '2', '9', '-', '+', '.', ' ', 'a', 'e', 'n', 's', 't', 'A', 'é', '١', '\0', '\u{feff}', '😀'];
+        const WORDS: &[&str] = &[
+            "simulator",
+            "agent",
+            "simulation",
+            "logcopy",
+            "start",
+            "crash",
+            "done",
+            "failed",
+            "cancel",
+            "4294967295",
+            "4294967296",
+            "99999999999999999999",
+        ];
+        let seeds: Vec<String> = canonical().into_iter().map(|(_, n)| n.to_owned()).collect();
+        let mut rng = Lcg(0x5eed);
+        let (mut accepted, mut rejected) = (0, 0);
+        for _ in 0..5000 {
+            let mut s: Vec<char> = seeds[rng.below(seeds.len())].chars().collect();
+            for _ in 0..=rng.below(3) {
+                let at = rng.below(s.len() + 1);
+                match rng.below(5) {
+                    0 => s.insert(at, ALPHABET[rng.below(ALPHABET.len())]),
+                    1 if at < s.len() => {
+                        s.remove(at);
+                    }
+                    2 if at < s.len() => s[at] = ALPHABET[rng.below(ALPHABET.len())],
+                    3 => {
+                        let word = WORDS[rng.below(WORDS.len())];
+                        s.splice(at..at, word.chars());
+                    }
+                    _ => s.truncate(at),
+                }
+            }
+            let name: String = s.into_iter().collect();
+            match Marker::parse(&name) {
+                Some(m) => {
+                    accepted += 1;
+                    assert_eq!(m.file_name(), name);
+                    assert_eq!(Marker::parse(&m.file_name()), Some(m));
+                }
+                None => rejected += 1,
+            }
+        }
+        // Both branches must be exercised, or the loop proves nothing.
+        assert!(accepted > 100, "only {accepted} mutated names were markers");
+        assert!(rejected > 1000, "only {rejected} mutated names were rejected");
+    }
+
+    #[test]
+    fn every_small_marker_round_trips() {
+        for worker in (0..5).map(WorkerId) {
+            for role in Role::ALL {
+                let mut all = vec![Marker::Done { role, worker }, Marker::Failed { role, worker }];
+                for attempt in (0..12).map(Attempt) {
+                    all.push(Marker::Start { role, worker, attempt });
+                    all.push(Marker::Crash { role, worker, attempt });
+                }
+                for m in all {
+                    assert_eq!(Marker::parse(&m.file_name()), Some(m));
+                }
+            }
+            let wc = Marker::WorkerCancel { worker };
+            assert_eq!(Marker::parse(&wc.file_name()), Some(wc));
+        }
+    }
+
+    #[test]
+    fn status_set_queries() {
+        let names = [
+            "simulator-1.start0",
+            "agent-1.start0",
+            "simulator-1.crash0",
+            "agent-1.crash0",
+            "simulator-1.start1",
+            "agent-1.start1",
+            "simulator-1.crash10",
+            "simulator-1.crash2",
+            "agent-1.done",
+            "simulator-1.done",
+            "agent-2.start0",
+            "agent-2.failed",
+            "simulator-12.crash1",
+            "agent-1.done.tmp",
+            "uploader-1.done",
+            "lost+found",
+            "",
+        ];
+        let set = StatusSet::from_names(names);
+        let (w1, w2, w12) = (WorkerId(1), WorkerId(2), WorkerId(12));
+        assert_eq!(set.iter().count(), 13);
+        assert_eq!(set.crashes(Role::Simulator, w1), vec![Attempt(0), Attempt(2), Attempt(10)]);
+        assert_eq!(set.crashes(Role::Agent, w1), vec![Attempt(0)]);
+        assert_eq!(set.crashes(Role::Simulator, w12), vec![Attempt(1)]);
+        assert_eq!(set.crashes(Role::Simulator, w2), vec![]);
+        assert_eq!(set.starts(Role::Agent, w1), vec![Attempt(0), Attempt(1)]);
+        assert_eq!(set.starts(Role::Agent, w2), vec![Attempt(0)]);
+        assert!(set.is_done(Role::Agent, w1) && set.is_done(Role::Simulator, w1));
+        assert!(!set.is_done(Role::Agent, w2));
+        assert!(set.is_failed(Role::Agent, w2) && !set.is_failed(Role::Simulator, w2));
+        assert!(!set.is_failed(Role::Agent, w1));
+        assert!(set.contains(&Marker::Start { role: Role::Simulator, worker: w1, attempt: Attempt(1) }));
+        assert!(!set.any_cancel() && !set.cancelled(w1) && !set.logcopy_done());
+
+        let one = StatusSet::from_names(vec!["simulation-2.cancel".to_owned()]);
+        assert!(one.any_cancel() && one.cancelled(w2) && !one.cancelled(w1));
+
+        let all = StatusSet::from_names(["simulation.cancel", "logcopy.done"]);
+        assert!(all.any_cancel() && all.cancelled(w1) && all.cancelled(w12));
+        assert!(all.logcopy_done());
+
+        let empty = StatusSet::from_names(std::iter::empty::<&str>());
+        assert_eq!(empty, StatusSet::default());
+        assert_eq!(empty.iter().next(), None);
+    }
+
+    #[test]
+    fn status_set_ignores_duplicates_and_iterates_in_order() {
+        let set = StatusSet::from_names(["agent-1.done", "agent-1.done", "simulator-1.done"]);
+        let names: Vec<String> = set.iter().map(Marker::file_name).collect();
+        assert_eq!(names, ["simulator-1.done", "agent-1.done"]);
+    }
+}
