@@ -4,6 +4,7 @@
 //! exited 1: a merge that stops on duplicate routes, a file that is not a results file, ...); 2 bad usage or
 //! configuration.
 
+use crate::config::RunArgs;
 use crate::results::file::{self, DEFAULT_MAX_BYTES, LoadError, Loaded};
 use crate::results::pyjson::{self, Object, Value};
 use crate::results::{self, Input, MergeFailure, Version, evalai};
@@ -12,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tracing_subscriber::filter::LevelFilter;
 
 /// The Leaderboard version when neither a flag nor the files decide it.
 pub const DEFAULT_VERSION: Version = Version::V2;
@@ -25,11 +27,22 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the sidecar: watch the volume, merge, publish to EvalAI, end when the workers are done.
+    Run(Box<RunCommand>),
     /// Merge worker result files into one Leaderboard results file (drop-in for merge_statistics.py).
     Merge(MergeArgs),
     /// Convert a merged results file to EvalAI's results.json, stdout.txt and metadata.json
     /// (drop-in for generate_results.py, generate_stdout.py and generate_metadata.py at once).
     Evalai(EvalaiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunCommand {
+    #[command(flatten)]
+    pub args: RunArgs,
+    /// Least severe log level shown (error, warn, info, debug, trace).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: LevelFilter,
 }
 
 #[derive(Debug, Args)]
@@ -70,12 +83,49 @@ pub struct Common {
 /// Runs a parsed command line and decides the exit code.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
+        Command::Run(r) => return run_daemon(*r),
         Command::Merge(a) => merge(&a),
         Command::Evalai(a) => evalai(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failed) => ExitCode::from(1),
+    }
+}
+
+/// `logcopy run`: 0 on every handled end (finished, incomplete, cancelled, SIGTERM), 2 on bad configuration.
+fn run_daemon(r: RunCommand) -> ExitCode {
+    let cfg = match r.args.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("logcopy run: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let layout_log = cfg.logs.join("logcopy").join("logcopy.log");
+    let volume_log = cfg.logs.is_dir().then_some(layout_log.as_path());
+    if let Some(problem) = crate::logging::init(cfg.log_format, r.log_level, volume_log) {
+        tracing::warn!("{problem}");
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("logcopy run: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let span = tracing::info_span!("logcopy", submission = cfg.submission_id);
+    let result = runtime.block_on(tracing::Instrument::instrument(crate::daemon::run(cfg), span));
+    match result {
+        Ok(end) => {
+            tracing::info!(?end, "logcopy ends");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("logcopy run: configuration error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -5,5 +5,9 @@
 //! modules) publishes it and keeps S3 and DynamoDB in step with the shared volume.
 
 pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod logging;
+pub mod publish;
 pub mod results;
 pub mod volume;

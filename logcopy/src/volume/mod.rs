@@ -1,13 +1,21 @@
-//! The shared logs volume: how logcopy writes its outputs onto it.
+//! The shared logs volume: its layout, reading the markers and results files on it, watching it, and writing
+//! logcopy's outputs onto it.
+//!
+//! Everything on the volume may have been written by the participant's code, so nothing here follows a
+//! symbolic link or opens a special file, and marker files are read by name only.
 //!
 //! Upstream's scripts write the merged file and the EvalAI files in place, so a reader (the S3 sync, EvalAI's
 //! publisher, a participant downloading the logs) can see half a file, and a failed write leaves one behind.
 //! Every output here is written to a temporary file in the same folder and renamed over the target, so readers
 //! see the old bytes or the new ones, never a mix, and a failed write leaves the old file untouched.
 
+pub mod watch;
+
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use supervisor::markers::StatusSet;
 
 /// Prefix of logcopy's temporary files; they are never uploaded.
 pub const TEMP_PREFIX: &str = ".logcopy-tmp.";
@@ -44,6 +52,108 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(err)
+}
+
+/// Where things are on the volume (generation 1 layout by default).
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+    /// Worker results path under the root, `{i}` standing for the worker number.
+    pub results_pattern: String,
+    /// The merged results file under the root.
+    pub merged: PathBuf,
+    pub workers: u32,
+}
+
+impl Layout {
+    pub fn status_dir(&self) -> PathBuf {
+        self.root.join("containers-status")
+    }
+
+    pub fn evalai_dir(&self) -> PathBuf {
+        self.root.join("evalai")
+    }
+
+    pub fn merged_file(&self) -> PathBuf {
+        self.root.join(&self.merged)
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.root.join("logcopy").join("logcopy.log")
+    }
+
+    /// Worker `i`'s results file (workers are numbered from 1).
+    pub fn results_file(&self, i: u32) -> PathBuf {
+        self.root.join(self.results_rel(i))
+    }
+
+    /// Worker `i`'s results file relative to the root, as logs and errors name it.
+    pub fn results_rel(&self, i: u32) -> String {
+        self.results_pattern.replace("{i}", &i.to_string())
+    }
+
+    /// Whether `path` is one of logcopy's own outputs (their changes must not trigger a new cycle).
+    pub fn is_own_output(&self, path: &Path) -> bool {
+        path.starts_with(self.evalai_dir())
+            || path == self.merged_file()
+            || path.starts_with(self.root.join("logcopy"))
+            || path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX))
+    }
+}
+
+/// The markers present in the status folder, read by name (no file is opened). A missing folder has none.
+pub fn read_markers(dir: &Path) -> std::io::Result<StatusSet> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            let names: Vec<String> =
+                entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
+            Ok(StatusSet::from_names(names))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StatusSet::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates an empty marker file (never through a symlink; an existing one is left as is).
+pub fn write_marker(dir: &Path, marker: &supervisor::markers::Marker) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o666)
+        .open(dir.join(marker.file_name()))
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What identifies a version of a file without reading it: a rewrite changes at least one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+}
+
+impl FileStamp {
+    /// The stamp of `path` itself (a symlink is stamped, not followed); `None` when it does not exist.
+    pub fn of(path: &Path) -> std::io::Result<Option<FileStamp>> {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => Ok(Some(FileStamp {
+                len: m.len(),
+                mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+                ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+                ino: m.ino(),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

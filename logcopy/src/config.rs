@@ -1,0 +1,397 @@
+//! `logcopy run`'s configuration: one struct, built from flags with upstream's environment variable names as
+//! fallbacks, validated once at start. A missing or malformed setting is a [`ConfigError`] that names it; the
+//! binary exits 2 on it, and on nothing else.
+
+use crate::results::Version;
+use crate::results::file::DEFAULT_MAX_BYTES;
+use clap::{Args, ValueEnum};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// A secret (the EvalAI host token) that never prints: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that sends it (the Authorization header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line, for FluentD and CloudWatch.
+    Json,
+}
+
+/// The flags of `logcopy run`, as clap parses them (strings where we validate ourselves).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// EvalAI challenge id (digits).
+    #[arg(long, env = "CHALLENGE_ID")]
+    pub challenge_id: Option<String>,
+    /// EvalAI submission id (digits).
+    #[arg(long, env = "SUBMISSION_ID")]
+    pub submission_id: Option<String>,
+    /// EvalAI challenge phase id, the track (digits).
+    #[arg(long, env = "TRACK_ID")]
+    pub track_id: Option<String>,
+    /// EvalAI participant team id (the DynamoDB partition key).
+    #[arg(long, env = "TEAM_ID")]
+    pub team_id: Option<String>,
+    /// EvalAI host token. Prefer --evalai-token-file: a flag's value is visible in the process list.
+    #[arg(long, env = "EVALAI_AUTH_TOKEN", hide_env_values = true)]
+    pub evalai_token: Option<String>,
+    /// A file holding the EvalAI host token (e.g. a mounted Kubernetes secret).
+    #[arg(long, env = "EVALAI_TOKEN_FILE")]
+    pub evalai_token_file: Option<PathBuf>,
+    /// EvalAI API base URL, e.g. https://eval.ai. Without it, EvalAI requests go to the local embedded sink.
+    #[arg(long, env = "EVALAI_API_SERVER")]
+    pub evalai_api_server: Option<String>,
+    /// Full rescan period, the fallback for lost file events (seconds, or with a unit: 500ms, 10s, 2m).
+    #[arg(long, env = "LOGS_PERIOD", default_value = "10")]
+    pub logs_period: String,
+    /// Leaderboard version while the workers' files carry none (1.0 or 2.0).
+    #[arg(long, env = "LEADERBOARD_VERSION", default_value = "2.0")]
+    pub leaderboard_version: String,
+    /// Number of worker pairs.
+    #[arg(long = "workers", env = "SUBMISSION_WORKERS", default_value = "4")]
+    pub workers: String,
+    /// The logs volume's root.
+    #[arg(long, env = "LOGS_DIR", default_value = "/logs")]
+    pub logs: PathBuf,
+    /// Path of worker i's results file under the volume; `{i}` is the worker number (1..N).
+    /// Generation 2: agent/partial_agent_results{i}.json
+    #[arg(long, env = "RESULTS_PATTERN", default_value = "agent/agent{i}/agent_results.json")]
+    pub results_pattern: String,
+    /// Path of the merged results file under the volume.
+    #[arg(long, env = "MERGED_PATH", default_value = "agent/agent_results.json")]
+    pub merged_path: String,
+    /// Most EvalAI requests a minute for this submission (status GETs, PUTs and retries together).
+    #[arg(long, env = "EVALAI_RPM", default_value = "6")]
+    pub evalai_rpm: String,
+    /// Period of the EvalAI status GET, which notices a cancel.
+    #[arg(long, env = "STATUS_PERIOD", default_value = "30")]
+    pub status_period: String,
+    /// Do not mark a fresh submission `running` on EvalAI at start (PATCH).
+    #[arg(long, env = "NO_START_PATCH")]
+    pub no_start_patch: bool,
+    /// At the end, also send EvalAI's terminal status (FINISHED, FAILED or CANCELLED), as the post-run step does.
+    #[arg(long, env = "FINAL_STATUS")]
+    pub final_status: bool,
+    /// Time allowed for the last flush after SIGTERM or SIGINT (Kubernetes' grace period is 30 s).
+    #[arg(long, env = "FLUSH_BUDGET", default_value = "20")]
+    pub flush_budget: String,
+    /// Time allowed for the final EvalAI update at a normal end (completion or cancel).
+    #[arg(long, env = "FINAL_TIMEOUT", default_value = "300")]
+    pub final_timeout: String,
+    /// Trailing-edge debounce of file events (at most this long after the first event of a burst).
+    #[arg(long, env = "DEBOUNCE", default_value = "250ms")]
+    pub debounce: String,
+    /// Timeout of one EvalAI request.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "20")]
+    pub request_timeout: String,
+    /// Log format on stdout (the volume's logcopy/logcopy.log gets the same).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Embedded local sinks: EvalAI requests go to OUT/evalai-requests.jsonl instead of the network.
+    #[arg(long, value_name = "OUT")]
+    pub local: Option<PathBuf>,
+    /// Run one cycle (scan, merge, publish) and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Refuse a worker results file larger than this many bytes.
+    #[arg(long, env = "MAX_RESULTS_BYTES", default_value_t = DEFAULT_MAX_BYTES)]
+    pub max_results_bytes: u64,
+}
+
+/// Where EvalAI requests go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvalAiTarget {
+    Http {
+        base: String,
+        token: Secret,
+    },
+    /// The embedded sink: requests are appended to `OUT/evalai-requests.jsonl`.
+    Local {
+        out: PathBuf,
+    },
+}
+
+/// The validated configuration of `logcopy run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub challenge_id: u64,
+    pub submission_id: u64,
+    pub track_id: u64,
+    pub team_id: String,
+    pub evalai: EvalAiTarget,
+    pub logs_period: Duration,
+    pub version: Version,
+    pub workers: u32,
+    pub logs: PathBuf,
+    pub results_pattern: String,
+    pub merged_path: PathBuf,
+    pub evalai_rpm: u32,
+    pub status_period: Duration,
+    pub start_patch: bool,
+    pub final_status: bool,
+    pub flush_budget: Duration,
+    pub final_timeout: Duration,
+    pub debounce: Duration,
+    pub request_timeout: Duration,
+    pub log_format: LogFormat,
+    pub once: bool,
+    pub max_results_bytes: u64,
+}
+
+/// A setting that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct ConfigError {
+    /// The flag and its environment variable, e.g. `--submission-id / SUBMISSION_ID`.
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { setting, reason: reason.into() }
+}
+
+/// Parses `10`, `1.5`, `250ms`, `10s` or `2m`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    let secs = v * scale;
+    (0.0..1e9).contains(&secs).then(|| Duration::from_secs_f64(secs))
+}
+
+fn duration(setting: &'static str, s: &str, min: Duration) -> Result<Duration, ConfigError> {
+    let d =
+        parse_duration(s).ok_or_else(|| bad(setting, format!("{s:?} is not a duration (e.g. 10, 250ms, 10s, 2m)")))?;
+    if d < min {
+        return Err(bad(setting, format!("{s:?} is below the minimum of {min:?}")));
+    }
+    Ok(d)
+}
+
+fn id(setting: &'static str, v: Option<&str>, local_default: Option<u64>) -> Result<u64, ConfigError> {
+    match v {
+        None | Some("") => local_default.ok_or_else(|| bad(setting, "is required")),
+        Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().map_err(|_| bad(setting, format!("{s:?} is too large")))
+        }
+        Some(s) => Err(bad(setting, format!("{s:?} is not an EvalAI id (decimal digits)"))),
+    }
+}
+
+fn number(setting: &'static str, s: &str, min: u32, max: u32) -> Result<u32, ConfigError> {
+    let n: u32 = s.trim().parse().map_err(|_| bad(setting, format!("{s:?} is not a whole number")))?;
+    if !(min..=max).contains(&n) {
+        return Err(bad(setting, format!("{n} is outside {min}..={max}")));
+    }
+    Ok(n)
+}
+
+/// A path under the volume: relative, with no `..`, so it can never leave the volume.
+fn volume_path(setting: &'static str, s: &str) -> Result<PathBuf, ConfigError> {
+    let p = Path::new(s);
+    if s.is_empty() || p.is_absolute() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(bad(setting, format!("{s:?} must be a relative path inside the volume, without `..`")));
+    }
+    Ok(p.to_path_buf())
+}
+
+impl RunArgs {
+    /// Validates the flags into a [`RunConfig`].
+    pub fn validate(self) -> Result<RunConfig, ConfigError> {
+        let local_out = match (&self.local, &self.evalai_api_server) {
+            (Some(out), _) => Some(out.clone()),
+            (None, None) => Some(PathBuf::from("logcopy-local")),
+            (None, Some(s)) if s.trim().is_empty() => Some(PathBuf::from("logcopy-local")),
+            (None, Some(_)) => None,
+        };
+        let local = local_out.is_some();
+        // Locally the ids only label the requests; in the cluster they address EvalAI and must be given.
+        let default_id = local.then_some(1);
+        let evalai = match local_out {
+            Some(out) => EvalAiTarget::Local { out },
+            None => {
+                let base = self.evalai_api_server.as_deref().unwrap_or_default().trim().trim_end_matches('/');
+                if !(base.starts_with("https://") || base.starts_with("http://")) || base.contains(char::is_whitespace)
+                {
+                    return Err(bad(
+                        "--evalai-api-server / EVALAI_API_SERVER",
+                        format!("{base:?} is not an http(s) URL"),
+                    ));
+                }
+                let token = match (&self.evalai_token, &self.evalai_token_file) {
+                    (_, Some(path)) => std::fs::read_to_string(path).map(|t| t.trim().to_string()).map_err(|e| {
+                        bad("--evalai-token-file / EVALAI_TOKEN_FILE", format!("{}: {e}", path.display()))
+                    })?,
+                    (Some(t), None) => t.trim().to_string(),
+                    (None, None) => String::new(),
+                };
+                if token.is_empty() || token.contains(char::is_whitespace) {
+                    return Err(bad(
+                        "--evalai-token / EVALAI_AUTH_TOKEN (or --evalai-token-file)",
+                        if token.is_empty() { "is required" } else { "holds whitespace inside the token" },
+                    ));
+                }
+                EvalAiTarget::Http { base: base.to_string(), token: Secret::new(token) }
+            }
+        };
+        let version: Version = self
+            .leaderboard_version
+            .parse()
+            .map_err(|e: String| bad("--leaderboard-version / LEADERBOARD_VERSION", e))?;
+        if !self.results_pattern.contains("{i}") {
+            return Err(bad("--results-pattern / RESULTS_PATTERN", format!("{:?} has no {{i}}", self.results_pattern)));
+        }
+        volume_path("--results-pattern / RESULTS_PATTERN", &self.results_pattern)?;
+        let team_id = match self.team_id {
+            Some(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ if local => "local".to_string(),
+            _ => return Err(bad("--team-id / TEAM_ID", "is required")),
+        };
+        Ok(RunConfig {
+            challenge_id: id("--challenge-id / CHALLENGE_ID", self.challenge_id.as_deref(), default_id)?,
+            submission_id: id("--submission-id / SUBMISSION_ID", self.submission_id.as_deref(), default_id)?,
+            track_id: id("--track-id / TRACK_ID", self.track_id.as_deref(), default_id)?,
+            team_id,
+            evalai,
+            logs_period: duration("--logs-period / LOGS_PERIOD", &self.logs_period, Duration::from_millis(100))?,
+            version,
+            workers: number("--workers / SUBMISSION_WORKERS", &self.workers, 1, 1024)?,
+            logs: self.logs,
+            results_pattern: self.results_pattern,
+            merged_path: volume_path("--merged-path / MERGED_PATH", &self.merged_path)?,
+            // A partial update takes a GET and a PUT: fewer than 2 a minute could never send one.
+            evalai_rpm: number("--evalai-rpm / EVALAI_RPM", &self.evalai_rpm, 2, 60)?,
+            status_period: duration(
+                "--status-period / STATUS_PERIOD",
+                &self.status_period,
+                Duration::from_millis(100),
+            )?,
+            start_patch: !self.no_start_patch,
+            final_status: self.final_status,
+            flush_budget: duration("--flush-budget / FLUSH_BUDGET", &self.flush_budget, Duration::ZERO)?,
+            final_timeout: duration("--final-timeout / FINAL_TIMEOUT", &self.final_timeout, Duration::ZERO)?,
+            debounce: duration("--debounce / DEBOUNCE", &self.debounce, Duration::ZERO)?,
+            request_timeout: duration(
+                "--request-timeout / REQUEST_TIMEOUT",
+                &self.request_timeout,
+                Duration::from_millis(100),
+            )?,
+            log_format: self.log_format,
+            once: self.once,
+            max_results_bytes: self.max_results_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<RunConfig, ConfigError> {
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).unwrap().run.validate()
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("eyJhbGciOi.secret");
+        assert_eq!(format!("{s} {s:?}"), "*** ***");
+        let cfg = parse(&[
+            "--evalai-api-server",
+            "https://eval.ai/",
+            "--evalai-token",
+            "tok3n",
+            "--challenge-id",
+            "1",
+            "--submission-id",
+            "2",
+            "--track-id",
+            "3",
+            "--team-id",
+            "9",
+        ])
+        .unwrap();
+        assert!(!format!("{cfg:?}").contains("tok3n"));
+        assert_eq!(cfg.evalai, EvalAiTarget::Http { base: "https://eval.ai".into(), token: Secret::new("tok3n") });
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let base = ["--evalai-api-server", "https://eval.ai", "--evalai-token", "t", "--team-id", "9"];
+        let e = parse(&base).unwrap_err();
+        assert_eq!(e.setting, "--challenge-id / CHALLENGE_ID");
+        let mut args = base.to_vec();
+        args.extend(["--challenge-id", "12a", "--submission-id", "2", "--track-id", "3"]);
+        assert!(parse(&args).unwrap_err().to_string().starts_with("--challenge-id / CHALLENGE_ID: \"12a\""));
+        let e = parse(&["--local", "/tmp/x", "--logs-period", "soon"]).unwrap_err();
+        assert_eq!(e.setting, "--logs-period / LOGS_PERIOD");
+        let e = parse(&["--local", "/tmp/x", "--merged-path", "../escape.json"]).unwrap_err();
+        assert_eq!(e.setting, "--merged-path / MERGED_PATH");
+        let e = parse(&["--local", "/tmp/x", "--evalai-rpm", "1"]).unwrap_err();
+        assert_eq!(e.setting, "--evalai-rpm / EVALAI_RPM");
+        let e = parse(&["--evalai-api-server", "eval.ai", "--evalai-token", "t"]).unwrap_err();
+        assert_eq!(e.setting, "--evalai-api-server / EVALAI_API_SERVER");
+    }
+
+    #[test]
+    fn local_mode_needs_no_ids() {
+        let cfg = parse(&["--local", "/tmp/out"]).unwrap();
+        assert_eq!(cfg.evalai, EvalAiTarget::Local { out: "/tmp/out".into() });
+        assert_eq!((cfg.submission_id, cfg.team_id.as_str()), (1, "local"));
+        assert_eq!(cfg.status_period, Duration::from_secs(30));
+        assert_eq!(cfg.debounce, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        for bad in ["", "x", "-1", "inf", "NaN", "1h"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+}

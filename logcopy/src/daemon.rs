@@ -1,0 +1,593 @@
+//! The run loop of `logcopy run`: volume events -> merge -> outputs -> sinks -> end conditions.
+//!
+//! Replaces the 10 s polling loop of upstream's `run_logcopy.sh`. One task owns the volume: it reacts to file
+//! events (debounced) and to a periodic rescan, re-reads a worker's results file only when it changed, keeps
+//! the last good parse of a file caught half-written, merges, and writes the merged file and EvalAI's three
+//! files atomically. It hands each new result to the sinks (EvalAI; S3 and DynamoDB next) through a `watch`
+//! channel and decides when the run ends:
+//! - every worker has ended (both done markers, or a `.failed` marker): final merge and publish, `logcopy.done`;
+//! - EvalAI reports the submission cancelled: cancel markers for every worker, final flush, no partial PUT;
+//! - a cancel marker is on the volume (at start, it was left by an earlier logcopy that saw the cancel: EvalAI's
+//!   cancel is final, and the workers have stopped on it, so the run ends as cancelled instead of waiting for them);
+//! - SIGTERM or SIGINT: final flush within the flush budget.
+//!
+//! Every handled end exits 0: under `restartPolicy: OnFailure` a non-zero exit would restart logcopy and spend the
+//! Job's retries. Only bad configuration exits non-zero (2).
+
+use crate::config::{EvalAiTarget, RunConfig};
+use crate::publish::evalai::{EvalAiSettings, EvalAiSink, HttpTransport};
+use crate::publish::local::LocalTransport;
+use crate::publish::retry::RetryPolicy;
+use crate::publish::{End, Outputs, Sink, SinkEvent, Snapshot};
+use crate::results::file::{self, Loaded};
+use crate::results::model::route_sort_key;
+use crate::results::pyjson::Value;
+use crate::results::{self, Input, Version, evalai};
+use crate::volume::watch::{Debounce, watch};
+use crate::volume::{FileStamp, Layout, atomic_write, read_markers, write_marker};
+use std::collections::{BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use supervisor::markers::{Marker, Role, StatusSet, WorkerId};
+use tokio::sync::{mpsc, watch as watch_channel};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
+use tracing::{error, info, warn};
+
+/// A setup failure that is the operator's to fix (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("--logs / LOGS_DIR: {path}: {reason}")]
+    Volume { path: PathBuf, reason: String },
+    #[error("EvalAI client: {0}")]
+    Client(String),
+}
+
+/// One worker's results file and what logcopy knows of it.
+struct Worker {
+    id: u32,
+    rel: String,
+    path: PathBuf,
+    stamp: Option<FileStamp>,
+    /// The last good parse: never replaced by nothing.
+    good: Option<Value>,
+    /// The last problem logged, so each is logged once.
+    problem: Option<String>,
+}
+
+impl Worker {
+    fn report(&mut self, problem: String) {
+        if self.problem.as_ref() != Some(&problem) {
+            warn!(worker = self.id, file = %self.rel, "{problem}");
+            self.problem = Some(problem);
+        }
+    }
+
+    /// Re-reads the file when it changed; `true` when its data changed.
+    fn refresh(&mut self, max_bytes: u64) -> bool {
+        let stamp = match FileStamp::of(&self.path) {
+            Ok(s) => s,
+            Err(e) => {
+                self.report(format!("cannot stat the results file: {e}"));
+                return false;
+            }
+        };
+        if stamp == self.stamp {
+            return false;
+        }
+        self.stamp = stamp;
+        let keeping = if self.good.is_some() { "; keeping its last good parse" } else { "" };
+        match file::load(&self.path, max_bytes) {
+            Ok(Loaded::Data(v)) => {
+                self.problem = None;
+                self.good = Some(v);
+                true
+            }
+            Ok(Loaded::Missing) => {
+                if self.good.is_some() {
+                    self.report(format!("the results file disappeared{keeping}"));
+                }
+                false
+            }
+            Ok(Loaded::NoData { reason }) => {
+                self.report(format!("the results file holds no data yet ({reason}){keeping}"));
+                false
+            }
+            Err(e) => {
+                self.report(format!("unusable results file: {e}{keeping}"));
+                false
+            }
+        }
+    }
+
+    /// (records present, route total) from the last good parse.
+    fn progress(&self) -> Option<(usize, i64)> {
+        let cp = self.good.as_ref()?.as_object()?.get("_checkpoint")?.as_object()?;
+        let records = cp.get("records")?.as_array()?.len();
+        let total = match cp.get("progress")?.as_array()?.get(1)? {
+            Value::Int(t) => *t,
+            _ => return None,
+        };
+        Some((records, total))
+    }
+
+    fn is_complete(&self) -> bool {
+        matches!(self.progress(), Some((done, total)) if total > 0 && done as i64 >= total)
+    }
+
+    fn route_ids(&self) -> Vec<String> {
+        let Some(cp) = self.good.as_ref().and_then(Value::as_object).and_then(|o| o.get("_checkpoint")) else {
+            return Vec::new();
+        };
+        cp.as_object()
+            .and_then(|c| c.get("records"))
+            .and_then(Value::as_array)
+            .map(|recs| {
+                recs.iter().filter_map(|r| r.as_object()?.get("route_id")?.as_str().map(str::to_string)).collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// How a worker ended, from the markers and its results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WorkerEnd {
+    Complete,
+    Incomplete { recorded: usize, total: Option<i64> },
+    Failed { side: Role },
+}
+
+struct State {
+    cfg: RunConfig,
+    layout: Layout,
+    workers: Vec<Worker>,
+    version: Version,
+    outputs: Option<Arc<Outputs>>,
+    /// The bytes last written to each output file, to write only what changed.
+    written: Vec<(PathBuf, String)>,
+    logged: HashSet<String>,
+    markers: StatusSet,
+    /// Cancel markers this logcopy wrote.
+    wrote_cancel: bool,
+}
+
+impl State {
+    fn new(cfg: RunConfig) -> Self {
+        let layout = Layout {
+            root: cfg.logs.clone(),
+            results_pattern: cfg.results_pattern.clone(),
+            merged: cfg.merged_path.clone(),
+            workers: cfg.workers,
+        };
+        let workers = (1..=cfg.workers)
+            .map(|id| Worker {
+                id,
+                rel: layout.results_rel(id),
+                path: layout.results_file(id),
+                stamp: None,
+                good: None,
+                problem: None,
+            })
+            .collect();
+        State {
+            version: cfg.version,
+            layout,
+            workers,
+            cfg,
+            outputs: None,
+            written: Vec::new(),
+            logged: HashSet::new(),
+            markers: StatusSet::default(),
+            wrote_cancel: false,
+        }
+    }
+
+    fn log_once(&mut self, key: String, f: impl FnOnce(&str)) {
+        if self.logged.insert(key.clone()) {
+            f(&key);
+        }
+    }
+
+    /// Reads the markers and the results files; merges and writes the outputs when something changed.
+    /// Returns `true` when the outputs changed.
+    fn cycle(&mut self) -> bool {
+        match read_markers(&self.layout.status_dir()) {
+            Ok(m) => self.markers = m,
+            Err(e) => {
+                self.log_once(format!("cannot read {}: {e}", self.layout.status_dir().display()), |m| warn!("{m}"))
+            }
+        }
+        let max = self.cfg.max_results_bytes;
+        let mut changed = false;
+        for w in &mut self.workers {
+            changed |= w.refresh(max);
+        }
+        if !changed && self.outputs.is_some() {
+            return false;
+        }
+        self.merge()
+    }
+
+    fn merge(&mut self) -> bool {
+        let inputs: Vec<Input> = self
+            .workers
+            .iter()
+            .filter_map(|w| w.good.clone().map(|data| Input { name: w.rel.clone(), data }))
+            .collect();
+        self.version = match results::detect_all(inputs.iter().map(|i| (i.name.as_str(), &i.data))) {
+            Ok(Some(v)) => {
+                if v != self.cfg.version {
+                    let cfgv = self.cfg.version;
+                    self.log_once(
+                        format!("the workers' files are Leaderboard {v}, but LEADERBOARD_VERSION is {cfgv}; using {v}"),
+                        |m| error!("{m}"),
+                    );
+                }
+                v
+            }
+            Ok(None) => self.cfg.version,
+            Err(e) => {
+                self.log_once(format!("{e}; using LEADERBOARD_VERSION {}", self.cfg.version), |m| error!("{m}"));
+                self.cfg.version
+            }
+        };
+        let merged = match results::merge(self.version, &inputs) {
+            Ok(m) => m,
+            Err(f) => {
+                let msg = format!("merge failed, the last good results stay published: {}", f.error);
+                self.log_once(msg, |m| error!("{m}"));
+                return false;
+            }
+        };
+        for w in &merged.warnings {
+            self.log_once(w.clone(), |m| warn!("{m}"));
+        }
+        let obj = merged.value.as_object();
+        let converted =
+            evalai::results_json(self.version, obj).and_then(|r| Ok((r, evalai::stdout_txt(self.version, obj)?)));
+        let (results, stdout) = match converted {
+            Ok(x) => x,
+            Err(e) => {
+                let msg = format!("EvalAI conversion failed, the last good results stay published: {e}");
+                self.log_once(msg, |m| error!("{m}"));
+                return false;
+            }
+        };
+        let outputs = Outputs { merged: merged.to_bytes(), results, stdout };
+        if self.outputs.as_deref() == Some(&outputs) {
+            return false;
+        }
+        self.write_outputs(&outputs);
+        self.outputs = Some(Arc::new(outputs));
+        true
+    }
+
+    /// Writes the four output files (only those whose bytes changed), each atomically.
+    fn write_outputs(&mut self, o: &Outputs) {
+        let dir = self.layout.evalai_dir();
+        let files = [
+            (self.layout.merged_file(), &o.merged),
+            (dir.join("results.json"), &o.results),
+            (dir.join("stdout.txt"), &o.stdout),
+            (dir.join("metadata.json"), &o.merged),
+        ];
+        for (path, bytes) in files {
+            if self.written.iter().any(|(p, b)| *p == path && b == bytes) {
+                continue;
+            }
+            if let Some(parent) = path.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            match atomic_write(&path, bytes.as_bytes()) {
+                Ok(()) => {
+                    self.written.retain(|(p, _)| *p != path);
+                    self.written.push((path, bytes.clone()));
+                }
+                // Logged each time: a full disk must stay visible. The old file stays whole; the next cycle retries.
+                Err(e) => error!("{e}"),
+            }
+        }
+    }
+
+    fn worker_end(&self, w: &Worker) -> Option<WorkerEnd> {
+        let id = WorkerId(w.id);
+        for side in Role::ALL {
+            if self.markers.is_failed(side, id) {
+                return Some(WorkerEnd::Failed { side });
+            }
+        }
+        if !(self.markers.is_done(Role::Agent, id) && self.markers.is_done(Role::Simulator, id)) {
+            return None;
+        }
+        Some(if w.is_complete() {
+            WorkerEnd::Complete
+        } else {
+            let (recorded, total) = w.progress().map_or((0, None), |(d, t)| (d, Some(t)));
+            WorkerEnd::Incomplete { recorded, total }
+        })
+    }
+
+    /// `Some` once every worker has ended, with the final status decision and its reason.
+    fn completion(&self) -> Option<End> {
+        let mut problems = Vec::new();
+        for w in &self.workers {
+            match self.worker_end(w)? {
+                WorkerEnd::Complete => {}
+                WorkerEnd::Failed { side } => problems.push(format!("worker {} failed ({side}-{}.failed)", w.id, w.id)),
+                WorkerEnd::Incomplete { recorded, total } => problems.push(match total {
+                    Some(t) => format!("worker {} ended with {recorded} of {t} routes recorded", w.id),
+                    None => format!("worker {} ended without a results file", w.id),
+                }),
+            }
+        }
+        Some(if problems.is_empty() {
+            End::Completed { finished: true, reason: "every worker finished all its routes".into() }
+        } else {
+            End::Completed { finished: false, reason: problems.join("; ") }
+        })
+    }
+
+    /// Route ids of the submission with no result, where the totals allow knowing them.
+    fn missing_routes(&self) -> Vec<String> {
+        let mut total = 0i64;
+        for w in &self.workers {
+            match w.progress() {
+                Some((_, t)) => total += t,
+                None => return Vec::new(),
+            }
+        }
+        let ids: Vec<String> = self.workers.iter().flat_map(Worker::route_ids).collect();
+        let keys: BTreeSet<(i64, i64)> = ids.iter().filter_map(|id| route_sort_key(self.version, id)).collect();
+        let reps = match self.version {
+            Version::V2 => keys.iter().map(|k| k.1).max().map_or(1, |m| m + 1).max(1),
+            Version::V1 => 1,
+        };
+        let routes = total / reps;
+        let mut missing = Vec::new();
+        for r in 0..routes.min(100_000) {
+            for k in 0..reps {
+                if !keys.contains(&(r, k)) {
+                    missing.push(match self.version {
+                        Version::V2 => format!("RouteScenario_{r}_rep{k}"),
+                        Version::V1 => format!("RouteScenario_{r}"),
+                    });
+                }
+            }
+        }
+        missing
+    }
+
+    fn cancel_marker(&self) -> bool {
+        self.markers.any_cancel()
+    }
+
+    /// Writes `simulation.cancel` and `simulation-ID.cancel` for every worker.
+    fn write_cancel_markers(&mut self) {
+        let dir = self.layout.status_dir();
+        let mut all = vec![Marker::Cancel];
+        all.extend((1..=self.cfg.workers).map(|i| Marker::WorkerCancel { worker: WorkerId(i) }));
+        for m in all {
+            if let Err(e) = write_marker(&dir, &m) {
+                error!(marker = %m, "cannot write the cancel marker: {e}");
+            }
+        }
+        self.wrote_cancel = true;
+    }
+
+    /// The last cycle before the sinks' final work: re-read everything; on an incomplete end, say what is missing.
+    fn final_outputs(&mut self, end: &End) -> Option<Arc<Outputs>> {
+        for w in &mut self.workers {
+            w.stamp = None;
+        }
+        self.cycle();
+        if let End::Completed { finished: false, reason } = end
+            && let Some(o) = &self.outputs
+        {
+            let missing = self.missing_routes();
+            let mut note = format!("\nThe submission ended incomplete: {reason}.\n");
+            if !missing.is_empty() {
+                let shown: Vec<&str> = missing.iter().take(50).map(String::as_str).collect();
+                let more = if missing.len() > 50 { format!(" and {} more", missing.len() - 50) } else { String::new() };
+                note.push_str(&format!("Routes with no result: {}{more}.\n", shown.join(", ")));
+                error!(missing = missing.len(), routes = %shown.join(","), "routes with no result");
+            }
+            let with_note = Outputs { stdout: format!("{}{note}", o.stdout), ..(**o).clone() };
+            self.write_outputs(&with_note);
+            self.outputs = Some(Arc::new(with_note));
+        }
+        self.outputs.clone()
+    }
+}
+
+/// Runs `logcopy run` to one of its ends.
+pub async fn run(cfg: RunConfig) -> Result<End, SetupError> {
+    let root = cfg.logs.clone();
+    match std::fs::symlink_metadata(&root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(SetupError::Volume { path: root, reason: "is not a folder".into() }),
+        Err(e) => return Err(SetupError::Volume { path: root, reason: e.to_string() }),
+    }
+    let settings = EvalAiSettings {
+        challenge_id: cfg.challenge_id,
+        submission_id: cfg.submission_id,
+        track_id: cfg.track_id,
+        rpm: cfg.evalai_rpm,
+        status_period: cfg.status_period,
+        start_patch: cfg.start_patch,
+        final_status: cfg.final_status,
+        retry: RetryPolicy::default(),
+    };
+    let (snap_tx, snap_rx) = watch_channel::channel(Arc::new(Snapshot::default()));
+    let (ev_tx, ev_rx) = mpsc::channel(64);
+    let sink: JoinHandle<()> = match &cfg.evalai {
+        EvalAiTarget::Http { base, token } => {
+            let t = HttpTransport::new(base, token.clone(), cfg.request_timeout)
+                .map_err(|e| SetupError::Client(e.to_string()))?;
+            info!(server = %base, "publishing to EvalAI");
+            spawn_sink(EvalAiSink::new(t, settings), snap_rx, ev_tx)
+        }
+        EvalAiTarget::Local { out } => {
+            let t = LocalTransport::new(out).map_err(|e| SetupError::Client(format!("{}: {e}", out.display())))?;
+            info!(requests = %t.requests_file().display(), "no EvalAI server configured: EvalAI requests go to the local file");
+            spawn_sink(EvalAiSink::new(t, settings), snap_rx, ev_tx)
+        }
+    };
+    Engine { state: State::new(cfg), snap_tx, events: ev_rx, sinks: vec![sink], seq: 0 }.run().await
+}
+
+fn spawn_sink<S: Sink>(
+    sink: S,
+    rx: watch_channel::Receiver<Arc<Snapshot>>,
+    tx: mpsc::Sender<SinkEvent>,
+) -> JoinHandle<()> {
+    let name = sink.name();
+    let task = async move {
+        sink.run(rx, tx).await;
+        info!(sink = name, "sink finished");
+    };
+    tokio::spawn(tracing::Instrument::instrument(task, tracing::Span::current()))
+}
+
+struct Engine {
+    state: State,
+    snap_tx: watch_channel::Sender<Arc<Snapshot>>,
+    events: mpsc::Receiver<SinkEvent>,
+    sinks: Vec<JoinHandle<()>>,
+    seq: u64,
+}
+
+impl Engine {
+    fn publish(&mut self, end: Option<End>) {
+        self.seq += 1;
+        let snap = Snapshot { seq: self.seq, outputs: self.state.outputs.clone(), end };
+        let _ = self.snap_tx.send(Arc::new(snap));
+    }
+
+    async fn run(mut self) -> Result<End, SetupError> {
+        let cfg = self.state.cfg.clone();
+        for dir in [self.state.layout.evalai_dir(), self.state.layout.root.join("logcopy")] {
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                warn!("cannot create {}: {e}", dir.display());
+            }
+        }
+        let (_watcher, mut fs_events) = match watch(&self.state.layout.root) {
+            Ok((w, rx)) => (Some(w), rx),
+            Err(e) => {
+                warn!("cannot watch the volume ({e}); falling back to the {:?} rescan alone", cfg.logs_period);
+                (None, mpsc::channel(1).1)
+            }
+        };
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+
+        self.state.cycle();
+        if self.state.cancel_marker() {
+            let reason = "a cancel marker is on the volume at start: an earlier logcopy saw EvalAI's cancel, \
+                          and the workers stopped on it";
+            warn!("{reason}");
+            return Ok(self.end(End::Cancelled { reason: reason.into() }).await);
+        }
+        self.publish(None);
+        if cfg.once {
+            return Ok(self.end(End::Once).await);
+        }
+
+        let mut debounce = Debounce::new(cfg.debounce);
+        let mut next_rescan = Instant::now() + cfg.logs_period;
+        loop {
+            if let Some(end) = self.state.completion() {
+                return Ok(self.end(end).await);
+            }
+            if self.state.cancel_marker() {
+                let reason = if self.state.wrote_cancel {
+                    "EvalAI reports the submission cancelled".to_string()
+                } else {
+                    "a cancel marker appeared on the volume that this logcopy did not write".to_string()
+                };
+                return Ok(self.end(End::Cancelled { reason }).await);
+            }
+            let wake = debounce.deadline().map_or(next_rescan, |d| d.min(next_rescan));
+            tokio::select! {
+                Some(paths) = fs_events.recv() => {
+                    let layout = &self.state.layout;
+                    if paths.is_empty() || paths.iter().any(|p| !layout.is_own_output(p)) {
+                        debounce.event(Instant::now());
+                    }
+                }
+                _ = sleep_until(wake) => {
+                    if Instant::now() >= next_rescan {
+                        next_rescan = Instant::now() + cfg.logs_period;
+                    }
+                    debounce.clear();
+                    if self.state.cycle() {
+                        self.publish(None);
+                    }
+                }
+                Some(ev) = self.events.recv() => match ev {
+                    SinkEvent::Cancelled => {
+                        self.state.write_cancel_markers();
+                        self.state.cycle();
+                    }
+                    SinkEvent::Published { seq } => info!(seq, "EvalAI has the newest results"),
+                },
+                _ = recv_signal(&mut sigterm) => {
+                    info!("SIGTERM: final flush");
+                    return Ok(self.end(End::Terminated).await);
+                }
+                _ = recv_signal(&mut sigint) => {
+                    info!("SIGINT: final flush");
+                    return Ok(self.end(End::Terminated).await);
+                }
+            }
+        }
+    }
+
+    /// The final flush: last cycle, final snapshot, the sinks' final work within its time budget.
+    async fn end(mut self, end: End) -> End {
+        match &end {
+            End::Completed { finished: true, reason } => info!(reason, "all workers ended"),
+            End::Completed { finished: false, reason } => {
+                error!(reason, "all workers ended, the submission is incomplete")
+            }
+            End::Cancelled { reason } => info!(reason, "submission cancelled"),
+            End::Terminated | End::Once => {}
+        }
+        if matches!(end, End::Cancelled { .. }) && !self.state.wrote_cancel {
+            self.state.write_cancel_markers();
+        }
+        self.state.final_outputs(&end);
+        self.publish(Some(end.clone()));
+        let budget = match end {
+            End::Terminated | End::Once => self.state.cfg.flush_budget,
+            _ => self.state.cfg.final_timeout,
+        };
+        let deadline = Instant::now() + budget;
+        for sink in &mut self.sinks {
+            match tokio::time::timeout_at(deadline, &mut *sink).await {
+                Ok(_) => {}
+                Err(_) => {
+                    error!(
+                        budget_s = budget.as_secs_f64(),
+                        "a sink did not finish its final work in time; stopping it"
+                    );
+                    sink.abort();
+                }
+            }
+        }
+        if matches!(end, End::Completed { .. })
+            && let Err(e) = write_marker(&self.state.layout.status_dir(), &Marker::LogcopyDone)
+        {
+            error!("cannot write logcopy.done: {e}");
+        }
+        end
+    }
+}
+
+async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
