@@ -4,7 +4,7 @@
 //! exited 1: a merge that stops on duplicate routes, a file that is not a results file, ...); 2 bad usage or
 //! configuration.
 
-use crate::config::RunArgs;
+use crate::config::{RestoreArgs, RunArgs};
 use crate::results::file::{self, DEFAULT_MAX_BYTES, LoadError, Loaded};
 use crate::results::pyjson::{self, Object, Value};
 use crate::results::{self, Input, MergeFailure, Version, evalai};
@@ -27,8 +27,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the sidecar: watch the volume, merge, publish to EvalAI, end when the workers are done.
+    /// Run the sidecar: watch the volume, merge, publish to EvalAI, S3 and DynamoDB, end when the workers are done.
     Run(Box<RunCommand>),
+    /// The init container's job: restore a resumed submission's volume from S3, or create a fresh volume's folders.
+    Restore(RestoreArgs),
     /// Merge worker result files into one Leaderboard results file (drop-in for merge_statistics.py).
     Merge(MergeArgs),
     /// Convert a merged results file to EvalAI's results.json, stdout.txt and metadata.json
@@ -84,6 +86,7 @@ pub struct Common {
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Run(r) => return run_daemon(*r),
+        Command::Restore(a) => return run_restore(a),
         Command::Merge(a) => merge(&a),
         Command::Evalai(a) => evalai(&a),
     };
@@ -125,6 +128,36 @@ fn run_daemon(r: RunCommand) -> ExitCode {
             tracing::error!("{e}");
             eprintln!("logcopy run: configuration error: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `logcopy restore`: 0 done, 1 the restore failed (S3 unreachable, disk full, ...), 2 bad configuration.
+fn run_restore(a: RestoreArgs) -> ExitCode {
+    let cfg = match a.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("logcopy restore: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::logging::init(crate::config::LogFormat::Human, LevelFilter::INFO, None);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("logcopy restore: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(crate::restore::restore(&cfg)) {
+        Ok(r) => {
+            let what = if cfg.resume { "resumed" } else { "fresh" };
+            tracing::info!(downloaded = r.downloaded, bytes = r.bytes, skipped = r.skipped, "{what} volume ready");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("logcopy restore: error: {e}");
+            ExitCode::from(1)
         }
     }
 }

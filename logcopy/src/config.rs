@@ -123,6 +123,118 @@ pub struct RunArgs {
     /// Refuse a worker results file larger than this many bytes.
     #[arg(long, env = "MAX_RESULTS_BYTES", default_value_t = DEFAULT_MAX_BYTES)]
     pub max_results_bytes: u64,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Where the volume's files and the submission's record go.
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// S3 bucket that receives the volume under `<SUBMISSION_ID>/`. Without it (or with --local), the objects go
+    /// under OUT/s3/ and the DynamoDB item to OUT/dynamodb.json. Endpoint, region and credentials come from the
+    /// AWS SDK's standard chain (AWS_ENDPOINT_URL, AWS_REGION, IRSA web identity, ...).
+    #[arg(long, env = "S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// DynamoDB submissions table (key team_id + submission_id).
+    #[arg(long, env = "DYNAMODB_SUBMISSIONS_TABLE")]
+    pub dynamodb_table: Option<String>,
+}
+
+/// Where S3 objects and the DynamoDB item go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageTarget {
+    Aws {
+        bucket: String,
+        table: String,
+    },
+    /// Objects under `OUT/s3/`, the item in `OUT/dynamodb.json`.
+    Local {
+        out: PathBuf,
+    },
+}
+
+impl StorageArgs {
+    fn validate(&self, local: Option<&Path>) -> Result<StorageTarget, ConfigError> {
+        if let Some(out) = local {
+            return Ok(StorageTarget::Local { out: out.to_path_buf() });
+        }
+        let bucket = self.s3_bucket.as_deref().map(str::trim).filter(|b| !b.is_empty());
+        let table = self.dynamodb_table.as_deref().map(str::trim).filter(|t| !t.is_empty());
+        match (bucket, table) {
+            (None, _) => Ok(StorageTarget::Local { out: PathBuf::from(DEFAULT_LOCAL_OUT) }),
+            (Some(b), _) if !valid_bucket(b) => {
+                Err(bad("--s3-bucket / S3_BUCKET", format!("{b:?} is not an S3 bucket name")))
+            }
+            (Some(_), None) => Err(bad("--dynamodb-table / DYNAMODB_SUBMISSIONS_TABLE", "is required with S3_BUCKET")),
+            (Some(b), Some(t)) => Ok(StorageTarget::Aws { bucket: b.to_string(), table: t.to_string() }),
+        }
+    }
+}
+
+/// Where the embedded local sinks write when no folder is given.
+pub const DEFAULT_LOCAL_OUT: &str = "logcopy-local";
+
+fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+}
+
+/// The flags of `logcopy restore`, the init container's job.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The logs volume's root.
+    #[arg(long, env = "LOGS_DIR", default_value = "/logs")]
+    pub logs: PathBuf,
+    /// EvalAI submission id: the S3 prefix.
+    #[arg(long, env = "SUBMISSION_ID")]
+    pub submission_id: Option<String>,
+    /// Number of worker pairs (folders agent/agent1..N on a fresh volume).
+    #[arg(long = "workers", env = "SUBMISSION_WORKERS", default_value = "4")]
+    pub workers: String,
+    /// Set (non-empty) on a resumed submission: restore the volume from S3.
+    #[arg(long, env = "RESUME")]
+    pub resume: Option<String>,
+    /// Embedded local sinks: restore from OUT/s3/ instead of S3.
+    #[arg(long, value_name = "OUT")]
+    pub local: Option<PathBuf>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreConfig {
+    pub logs: PathBuf,
+    pub submission_id: u64,
+    pub workers: u32,
+    pub resume: bool,
+    pub storage: StorageTarget,
+}
+
+impl RestoreArgs {
+    pub fn validate(self) -> Result<RestoreConfig, ConfigError> {
+        let storage = match &self.local {
+            Some(out) => StorageTarget::Local { out: out.clone() },
+            None => match (
+                self.storage.s3_bucket.as_deref().map(str::trim).filter(|b| !b.is_empty()),
+                &self.storage.dynamodb_table,
+            ) {
+                (Some(b), _) if !valid_bucket(b) => {
+                    return Err(bad("--s3-bucket / S3_BUCKET", format!("{b:?} is not an S3 bucket name")));
+                }
+                // Restore touches S3 only; the table is not needed here.
+                (Some(b), t) => StorageTarget::Aws { bucket: b.to_string(), table: t.clone().unwrap_or_default() },
+                (None, _) => StorageTarget::Local { out: PathBuf::from(DEFAULT_LOCAL_OUT) },
+            },
+        };
+        let local = matches!(storage, StorageTarget::Local { .. });
+        Ok(RestoreConfig {
+            logs: self.logs,
+            submission_id: id("--submission-id / SUBMISSION_ID", self.submission_id.as_deref(), local.then_some(1))?,
+            workers: number("--workers / SUBMISSION_WORKERS", &self.workers, 1, 1024)?,
+            resume: self.resume.is_some_and(|r| !r.trim().is_empty()),
+            storage,
+        })
+    }
 }
 
 /// Where EvalAI requests go.
@@ -163,6 +275,7 @@ pub struct RunConfig {
     pub log_format: LogFormat,
     pub once: bool,
     pub max_results_bytes: u64,
+    pub storage: StorageTarget,
 }
 
 /// A setting that is missing or malformed.
@@ -236,11 +349,13 @@ impl RunArgs {
     pub fn validate(self) -> Result<RunConfig, ConfigError> {
         let local_out = match (&self.local, &self.evalai_api_server) {
             (Some(out), _) => Some(out.clone()),
-            (None, None) => Some(PathBuf::from("logcopy-local")),
-            (None, Some(s)) if s.trim().is_empty() => Some(PathBuf::from("logcopy-local")),
+            (None, None) => Some(PathBuf::from(DEFAULT_LOCAL_OUT)),
+            (None, Some(s)) if s.trim().is_empty() => Some(PathBuf::from(DEFAULT_LOCAL_OUT)),
             (None, Some(_)) => None,
         };
-        let local = local_out.is_some();
+        let storage = self.storage.validate(self.local.as_deref())?;
+        // Only a run with nothing remote may go without the ids: they address EvalAI, S3 and DynamoDB.
+        let local = local_out.is_some() && matches!(storage, StorageTarget::Local { .. });
         // Locally the ids only label the requests; in the cluster they address EvalAI and must be given.
         let default_id = local.then_some(1);
         let evalai = match local_out {
@@ -315,6 +430,7 @@ impl RunArgs {
             log_format: self.log_format,
             once: self.once,
             max_results_bytes: self.max_results_bytes,
+            storage,
         })
     }
 }

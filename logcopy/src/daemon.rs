@@ -14,11 +14,16 @@
 //! Every handled end exits 0: under `restartPolicy: OnFailure` a non-zero exit would restart logcopy and spend the
 //! Job's retries. Only bad configuration exits non-zero (2).
 
-use crate::config::{EvalAiTarget, RunConfig};
+use crate::config::{EvalAiTarget, RunConfig, StorageTarget};
 use crate::publish::evalai::{EvalAiSettings, EvalAiSink, HttpTransport};
 use crate::publish::local::LocalTransport;
+use crate::publish::record::RecordSink;
 use crate::publish::retry::RetryPolicy;
+use crate::publish::s3sync::StorageSink;
+use crate::publish::store::{LocalStore, S3Store};
+use crate::publish::table::{DynamoTable, ItemKey, LocalTable};
 use crate::publish::{End, Outputs, Sink, SinkEvent, Snapshot};
+use crate::restore::manifest_target;
 use crate::results::file::{self, Loaded};
 use crate::results::model::route_sort_key;
 use crate::results::pyjson::Value;
@@ -275,6 +280,13 @@ impl State {
             if self.written.iter().any(|(p, b)| *p == path && b == bytes) {
                 continue;
             }
+            // After a restart the file on the volume may already hold these bytes: leave it (and its stat) alone.
+            if !self.written.iter().any(|(p, _)| *p == path)
+                && file::read_regular(&path, bytes.len() as u64 + 1).ok().flatten().as_deref() == Some(bytes.as_bytes())
+            {
+                self.written.push((path, bytes.clone()));
+                continue;
+            }
             if let Some(parent) = path.parent() {
                 let _ = std::fs::create_dir_all(parent);
             }
@@ -419,20 +431,46 @@ pub async fn run(cfg: RunConfig) -> Result<End, SetupError> {
     };
     let (snap_tx, snap_rx) = watch_channel::channel(Arc::new(Snapshot::default()));
     let (ev_tx, ev_rx) = mpsc::channel(64);
-    let sink: JoinHandle<()> = match &cfg.evalai {
+    let mut sinks: Vec<JoinHandle<()>> = Vec::new();
+    sinks.push(match &cfg.evalai {
         EvalAiTarget::Http { base, token } => {
             let t = HttpTransport::new(base, token.clone(), cfg.request_timeout)
                 .map_err(|e| SetupError::Client(e.to_string()))?;
             info!(server = %base, "publishing to EvalAI");
-            spawn_sink(EvalAiSink::new(t, settings), snap_rx, ev_tx)
+            spawn_sink(EvalAiSink::new(t, settings), snap_rx, ev_tx.clone())
         }
         EvalAiTarget::Local { out } => {
             let t = LocalTransport::new(out).map_err(|e| SetupError::Client(format!("{}: {e}", out.display())))?;
             info!(requests = %t.requests_file().display(), "no EvalAI server configured: EvalAI requests go to the local file");
-            spawn_sink(EvalAiSink::new(t, settings), snap_rx, ev_tx)
+            spawn_sink(EvalAiSink::new(t, settings), snap_rx, ev_tx.clone())
         }
-    };
-    Engine { state: State::new(cfg), snap_tx, events: ev_rx, sinks: vec![sink], seq: 0 }.run().await
+    });
+    let prefix = cfg.submission_id.to_string();
+    let target = manifest_target(&cfg.storage, &prefix);
+    let key = ItemKey { team_id: cfg.team_id.clone(), submission_id: prefix.clone() };
+    match &cfg.storage {
+        StorageTarget::Aws { bucket, table } => {
+            let sdk = aws_config::load_from_env().await;
+            let store = StorageSink::new(S3Store::new(&sdk, bucket), &root, &prefix, &target, cfg.logs_period);
+            sinks.push(spawn_sink(store, snap_tx.subscribe(), ev_tx.clone()));
+            let url = format!("s3://{bucket}/{prefix}");
+            let record = RecordSink::new(DynamoTable::new(&sdk, table), key, url, cfg.final_status, cfg.logs_period);
+            sinks.push(spawn_sink(record, snap_tx.subscribe(), ev_tx.clone()));
+            info!(bucket, table, "syncing the volume to S3 and recording the submission in DynamoDB");
+        }
+        StorageTarget::Local { out } => {
+            let objects = out.join("s3");
+            let store = StorageSink::new(LocalStore::new(&objects), &root, &prefix, &target, cfg.logs_period);
+            sinks.push(spawn_sink(store, snap_tx.subscribe(), ev_tx.clone()));
+            let url = format!("file://{}/{prefix}", objects.display());
+            let item = out.join("dynamodb.json");
+            let record = RecordSink::new(LocalTable::new(&item), key, url, cfg.final_status, cfg.logs_period);
+            sinks.push(spawn_sink(record, snap_tx.subscribe(), ev_tx.clone()));
+            info!(objects = %objects.display(), item = %item.display(), "no S3 bucket configured: objects and the DynamoDB item go to local files");
+        }
+    }
+    drop(ev_tx);
+    Engine { state: State::new(cfg), snap_tx, events: ev_rx, sinks, seq: 0 }.run().await
 }
 
 fn spawn_sink<S: Sink>(
@@ -555,6 +593,12 @@ impl Engine {
         if matches!(end, End::Cancelled { .. }) && !self.state.wrote_cancel {
             self.state.write_cancel_markers();
         }
+        // Before the final flush, so that S3 holds it: the post-run step counts the done markers there.
+        if matches!(end, End::Completed { .. })
+            && let Err(e) = write_marker(&self.state.layout.status_dir(), &Marker::LogcopyDone)
+        {
+            error!("cannot write logcopy.done: {e}");
+        }
         self.state.final_outputs(&end);
         self.publish(Some(end.clone()));
         let budget = match end {
@@ -573,11 +617,6 @@ impl Engine {
                     sink.abort();
                 }
             }
-        }
-        if matches!(end, End::Completed { .. })
-            && let Err(e) = write_marker(&self.state.layout.status_dir(), &Marker::LogcopyDone)
-        {
-            error!("cannot write logcopy.done: {e}");
         }
         end
     }

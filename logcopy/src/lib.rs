@@ -9,5 +9,6 @@ pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod publish;
+pub mod restore;
 pub mod results;
 pub mod volume;

@@ -9,7 +9,11 @@
 pub mod budget;
 pub mod evalai;
 pub mod local;
+pub mod record;
 pub mod retry;
+pub mod s3sync;
+pub mod store;
+pub mod table;
 
 use std::future::Future;
 use std::sync::Arc;

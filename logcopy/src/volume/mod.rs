@@ -9,6 +9,8 @@
 //! Every output here is written to a temporary file in the same folder and renamed over the target, so readers
 //! see the old bytes or the new ones, never a mix, and a failed write leaves the old file untouched.
 
+pub mod manifest;
+pub mod safe;
 pub mod watch;
 
 use std::fs::OpenOptions;

@@ -1,0 +1,294 @@
+//! Where the volume's files go: S3, or a local folder standing in for it (`OUT/s3/`), behind one interface so
+//! that the sync, the manifest and the restore run the same code in both cases.
+//!
+//! Uploads stream from an already-opened file (opened beneath the volume root without following links, see
+//! [`crate::volume::safe`]), never reading a whole file into memory; files from [`MULTIPART_THRESHOLD`] up go
+//! as multipart uploads of [`PART_SIZE`] parts, and a failed multipart upload is aborted.
+
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use std::fs::File;
+use std::future::Future;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Files at least this large are uploaded in parts.
+pub const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
+/// The size of each part but the last (S3's minimum is 5 MiB).
+pub const PART_SIZE: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{op} {key}: {reason}")]
+pub struct StoreError {
+    pub op: &'static str,
+    pub key: String,
+    pub reason: String,
+}
+
+fn err(op: &'static str, key: &str, reason: impl std::fmt::Display) -> StoreError {
+    StoreError { op, key: key.to_string(), reason: reason.to_string() }
+}
+
+/// An object in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+/// How many requests an upload took (for the benchmark and the logs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutStats {
+    pub requests: u32,
+}
+
+/// An object store: S3 or a local folder.
+pub trait ObjectStore: Send + Sync + 'static {
+    /// `s3://bucket` or the local folder, for logs.
+    fn describe(&self) -> String;
+    /// Uploads `len` bytes of `file` (positioned anywhere; read from its start) as `key`.
+    fn put(&self, key: &str, file: File, len: u64) -> impl Future<Output = Result<PutStats, StoreError>> + Send;
+    /// Every object under `prefix` (a LIST; used by restore only).
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<ObjectInfo>, StoreError>> + Send;
+    /// Streams `key` into `dest` (a new file); returns the bytes written.
+    fn get(&self, key: &str, dest: File) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Deletes `keys`.
+    fn delete(&self, keys: &[String]) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Amazon S3 (or anything that speaks its protocol, e.g. moto_server through AWS_ENDPOINT_URL).
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub fn new(config: &aws_config::SdkConfig, bucket: &str) -> Self {
+        // A custom endpoint (a local server) is addressed by path: `bucket.127.0.0.1` does not resolve.
+        let path_style = config.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+        let conf = aws_sdk_s3::config::Builder::from(config).force_path_style(path_style).build();
+        S3Store { client: aws_sdk_s3::Client::from_conf(conf), bucket: bucket.to_string() }
+    }
+
+    async fn body(file: &File, offset: u64, len: u64, key: &str) -> Result<ByteStream, StoreError> {
+        let f = file.try_clone().map_err(|e| err("open", key, e))?;
+        ByteStream::read_from()
+            .file(tokio::fs::File::from_std(f))
+            .offset(offset)
+            .length(Length::Exact(len))
+            .build()
+            .await
+            .map_err(|e| err("read", key, e))
+    }
+
+    async fn put_multipart(&self, key: &str, file: &File, len: u64) -> Result<PutStats, StoreError> {
+        let c = &self.client;
+        let created = c
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| err("create multipart upload", key, DisplayErrorContext(e)))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let mut stats = PutStats { requests: 1 };
+        let result: Result<Vec<CompletedPart>, StoreError> = async {
+            let mut parts = Vec::new();
+            let mut offset = 0;
+            let mut number = 1;
+            while offset < len {
+                let n = PART_SIZE.min(len - offset);
+                let out = c
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .content_length(n as i64)
+                    .body(Self::body(file, offset, n, key).await?)
+                    .send()
+                    .await
+                    .map_err(|e| err("upload part", key, DisplayErrorContext(e)))?;
+                stats.requests += 1;
+                parts.push(
+                    CompletedPart::builder().set_e_tag(out.e_tag().map(String::from)).part_number(number).build(),
+                );
+                offset += n;
+                number += 1;
+            }
+            Ok(parts)
+        }
+        .await;
+        let parts = match result {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = c.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(&upload_id).send().await;
+                return Err(e);
+            }
+        };
+        c.complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| err("complete multipart upload", key, DisplayErrorContext(e)))?;
+        stats.requests += 1;
+        Ok(stats)
+    }
+}
+
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        format!("s3://{}", self.bucket)
+    }
+
+    async fn put(&self, key: &str, file: File, len: u64) -> Result<PutStats, StoreError> {
+        if len >= MULTIPART_THRESHOLD {
+            return self.put_multipart(key, &file, len).await;
+        }
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(len as i64)
+            .body(Self::body(&file, 0, len, key).await?)
+            .send()
+            .await
+            .map_err(|e| err("put", key, DisplayErrorContext(e)))?;
+        Ok(PutStats { requests: 1 })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| err("list", prefix, DisplayErrorContext(e)))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    out.push(ObjectInfo { key: k.to_string(), size: o.size().unwrap_or(0).max(0) as u64 });
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn get(&self, key: &str, dest: File) -> Result<u64, StoreError> {
+        let mut obj = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| err("get", key, DisplayErrorContext(e)))?;
+        let mut w = std::io::BufWriter::new(dest);
+        let mut n = 0u64;
+        while let Some(chunk) = obj.body.try_next().await.map_err(|e| err("get", key, e))? {
+            w.write_all(&chunk).map_err(|e| err("write", key, e))?;
+            n += chunk.len() as u64;
+        }
+        w.flush().map_err(|e| err("write", key, e))?;
+        Ok(n)
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        for chunk in keys.chunks(1000) {
+            let objects: Vec<ObjectIdentifier> =
+                chunk.iter().filter_map(|k| ObjectIdentifier::builder().key(k).build().ok()).collect();
+            let delete =
+                Delete::builder().set_objects(Some(objects)).build().map_err(|e| err("delete", &chunk[0], e))?;
+            self.client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| err("delete", &chunk[0], DisplayErrorContext(e)))?;
+        }
+        Ok(())
+    }
+}
+
+/// The embedded stand-in for S3: objects are files under a local folder (`OUT/s3/<key>`).
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: &Path) -> Self {
+        LocalStore { root: root.to_path_buf() }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let rel = Path::new(key);
+        if rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            return Err(err("path", key, "not a plain relative key"));
+        }
+        Ok(self.root.join(rel))
+    }
+}
+
+impl ObjectStore for LocalStore {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn put(&self, key: &str, mut file: File, len: u64) -> Result<PutStats, StoreError> {
+        let dest = self.path(key)?;
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err("put", key, e))?;
+        }
+        let tmp = dest.with_file_name(format!(".{}.part", dest.file_name().unwrap_or_default().to_string_lossy()));
+        let mut copy = || -> std::io::Result<()> {
+            file.seek(SeekFrom::Start(0))?;
+            let mut out = File::create(&tmp)?;
+            std::io::copy(&mut (&mut file).take(len), &mut out)?;
+            std::fs::rename(&tmp, &dest)
+        };
+        copy().map_err(|e| err("put", key, e))?;
+        Ok(PutStats { requests: 1 })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let base = self.path(prefix.trim_end_matches('/'))?;
+        let (files, _) = crate::volume::safe::walk(&base, &|p| p.to_string_lossy().ends_with(".part"));
+        Ok(files
+            .into_iter()
+            .filter_map(|f| {
+                let size = std::fs::symlink_metadata(base.join(&f.rel)).ok()?.len();
+                let key = format!("{}/{}", prefix.trim_end_matches('/'), f.rel.to_str()?);
+                Some(ObjectInfo { key, size })
+            })
+            .collect())
+    }
+
+    async fn get(&self, key: &str, mut dest: File) -> Result<u64, StoreError> {
+        let mut src = File::open(self.path(key)?).map_err(|e| err("get", key, e))?;
+        std::io::copy(&mut src, &mut dest).map_err(|e| err("get", key, e))
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        for k in keys {
+            match std::fs::remove_file(self.path(k)?) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err("delete", k, e)),
+            }
+        }
+        Ok(())
+    }
+}

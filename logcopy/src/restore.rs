@@ -1,0 +1,133 @@
+//! `logcopy restore`: the init container's job, which upstream does with aws-cli (so the images need no aws-cli).
+//!
+//! On a resumed submission (`RESUME` set): delete `containers-status/` under the submission's S3 prefix (the
+//! markers of the earlier run must not end the new one), download every other object into the volume, recreate
+//! an empty `containers-status/`, and seed the upload manifest with what was downloaded (size and SHA-256), so
+//! that the daemon uploads none of it again. On a fresh submission: create the folders the workers write to.
+//! Folders get mode 0777, as upstream's init container makes them: every container (logcopy's numeric user, the
+//! simulator's `carla`, the participant's, often root) writes its markers and logs there.
+
+use crate::config::{RestoreConfig, StorageTarget};
+use crate::publish::s3sync::excluded;
+use crate::publish::store::{LocalStore, ObjectStore, S3Store};
+use crate::volume::manifest::{Entry, Manifest, mtime_ns, sha256};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{0}")]
+    Store(#[from] crate::publish::store::StoreError),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    pub downloaded: usize,
+    pub bytes: u64,
+    pub status_markers_deleted: usize,
+    pub skipped: usize,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
+    move |source| RestoreError::Io { path: path.to_path_buf(), source }
+}
+
+fn make_dir(path: &Path) -> Result<(), RestoreError> {
+    std::fs::create_dir_all(path).map_err(io(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).map_err(io(path))
+}
+
+/// The manifest target a run with this storage uses (must match the daemon's).
+pub fn manifest_target(storage: &StorageTarget, prefix: &str) -> String {
+    match storage {
+        StorageTarget::Aws { bucket, .. } => format!("s3://{bucket}/{prefix}"),
+        StorageTarget::Local { out } => format!("local:{}/{prefix}", out.join("s3").display()),
+    }
+}
+
+pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport, RestoreError> {
+    let prefix = cfg.submission_id.to_string();
+    let report = if cfg.resume {
+        match &cfg.storage {
+            StorageTarget::Aws { bucket, .. } => {
+                let sdk = aws_config::load_from_env().await;
+                download(&S3Store::new(&sdk, bucket), cfg, &prefix).await?
+            }
+            StorageTarget::Local { out } => download(&LocalStore::new(&out.join("s3")), cfg, &prefix).await?,
+        }
+    } else {
+        RestoreReport::default()
+    };
+    for i in 1..=cfg.workers {
+        make_dir(&cfg.logs.join(format!("agent/agent{i}")))?;
+    }
+    for d in ["simulator", "logcopy", "containers-status", "evalai"] {
+        make_dir(&cfg.logs.join(d))?;
+    }
+    Ok(report)
+}
+
+/// A key's path under the volume, when it is a plain relative path.
+fn relative(key: &str, prefix: &str) -> Option<PathBuf> {
+    let rel = key.strip_prefix(prefix)?.strip_prefix('/')?;
+    let p = Path::new(rel);
+    (!rel.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))).then(|| p.to_path_buf())
+}
+
+async fn download<S: ObjectStore>(store: &S, cfg: &RestoreConfig, prefix: &str) -> Result<RestoreReport, RestoreError> {
+    let mut report = RestoreReport::default();
+    let objects = store.list(&format!("{prefix}/")).await?;
+    let status_prefix = format!("{prefix}/containers-status/");
+    let markers: Vec<String> =
+        objects.iter().filter(|o| o.key.starts_with(&status_prefix)).map(|o| o.key.clone()).collect();
+    store.delete(&markers).await?;
+    report.status_markers_deleted = markers.len();
+    let status_dir = cfg.logs.join("containers-status");
+    if status_dir.is_dir() {
+        for e in std::fs::read_dir(&status_dir).map_err(io(&status_dir))?.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let mut manifest = Manifest::load(&cfg.logs, &manifest_target(&cfg.storage, prefix));
+    for o in objects.iter().filter(|o| !o.key.starts_with(&status_prefix)) {
+        let Some(rel) = relative(&o.key, prefix).filter(|r| !excluded(r)) else {
+            warn!(key = %o.key, "not restored: not a plain path under the submission");
+            report.skipped += 1;
+            continue;
+        };
+        let dest = cfg.logs.join(&rel);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        let _ = std::fs::remove_file(&dest);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o666)
+            .open(&dest)
+            .map_err(io(&dest))?;
+        let n = store.get(&o.key, file).await?;
+        let f = std::fs::File::open(&dest).map_err(io(&dest))?;
+        let meta = f.metadata().map_err(io(&dest))?;
+        let (hash, size) = sha256(f).map_err(io(&dest))?;
+        let rel_s = rel.to_string_lossy().into_owned();
+        manifest.files.insert(rel_s, Entry { size, sha256: hash, mtime_ns: mtime_ns(&meta), ino: meta.ino() });
+        report.downloaded += 1;
+        report.bytes += n;
+    }
+    make_dir(&cfg.logs.join("logcopy"))?;
+    manifest.save(&cfg.logs).map_err(|e| RestoreError::Io { path: e.path, source: e.source })?;
+    info!(
+        downloaded = report.downloaded,
+        bytes = report.bytes,
+        markers_deleted = report.status_markers_deleted,
+        from = %store.describe(),
+        "volume restored"
+    );
+    Ok(report)
+}

@@ -1,0 +1,110 @@
+//! The upload manifest: what logcopy has already put in S3, keyed by content.
+//!
+//! Upstream runs `aws s3 sync` every 10 s, which LISTs the whole prefix each time and compares sizes and
+//! modification times, so a volume restored from S3 (every file with a new mtime) is uploaded again. Here the
+//! manifest, kept on the volume (`logcopy/.upload-manifest.json`, never uploaded itself), records each file's size
+//! and SHA-256 as uploaded. A file is hashed only when its size, mtime or inode changed since the last look, and
+//! uploaded only when its content differs from what S3 holds; steady state makes no S3 request at all.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// Where the manifest lives, relative to the volume root.
+pub const MANIFEST_REL: &str = "logcopy/.upload-manifest.json";
+
+/// One uploaded file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub size: u64,
+    pub sha256: String,
+    /// The stat seen when it was last hashed: when it still matches, the file is not hashed again.
+    #[serde(default)]
+    pub mtime_ns: i64,
+    #[serde(default)]
+    pub ino: u64,
+}
+
+impl Entry {
+    pub fn stat_matches(&self, meta: &std::fs::Metadata) -> bool {
+        self.size == meta.len() && self.mtime_ns == mtime_ns(meta) && self.ino == meta.ino()
+    }
+}
+
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The destination the entries refer to (`s3://bucket/prefix`); a manifest for another one is ignored.
+    pub target: String,
+    pub files: BTreeMap<String, Entry>,
+}
+
+impl Manifest {
+    /// Loads the manifest for `target` from the volume, or an empty one (missing, unreadable, or another target).
+    pub fn load(root: &Path, target: &str) -> Manifest {
+        let empty = Manifest { target: target.to_string(), files: BTreeMap::new() };
+        let Ok(Some(bytes)) = crate::results::file::read_regular(&root.join(MANIFEST_REL), 256 * 1024 * 1024) else {
+            return empty;
+        };
+        match serde_json::from_slice::<Manifest>(&bytes) {
+            Ok(m) if m.target == target => m,
+            _ => empty,
+        }
+    }
+
+    pub fn save(&self, root: &Path) -> Result<(), super::WriteError> {
+        let path = root.join(MANIFEST_REL);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        super::atomic_write(&path, &bytes)
+    }
+}
+
+/// SHA-256 of everything readable from `r`, streamed in 64 KiB blocks; returns (hex digest, bytes read).
+pub fn sha256(mut r: impl Read) -> std::io::Result<(String, u64)> {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                ctx.update(&buf[..n]);
+                total += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let digest = ctx.finish();
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((hex, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_of_known_text() {
+        assert_eq!(sha256(&b"abc"[..]).unwrap().0, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn manifest_round_trips_and_ignores_other_targets() {
+        let d = std::env::temp_dir().join(format!("logcopy-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let mut m = Manifest::load(&d, "s3://b/1");
+        m.files.insert("a.log".into(), Entry { size: 3, sha256: "x".into(), mtime_ns: 1, ino: 2 });
+        m.save(&d).unwrap();
+        assert_eq!(Manifest::load(&d, "s3://b/1"), m);
+        assert!(Manifest::load(&d, "s3://b/2").files.is_empty());
+    }
+}
