@@ -339,15 +339,13 @@ impl State {
         })
     }
 
-    /// Route ids of the submission with no result, where the totals allow knowing them.
+    /// Route ids of the submission with no result. A worker without a results file is assumed to have as many
+    /// routes as the others (upstream splits the routes evenly), so its routes are listed too.
     fn missing_routes(&self) -> Vec<String> {
-        let mut total = 0i64;
-        for w in &self.workers {
-            match w.progress() {
-                Some((_, t)) => total += t,
-                None => return Vec::new(),
-            }
-        }
+        let totals: Vec<Option<i64>> = self.workers.iter().map(|w| w.progress().map(|(_, t)| t)).collect();
+        let known: Vec<i64> = totals.iter().flatten().copied().collect();
+        let Some(&typical) = known.iter().max() else { return Vec::new() };
+        let total: i64 = totals.iter().map(|t| t.unwrap_or(typical)).sum();
         let ids: Vec<String> = self.workers.iter().flat_map(Worker::route_ids).collect();
         let keys: BTreeSet<(i64, i64)> = ids.iter().filter_map(|id| route_sort_key(self.version, id)).collect();
         let reps = match self.version {

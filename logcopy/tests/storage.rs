@@ -2,7 +2,9 @@
 //! `run-scripts/test`), started on a free 127.0.0.1 port per test with its request recorder on, so each test can
 //! count the exact requests logcopy made. A test fails, never skips, when the server cannot start.
 
-use aws_sdk_dynamodb::types::{AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::TcpStream;
@@ -34,7 +36,8 @@ struct Moto {
 
 impl Moto {
     fn start(name: &str) -> Moto {
-        let bin = std::env::var_os("MOTO_SERVER").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv/bin/moto_server"));
+        let bin =
+            std::env::var_os("MOTO_SERVER").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv/bin/moto_server"));
         assert!(
             bin.exists(),
             "moto_server not found at {}: run run-scripts/test, which installs it into .venv (or set MOTO_SERVER)",
@@ -168,7 +171,8 @@ impl Drop for Moto {
 
 fn volume(fixture: &str, name: &str) -> PathBuf {
     let dest = scratch(&format!("vol-{name}"));
-    let status = Command::new("cp").arg("-r").arg(repo().join("fixtures/volumes").join(fixture)).arg(&dest).status().unwrap();
+    let status =
+        Command::new("cp").arg("-r").arg(repo().join("fixtures/volumes").join(fixture)).arg(&dest).status().unwrap();
     assert!(status.success());
     dest.join(fixture)
 }
@@ -258,7 +262,11 @@ async fn first_sync_uploads_every_regular_file_once_and_no_link_or_fifo() {
             assert_eq!(&objects[k], v, "{k} differs in S3");
         }
     }
-    assert!(!objects.keys().any(|k| k.contains("leak") || k.contains("environ") || k.contains("pipe") || k.contains("linked-dir")));
+    assert!(
+        !objects
+            .keys()
+            .any(|k| k.contains("leak") || k.contains("environ") || k.contains("pipe") || k.contains("linked-dir"))
+    );
     assert!(!objects.values().any(|v| v.windows(12).any(|w| w == b"never-upload")), "a secret was uploaded");
     let puts = moto.object_puts("first");
     assert!(puts.values().all(|n| *n == 1), "a file was uploaded twice: {puts:?}");
@@ -282,7 +290,12 @@ async fn a_changed_file_goes_again_a_restart_uploads_nothing_else() {
     let log = vol.join("agent/agent1/leaderboard.log");
     let same = std::fs::read(&log).unwrap();
     std::fs::write(&log, &same).unwrap();
-    std::fs::OpenOptions::new().append(true).open(vol.join("simulator/CarlaUE4-2.log")).unwrap().write_all(b"more\n").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(vol.join("simulator/CarlaUE4-2.log"))
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
     moto.reset_recording();
     assert_eq!(logcopy(&moto, "changed", &vol, &["--once"]), 0);
     let puts = moto.object_puts("changed");
@@ -323,7 +336,11 @@ async fn a_growing_log_goes_at_most_once_per_period_and_whole_at_the_end() {
     // One at the start, one per 2 s period at most while it grows, one at the final flush.
     assert!((2..=6).contains(&n), "the growing log was uploaded {n} times in 6 s at a 2 s period");
     let objects = moto.objects("growing").await;
-    assert_eq!(objects["4321/agent/agent2/leaderboard.log"], std::fs::read(&log).unwrap(), "the final flush missed the end of the log");
+    assert_eq!(
+        objects["4321/agent/agent2/leaderboard.log"],
+        std::fs::read(&log).unwrap(),
+        "the final flush missed the end of the log"
+    );
 }
 
 #[tokio::test]
@@ -426,7 +443,8 @@ async fn the_final_record_has_the_status_end_time_and_15_metrics() {
     let item = moto.item().await;
     assert_eq!(item["submission_status"], "FINISHED");
     assert!(item["end_time"].ends_with(" UTC"));
-    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(vol.join("evalai/results.json")).unwrap()).unwrap();
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vol.join("evalai/results.json")).unwrap()).unwrap();
     let acc = results[0]["accuracies"].as_object().unwrap();
     assert_eq!(acc.len(), 15);
     for (label, value) in acc {

@@ -5,8 +5,10 @@
 //! - a status GET every `--status-period` notices a cancel;
 //! - a new result is sent when its content changes, at once when the budget allows, otherwise coalesced so that
 //!   only the newest is sent; the same payload is never sent twice;
-//! - every partial PUT follows a status GET at most 2 s old, because EvalAI has no state machine and a PUT would
-//!   turn `cancelled` back into `partially_evaluated`; once cancelled or finished, no partial PUT is sent again;
+//! - every partial PUT directly follows its own status GET, because EvalAI has no state machine and a PUT would
+//!   turn `cancelled` back into `partially_evaluated`. The periodic GET is not reused even when only a second old:
+//!   a cancel made in that second would be undone (the issue allows reusing a GET up to 2 s old; the cancel-race
+//!   test shows why we do not). Once cancelled or finished, no partial PUT is sent again;
 //! - every request counts against the budget ([`Budget`]), retries included; a 429 pauses all requests until its
 //!   Retry-After; 5xx, timeouts and broken connections are retried with full-jitter backoff; 401/403 are an
 //!   operator error (a bad token), logged and never read as a cancel;
@@ -24,9 +26,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
-
-/// How fresh the status GET before a partial PUT must be.
-pub const FRESH_STATUS: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -342,10 +341,6 @@ impl<T: Transport> EvalAiSink<T> {
         }
     }
 
-    fn status_is_fresh(&self) -> bool {
-        self.status.as_ref().is_some_and(|(_, at)| at.elapsed() <= FRESH_STATUS)
-    }
-
     fn next_status_due(&self) -> Instant {
         self.next_status
     }
@@ -370,9 +365,9 @@ impl<T: Transport> EvalAiSink<T> {
         }
     }
 
-    /// One partial update: a status GET no older than 2 s, then the PUT unless the GET says stop.
+    /// One partial update: a status GET right before it, then the PUT unless the GET says stop.
     async fn publish(&mut self, seq: u64, outputs: &Outputs, events: &mpsc::Sender<SinkEvent>) {
-        if !self.status_is_fresh() && !self.refresh(events).await {
+        if !self.refresh(events).await {
             self.back_off();
             return;
         }
@@ -490,9 +485,8 @@ impl<T: Transport> Sink for EvalAiSink<T> {
                 return;
             }
             if self.wants_publish(&snap) && Instant::now() >= self.not_before {
-                // Room for the GET and the PUT together, unless the periodic GET is fresh enough to reuse.
-                let need = if self.status_is_fresh() { 1 } else { 2 };
-                let at = self.budget.ready_at(Instant::now(), need);
+                // Room for the GET and the PUT together.
+                let at = self.budget.ready_at(Instant::now(), 2);
                 if at <= Instant::now() {
                     if let Some(o) = snap.outputs.clone() {
                         self.publish(snap.seq, &o, &events).await;
@@ -508,15 +502,11 @@ impl<T: Transport> Sink for EvalAiSink<T> {
                 continue;
             }
             let retry_at = if self.wants_publish(&snap) { Some(self.not_before) } else { None };
+            // The periodic GET waits for the budget too, but a new snapshot (or the end) still wakes us.
+            let status_at = self.next_status_due().max(self.budget.ready_at(Instant::now(), 1));
             tokio::select! {
                 r = snapshots.changed() => if r.is_err() { return },
-                _ = sleep_until(self.next_status_due()) => {
-                    if self.budget.ready_at(Instant::now(), 1) <= Instant::now() {
-                        self.refresh(&events).await;
-                    } else {
-                        sleep_until(self.budget.ready_at(Instant::now(), 1)).await;
-                    }
-                }
+                _ = sleep_until(status_at) => { self.refresh(&events).await; }
                 _ = async { sleep_until(retry_at.unwrap_or_else(Instant::now)).await }, if retry_at.is_some() => {}
             }
         }
