@@ -325,7 +325,10 @@ impl State {
         for w in &self.workers {
             match self.worker_end(w)? {
                 WorkerEnd::Complete => {}
-                WorkerEnd::Failed { side } => problems.push(format!("worker {} failed ({side}-{}.failed)", w.id, w.id)),
+                WorkerEnd::Failed { side } => {
+                    let marker = Marker::Failed { role: side, worker: WorkerId(w.id) };
+                    problems.push(format!("worker {} failed ({marker})", w.id));
+                }
                 WorkerEnd::Incomplete { recorded, total } => problems.push(match total {
                     Some(t) => format!("worker {} ended with {recorded} of {t} routes recorded", w.id),
                     None => format!("worker {} ended without a results file", w.id),
@@ -595,7 +598,7 @@ impl Engine {
         if matches!(end, End::Completed { .. })
             && let Err(e) = write_marker(&self.state.layout.status_dir(), &Marker::LogcopyDone)
         {
-            error!("cannot write logcopy.done: {e}");
+            error!("cannot write {}: {e}", Marker::LogcopyDone);
         }
         self.state.final_outputs(&end);
         self.publish(Some(end.clone()));
