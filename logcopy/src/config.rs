@@ -291,22 +291,8 @@ fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError { setting, reason: reason.into() }
 }
 
-/// Parses `10`, `1.5`, `250ms`, `10s` or `2m`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().ok()?;
-    let secs = v * scale;
-    (0.0..1e9).contains(&secs).then(|| Duration::from_secs_f64(secs))
-}
+/// Parses `10`, `1.5`, `250ms`, `10s` or `2m` (shared with the supervisor).
+pub use supervisor::duration::parse as parse_duration;
 
 fn duration(setting: &'static str, s: &str, min: Duration) -> Result<Duration, ConfigError> {
     let d =
@@ -498,16 +484,5 @@ mod tests {
         assert_eq!((cfg.submission_id, cfg.team_id.as_str()), (1, "local"));
         assert_eq!(cfg.status_period, Duration::from_secs(30));
         assert_eq!(cfg.debounce, Duration::from_millis(250));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        for bad in ["", "x", "-1", "inf", "NaN", "1h"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
     }
 }

@@ -4,4 +4,11 @@
 //! this library holds what must not be spelled twice, starting with the marker protocol in
 //! [`markers`], which both the supervisor and the `logcopy` sidecar use.
 
+pub mod checkpoint;
+pub mod child;
+pub mod config;
+pub mod duration;
+pub mod gpu;
 pub mod markers;
+pub mod reaper;
+pub mod role;

@@ -1,13 +1,97 @@
-//! The `supervisor` binary: the entry program of the simulator and agent containers.
+//! The `supervisor` binary: PID-1 set-up before any thread exists, then the command line, then the library.
 //!
-//! Its subcommands arrive with the supervisor issue; this build ships the marker protocol library that logcopy
-//! already uses, and a binary that says so rather than pretending to supervise anything.
+//! Exit codes: `simulator` and `agent` exit 0 on every handled end (done, failed for good, cancelled), 1 on a crash
+//! with `--restart container` (upstream's behaviour), the child's code or 128 + signal after a forwarded
+//! SIGTERM/SIGINT/SIGHUP/SIGQUIT, and 2 on bad configuration. `gpu` exits 0, or 1 when the lookup fails.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "supervisor {}: the simulator/agent entry program is not in this build yet; \
-         this release ships its marker protocol library (supervisor::markers) only",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::ExitCode::from(2)
+use clap::Parser;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use supervisor::config::{Cli, Command};
+use supervisor::markers::Role;
+use supervisor::role::{self, Engine, Event, agent::Agent, simulator::Simulator};
+use supervisor::{gpu, reaper};
+
+fn main() -> ExitCode {
+    // Signals are blocked and the subreaper set before clap or any thread runs (STYLE 13: tini's model).
+    if let Err(e) = reaper::setup() {
+        eprintln!("supervisor: cannot set up signal handling: {e}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Gpu(a) => gpu_command(&a),
+        Command::Simulator(a) => {
+            let worker = match a.common.worker() {
+                Ok(w) => w,
+                Err(e) => return config_error(&e),
+            };
+            let spec =
+                a.gpu.clone().or_else(|| std::env::var("NVIDIA_VISIBLE_DEVICES").ok()).unwrap_or_else(|| "none".into());
+            let gpu_index = match gpu::resolve(&spec, &a.nvidia_smi) {
+                Ok(gpu::GpuSelection::Index(i)) => Some(i),
+                Ok(gpu::GpuSelection::None) => None,
+                Err(e) => return config_error(&format!("--gpu / GPU: {e}")),
+            };
+            let log = a
+                .common
+                .log_file
+                .clone()
+                .unwrap_or_else(|| format!("/home/carla/CarlaUE4/Saved/simulator-{worker}.log").into());
+            let mut sim = Simulator::new(a.command.clone(), a.port, gpu_index);
+            run(Role::Simulator, worker, a.common, log, &mut sim)
+        }
+        Command::Agent(a) => {
+            let worker = match a.common.worker() {
+                Ok(w) => w,
+                Err(e) => return config_error(&e),
+            };
+            let default_log =
+                a.checkpoint.parent().map(|d| d.join("leaderboard.log")).unwrap_or_else(|| "leaderboard.log".into());
+            let log = a.common.log_file.clone().unwrap_or(default_log);
+            let mut agent = Agent::new(a.command.clone(), a.checkpoint.clone());
+            run(Role::Agent, worker, a.common, log, &mut agent)
+        }
+    }
+}
+
+fn run(
+    role: Role,
+    worker: supervisor::markers::WorkerId,
+    common: supervisor::config::Common,
+    log: std::path::PathBuf,
+    spec: &mut dyn role::RoleSpec,
+) -> ExitCode {
+    let (tx, rx) = mpsc::channel();
+    let signals = tx.clone();
+    if let Err(e) = reaper::spawn(move |ev| signals.send(Event::Signal(ev)).is_ok()) {
+        eprintln!("supervisor: cannot start the signal thread: {e}");
+        return ExitCode::from(2);
+    }
+    let eng = Engine::new(role, worker, common, Some(log), tx, rx);
+    let code = role::run(eng, spec);
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn config_error(msg: &str) -> ExitCode {
+    eprintln!("supervisor: configuration error: {msg}");
+    ExitCode::from(2)
+}
+
+fn gpu_command(a: &supervisor::config::GpuArgs) -> ExitCode {
+    let result = match &a.uuid {
+        Some(uuid) => gpu::uuid_to_index(uuid, &a.nvidia_smi).map(|i| println!("{i}")),
+        None => gpu::list(&a.nvidia_smi).map(|gpus| {
+            for g in gpus {
+                println!("{} {}", g.index, g.uuid);
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("supervisor gpu: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -316,6 +316,74 @@ impl StatusSet {
     }
 }
 
+impl StatusSet {
+    /// The markers in the status folder `dir`, read by name only (no file is opened); a missing folder has none.
+    pub fn read(dir: &std::path::Path) -> std::io::Result<StatusSet> {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                let names: Vec<String> =
+                    entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
+                Ok(StatusSet::from_names(names))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StatusSet::default()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Marker {
+    /// Creates this marker, an empty file, in `dir` (never through a symlink; an existing one is left as is).
+    pub fn create_in(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::create_dir_all(dir)?;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o666)
+            .open(dir.join(self.file_name()))
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The attempt rule: which attempt a side runs next, agreed by both sides of a pair through the markers alone.
+///
+/// At start (and after every crash), a side reads the status folder:
+/// 1. its own `start<N>` with neither `crash<N>` nor a done marker means this side died without a trace (SIGKILL,
+///    an out-of-memory kill, a node restart of the container): it writes `crash<N>` first;
+/// 2. the next attempt is the highest `N` of any crash marker of either side of the pair, plus one (0 when there is
+///    none). A side whose peer crashed writes its own crash marker for that attempt too (upstream's protocol), so
+///    both sides compute the same `N` even when one of them was SIGKILLed and wrote nothing;
+/// 3. its attempt budget counts its own crash markers, so a container that Kubernetes restarts keeps its count.
+///
+/// Stale markers of earlier attempts change nothing: only the highest crash counts, and a start marker only
+/// matters for the side that wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptPlan {
+    /// The attempt to run now.
+    pub attempt: Attempt,
+    /// A crash marker this side must write first for an attempt it left without a trace.
+    pub untraced_crash: Option<Attempt>,
+    /// Attempts this side has already spent (its crash markers, the untraced one included).
+    pub spent: u32,
+}
+
+impl StatusSet {
+    /// Applies the attempt rule for `role` of `worker`.
+    pub fn plan_attempt(&self, role: Role, worker: WorkerId) -> AttemptPlan {
+        let own_crashes = self.crashes(role, worker);
+        let done = self.is_done(role, worker) || self.is_failed(role, worker);
+        let untraced_crash = self.starts(role, worker).into_iter().rev().find(|n| !own_crashes.contains(n) && !done);
+        let highest = Role::ALL.iter().flat_map(|r| self.crashes(*r, worker)).chain(untraced_crash).max();
+        let spent = own_crashes.len() as u32 + u32::from(untraced_crash.is_some());
+        AttemptPlan { attempt: Attempt(highest.map_or(0, |a| a.0.saturating_add(1))), untraced_crash, spent }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,5 +667,70 @@ mod tests {
         let set = StatusSet::from_names(["agent-1.done", "agent-1.done", "simulator-1.done"]);
         let names: Vec<String> = set.iter().map(Marker::file_name).collect();
         assert_eq!(names, ["simulator-1.done", "agent-1.done"]);
+    }
+
+    fn plan(names: &[&str], role: Role) -> AttemptPlan {
+        StatusSet::from_names(names.iter().copied()).plan_attempt(role, WorkerId(1))
+    }
+
+    #[test]
+    fn attempt_rule_fresh_start_is_attempt_0() {
+        let p = plan(&[], Role::Simulator);
+        assert_eq!(p, AttemptPlan { attempt: Attempt(0), untraced_crash: None, spent: 0 });
+        // The agent joins the simulator's running attempt 0.
+        assert_eq!(plan(&["simulator-1.start0"], Role::Agent).attempt, Attempt(0));
+    }
+
+    #[test]
+    fn attempt_rule_one_side_sigkilled() {
+        // The agent was SIGKILLed during attempt 0: at its restart it writes crash0 and goes to 1.
+        let p = plan(&["simulator-1.start0", "agent-1.start0"], Role::Agent);
+        assert_eq!(p, AttemptPlan { attempt: Attempt(1), untraced_crash: Some(Attempt(0)), spent: 1 });
+        // The simulator sees agent crash0, writes its own, and computes the same attempt.
+        let p = plan(&["simulator-1.start0", "agent-1.start0", "agent-1.crash0"], Role::Simulator);
+        assert_eq!(p.attempt, Attempt(1));
+        assert_eq!(p.untraced_crash, Some(Attempt(0)));
+    }
+
+    #[test]
+    fn attempt_rule_both_crashing_at_once() {
+        let names = [
+            "simulator-1.start2",
+            "agent-1.start2",
+            "simulator-1.crash2",
+            "agent-1.crash2",
+            "agent-1.crash1",
+            "simulator-1.crash1",
+            "agent-1.crash0",
+            "simulator-1.crash0",
+        ];
+        for role in Role::ALL {
+            let p = plan(&names, role);
+            assert_eq!((p.attempt, p.untraced_crash, p.spent), (Attempt(3), None, 3));
+        }
+    }
+
+    #[test]
+    fn attempt_rule_restart_mid_attempt_and_stale_markers() {
+        // Kubernetes restarted the simulator while attempt 3 ran; old markers of attempts 0..2 lie around.
+        let names = [
+            "simulator-1.crash0",
+            "agent-1.crash0",
+            "simulator-1.crash1",
+            "agent-1.crash1",
+            "simulator-1.start1",
+            "simulator-1.start3",
+            "agent-1.start3",
+            "agent-1.crash2",
+            "simulator-1.crash2",
+        ];
+        let p = plan(&names, Role::Simulator);
+        assert_eq!(p, AttemptPlan { attempt: Attempt(4), untraced_crash: Some(Attempt(3)), spent: 4 });
+        // A stale start of an attempt that did crash is not untraced.
+        let p = plan(&["simulator-1.start0", "simulator-1.crash0", "agent-1.crash0"], Role::Simulator);
+        assert_eq!((p.attempt, p.untraced_crash), (Attempt(1), None));
+        // A side that is done never re-runs.
+        let p = plan(&["agent-1.start0", "agent-1.done"], Role::Agent);
+        assert_eq!(p.untraced_crash, None);
     }
 }

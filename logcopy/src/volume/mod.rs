@@ -105,32 +105,12 @@ impl Layout {
 
 /// The markers present in the status folder, read by name (no file is opened). A missing folder has none.
 pub fn read_markers(dir: &Path) -> std::io::Result<StatusSet> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            let names: Vec<String> =
-                entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
-            Ok(StatusSet::from_names(names))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StatusSet::default()),
-        Err(e) => Err(e),
-    }
+    StatusSet::read(dir)
 }
 
 /// Creates an empty marker file (never through a symlink; an existing one is left as is).
 pub fn write_marker(dir: &Path, marker: &supervisor::markers::Marker) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir)?;
-    match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o666)
-        .open(dir.join(marker.file_name()))
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
+    marker.create_in(dir)
 }
 
 /// What identifies a version of a file without reading it: a rewrite changes at least one of these.

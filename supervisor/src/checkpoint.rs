@@ -1,0 +1,908 @@
+//! The checkpoint guard: the agent side's protection of the evaluator's results file, which is the
+//! participant's score.
+//!
+//! The leaderboard evaluator (`leaderboard_evaluator.py --checkpoint agent_results.json`) rewrites the
+//! whole file after every route with `open(path, 'w')` followed by `json.dump`: not atomically. Our
+//! supervisor stops the evaluator when the simulator dies, when it falls silent, or on a cancel, and
+//! such a stop often lands exactly while it writes; the file is then empty or cut short. On
+//! the next attempt upstream's `validate_and_resume` reads it as "no data", gives up, and the run
+//! starts over from the first route, erasing every score of that worker (upstream's
+//! `run_leaderboard.sh` had the same hole). This module closes it in two steps:
+//!
+//! * [`Guard::observe`], called whenever the file changed, keeps a copy of the latest version that
+//!   parses (the *last good* copy, `.<name>.last-good` beside it, written atomically).
+//! * [`Guard::prepare_resume`], called before a resumed attempt, moves a file that does not parse
+//!   aside (renamed, never deleted) and puts the last good copy back; then it repairs the progress
+//!   counter, see below.
+//!
+//! **The progress repair.** When the simulator dies mid-route the 2.0 evaluator often records
+//! nothing for that route (its `stop_scenario()` raises, so `_register_statistics` never runs) but
+//! still saves `progress = [k + 1, total]` with only `k` records. Its resume
+//! (`RouteIndexer.validate_and_resume`, branch `leaderboard-2.0`) then walks the records up to
+//! `progress[0]`, hits the end of the list and falls back to `max(len(records) - 1, 0)`: it runs the
+//! last *scored* route again and replaces its record, then the crashed one. If the crash also left
+//! `entry_status` at `Crashed` it steps back one more. [`plan_progress`] works out the one
+//! `progress[0]` (and, when needed, `entry_status`) that makes the evaluator resume at the crashed
+//! route and nowhere else; the derivation is written out there. Only `progress[0]` is ever lowered,
+//! never `progress[1]` (a total that differs from the selected routes makes the evaluator empty the
+//! file), and the rest of the file is kept byte for byte when it has the evaluator's own layout.
+//!
+//! The file lives on a volume the participant's code can write, so it is read the way `logcopy`
+//! reads worker files: a symbolic link is never followed (`O_NOFOLLOW`), a FIFO never blocks us
+//! (`O_NONBLOCK`, then `fstat`), and nothing over 64 MiB is read. Every write is a temporary file in
+//! the same folder, `fsync`ed, then renamed over the target.
+//!
+//! The functions return what they did ([`Observed`], [`Repair`], whose `Display` is the log line);
+//! the agent role logs them.
+
+use serde_json::Value;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Largest checkpoint read: far above any real one (10,000 routes take about 15 MB).
+pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// `FAILURE_MESSAGES["Simulation"]`'s route status suffix; the evaluator tests it with `in`.
+const SIMULATION_CRASHED: &str = "Simulation crashed";
+
+/// Watches one worker's checkpoint and keeps its last good copy.
+#[derive(Debug)]
+pub struct Guard {
+    checkpoint: PathBuf,
+    last_good: PathBuf,
+    /// The bytes last copied (or found in the last good copy when first looked at).
+    copied: Option<Vec<u8>>,
+    primed: bool,
+}
+
+/// What [`Guard::observe`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// The file parses and equals the last good copy.
+    Unchanged,
+    /// The file parses and was new: it is now the last good copy.
+    CopiedLastGood,
+    /// The file is there but is not a results file (empty, half written, a link, ...); nothing copied.
+    NotValid { reason: String },
+    /// There is no file.
+    Missing,
+}
+
+/// One change [`Guard::prepare_resume`] made to the checkpoint; `Display` gives the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    /// The checkpoint did not parse: it was renamed to `moved_aside` (`<name>.corrupt-<unix seconds>`)
+    /// and the last good copy put in its place.
+    RestoredLastGood { moved_aside: PathBuf },
+    /// The checkpoint was missing and the last good copy was put in its place.
+    RestoredMissing,
+    /// `progress[0]` lowered from `from` to `to` so that the evaluator resumes at route index
+    /// `resumes_at`, the first one without a record (or the one recorded as a simulation crash);
+    /// `cleared_crashed`: `entry_status` was `Crashed` and is now `Started`.
+    ProgressRepaired { from: i64, to: i64, cleared_crashed: bool, resumes_at: i64 },
+}
+
+impl fmt::Display for Repair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Repair::RestoredLastGood { moved_aside } => write!(
+                f,
+                "the checkpoint did not parse: moved it aside to {} and restored the last good copy",
+                moved_aside.display()
+            ),
+            Repair::RestoredMissing => write!(f, "the checkpoint was missing: restored the last good copy"),
+            Repair::ProgressRepaired { from, to, cleared_crashed, resumes_at } => {
+                write!(f, "checkpoint progress[0] lowered from {from} to {to}")?;
+                if *cleared_crashed {
+                    write!(f, " and entry_status Crashed set to Started")?;
+                }
+                write!(
+                    f,
+                    " to match the records present: the evaluator resumes at route index {resumes_at} \
+                     instead of running a scored route again"
+                )
+            }
+        }
+    }
+}
+
+/// An I/O failure on one of the guard's files.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: cannot write: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot rename {} to {}: {source}", from.display(), to.display())]
+    Rename { from: PathBuf, to: PathBuf, source: std::io::Error },
+}
+
+/// What the agent side needs after the evaluator exits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// `entry_status` when it is a string.
+    pub entry_status: Option<String>,
+    /// Number of route records.
+    pub records: usize,
+    /// `_checkpoint.progress` when it is two integers.
+    pub progress: Option<(i64, i64)>,
+    /// `_checkpoint.global_record` is `{}` (or absent): the evaluator did not reach its global
+    /// statistics. Upstream's `run_leaderboard.sh` reads this as a crash.
+    pub global_record_empty: bool,
+}
+
+/// Summarizes a results file; `None` when it is missing or is not a results file.
+pub fn summarize(path: &Path) -> Result<Option<Summary>, CheckpointError> {
+    let bytes = match read_file(path)? {
+        ReadOutcome::Bytes(b) => b,
+        ReadOutcome::Missing | ReadOutcome::Unusable(_) => return Ok(None),
+    };
+    let Ok(v) = parse_results(&bytes) else { return Ok(None) };
+    let cp = &v["_checkpoint"];
+    Ok(Some(Summary {
+        entry_status: v["entry_status"].as_str().map(str::to_owned),
+        records: cp["records"].as_array().map_or(0, Vec::len),
+        progress: progress_pair(cp),
+        global_record_empty: cp.get("global_record").is_none_or(|g| g.as_object().is_some_and(|o| o.is_empty())),
+    }))
+}
+
+/// Whether a resume has anything to resume from: the file is a results file with records or progress.
+pub fn exists_with_data(path: &Path) -> bool {
+    let Ok(ReadOutcome::Bytes(bytes)) = read_file(path) else { return false };
+    let Ok(v) = parse_results(&bytes) else { return false };
+    let cp = &v["_checkpoint"];
+    let non_empty = |k: &str| cp[k].as_array().is_some_and(|a| !a.is_empty());
+    non_empty("records") || non_empty("progress")
+}
+
+impl Guard {
+    /// A guard for `checkpoint`; its last good copy is `.<file name>.last-good` in the same folder.
+    pub fn new(checkpoint: &Path) -> Guard {
+        let name = checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let last_good = checkpoint.with_file_name(format!(".{name}.last-good"));
+        Guard { checkpoint: checkpoint.to_path_buf(), last_good, copied: None, primed: false }
+    }
+
+    /// The checkpoint guarded.
+    pub fn checkpoint_path(&self) -> &Path {
+        &self.checkpoint
+    }
+
+    /// Where the last good copy is kept.
+    pub fn last_good_path(&self) -> &Path {
+        &self.last_good
+    }
+
+    /// Called after the checkpoint changed (and periodically): a version that parses as a results file
+    /// and differs from the last copy becomes the last good copy (temporary file + rename).
+    pub fn observe(&mut self) -> Result<Observed, CheckpointError> {
+        let bytes = match read_file(&self.checkpoint)? {
+            ReadOutcome::Missing => return Ok(Observed::Missing),
+            ReadOutcome::Unusable(reason) => return Ok(Observed::NotValid { reason }),
+            ReadOutcome::Bytes(b) => b,
+        };
+        if let Err(reason) = parse_results(&bytes) {
+            return Ok(Observed::NotValid { reason });
+        }
+        if !self.primed {
+            // A restarted supervisor finds the copy of its previous life: no need to write it again.
+            // Unreadable means "no copy"; the rename below replaces whatever is there.
+            if let Ok(ReadOutcome::Bytes(old)) = read_file(&self.last_good) {
+                self.copied = Some(old);
+            }
+            self.primed = true;
+        }
+        if self.copied.as_deref() == Some(&bytes[..]) {
+            return Ok(Observed::Unchanged);
+        }
+        write_atomic(&self.last_good, &bytes)?;
+        self.copied = Some(bytes);
+        Ok(Observed::CopiedLastGood)
+    }
+
+    /// Before a resumed attempt: (1) a checkpoint that is not a results file (empty, truncated, not
+    /// JSON, not an object, a link, ...) is renamed aside and the last good copy restored; a missing
+    /// one is restored too, since the evaluator would otherwise start the worker's routes over.
+    /// Without a last good copy that parses, the file is left as it is. (2) The progress is repaired
+    /// to the records present ([`plan_progress`]). Returns the repairs done, empty when none.
+    pub fn prepare_resume(&self) -> Result<Vec<Repair>, CheckpointError> {
+        let mut repairs = Vec::new();
+        let current = match read_file(&self.checkpoint)? {
+            ReadOutcome::Bytes(b) if parse_results(&b).is_ok() => Some(b),
+            ReadOutcome::Missing => match self.good_copy()? {
+                Some(good) => {
+                    write_atomic(&self.checkpoint, &good)?;
+                    repairs.push(Repair::RestoredMissing);
+                    Some(good)
+                }
+                None => None,
+            },
+            ReadOutcome::Bytes(_) | ReadOutcome::Unusable(_) => match self.good_copy()? {
+                Some(good) => {
+                    let moved_aside = self.restore_over_corrupt(&good)?;
+                    repairs.push(Repair::RestoredLastGood { moved_aside });
+                    Some(good)
+                }
+                None => None,
+            },
+        };
+        if let Some(bytes) = current
+            && let Some(repair) = repair_progress(&self.checkpoint, &bytes)?
+        {
+            repairs.push(repair);
+        }
+        Ok(repairs)
+    }
+
+    /// The last good copy, when there is one that parses.
+    fn good_copy(&self) -> Result<Option<Vec<u8>>, CheckpointError> {
+        Ok(match read_file(&self.last_good)? {
+            ReadOutcome::Bytes(b) if parse_results(&b).is_ok() => Some(b),
+            _ => None,
+        })
+    }
+
+    /// Renames the checkpoint aside (never deletes it) and puts `good` in its place.
+    fn restore_over_corrupt(&self, good: &[u8]) -> Result<PathBuf, CheckpointError> {
+        // Write the copy first, so that the checkpoint is absent only between two renames.
+        let tmp = write_temp(&self.checkpoint, good)?;
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let name = self.checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut aside = self.checkpoint.with_file_name(format!("{name}.corrupt-{secs}"));
+        let mut n = 1;
+        while aside.symlink_metadata().is_ok() {
+            aside = self.checkpoint.with_file_name(format!("{name}.corrupt-{secs}-{n}"));
+            n += 1;
+        }
+        // `rename` moves a link or a FIFO itself, never what it points to.
+        let renamed = rename(&self.checkpoint, &aside).and_then(|()| rename(&tmp, &self.checkpoint));
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        renamed?;
+        sync_dir(&self.checkpoint)?;
+        Ok(aside)
+    }
+}
+
+/// The change to make to a 2.0 checkpoint's resume point, from [`plan_progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgressPlan {
+    pub from: i64,
+    pub to: i64,
+    pub cleared_crashed: bool,
+    /// The route index the evaluator resumes at after the change.
+    pub resumes_at: i64,
+}
+
+/// The route index at which the 2.0 evaluator resumes, as `RouteIndexer.validate_and_resume` computes it
+/// (branch `leaderboard-2.0`, `leaderboard/utils/route_indexer.py`), leaving out the route-id check
+/// that can only make it give up:
+///
+/// ```python
+/// check_index = 0
+/// resume_index = progress[0]
+/// while check_index < resume_index:
+///     try:
+///         ...  route_data[check_index]['route_id'] ...      # IndexError when check_index >= len(records)
+///         check_index += 1
+///     except IndexError:
+///         resume_index = max(check_index - 1, 0)            # ends the loop: check_index > resume_index
+/// if entry_status == "Crashed":
+///     self.index = max(0, resume_index - 1)
+/// else:
+///     self.index = max(0, resume_index)
+/// ```
+///
+/// So with `R` records: `progress[0] > R` steps back to `max(R - 1, 0)`, otherwise `progress[0]` stands;
+/// then `Crashed` takes one more step back.
+pub fn evaluator_resume_index(progress0: i64, records: usize, crashed: bool) -> i64 {
+    let records = i64::try_from(records).unwrap_or(i64::MAX);
+    let resume = if progress0 > records { (records - 1).max(0) } else { progress0 };
+    if crashed { (resume - 1).max(0) } else { resume.max(0) }
+}
+
+/// Works out whether, and how, a checkpoint's resume point must change so that the 2.0 evaluator resumes
+/// exactly at the route the last attempt was running. `None`: leave the file as it is.
+///
+/// The target. Records sit at the position of their route (`create_route_data` and
+/// `compute_route_statistics` write `records[config.index]`, and each record's `index` field is that
+/// position). Let `C` be the length of the leading run of records whose `index` equals their position
+/// (all of them, in a file the evaluator finished writing). The route to resume at is
+/// * `C - 1` when record `C - 1` says "Simulation crashed": upstream's own crash path (route status
+///   `Failed - Simulation crashed`, `entry_status` `Crashed`, `progress[0] = C`) repeats it, as intended,
+///   since the crash was not the agent's;
+/// * `C` otherwise: the first route without a record.
+///
+/// The change, using [`evaluator_resume_index`] (`R` = number of records, `C <= R`):
+/// * `entry_status` is not `Crashed`: `progress[0] = target` (`<= R`, so no fallback) resumes at `target`.
+/// * `Crashed` and record `C - 1` is the crash: `progress[0] = C` resumes at `C - 1`.
+/// * `Crashed` otherwise (the crash was not recorded): no `progress[0]` works (`C + 1` falls back or runs
+///   into unaligned records), so `entry_status` becomes `Started`, what the evaluator itself writes
+///   during a run and at the start of every resumed one (`eligible` is `false` for both), and
+///   `progress[0] = C`.
+///
+/// Only lowering is done (`progress[0]` never rises): with `progress[0] <= C` the evaluator checks the
+/// route ids of records it wrote itself at their own positions, a subset of what it checks today, so
+/// the repair cannot make it give up and empty the file. Lowering also clears the case where upstream
+/// would check unaligned records (left by a resumed run stopped between dropping a record and writing
+/// it back) and give up. Files that look like Leaderboard 1.0 (route ids without `_rep`), whose
+/// evaluator resumes at `progress[0]` whatever the status, are left alone, as are files whose progress
+/// is not two integers.
+pub fn plan_progress(results: &Value) -> Option<ProgressPlan> {
+    let cp = &results["_checkpoint"];
+    let records = cp["records"].as_array()?;
+    let (from, _total) = progress_pair(cp)?;
+    let is_v2 = records
+        .iter()
+        .any(|r| r.get("num_infractions").is_some() || r["route_id"].as_str().is_some_and(|id| id.contains("_rep")));
+    if !is_v2 {
+        return None;
+    }
+    let crashed = results["entry_status"].as_str() == Some("Crashed");
+    let aligned = records.iter().enumerate().take_while(|(i, r)| r["index"].as_u64() == Some(*i as u64)).count();
+    let crash_last =
+        aligned > 0 && records[aligned - 1]["status"].as_str().is_some_and(|s| s.contains(SIMULATION_CRASHED));
+    let aligned = i64::try_from(aligned).ok()?;
+    let target = if crash_last { aligned - 1 } else { aligned };
+    if evaluator_resume_index(from, records.len(), crashed) == target {
+        return None;
+    }
+    let (to, cleared_crashed) = match (crashed, crash_last) {
+        (true, true) => (aligned, false),
+        (true, false) => (target, true),
+        (false, _) => (target, false),
+    };
+    if to > from {
+        return None;
+    }
+    let resumes_at = evaluator_resume_index(to, records.len(), crashed && !cleared_crashed);
+    debug_assert_eq!(resumes_at, target);
+    Some(ProgressPlan { from, to, cleared_crashed, resumes_at })
+}
+
+/// Applies [`plan_progress`] to the file's bytes and writes the result atomically.
+fn repair_progress(path: &Path, bytes: &[u8]) -> Result<Option<Repair>, CheckpointError> {
+    let Ok(value) = parse_results(bytes) else { return Ok(None) };
+    let Some(plan) = plan_progress(&value) else { return Ok(None) };
+    let mut expected = value;
+    expected["_checkpoint"]["progress"][0] = Value::from(plan.to);
+    if plan.cleared_crashed {
+        expected["entry_status"] = Value::from("Started");
+    }
+    // The evaluator writes `json.dump(indent=4)`; change only the characters that change, and check
+    // the result means exactly what it should. Anything else is written anew.
+    let patched = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| patch_text(text, &plan))
+        .filter(|t| serde_json::from_str::<Value>(t).ok().as_ref() == Some(&expected));
+    let out = match patched {
+        Some(text) => text.into_bytes(),
+        None => to_python_json(&expected),
+    };
+    write_atomic(path, &out)?;
+    Ok(Some(Repair::ProgressRepaired {
+        from: plan.from,
+        to: plan.to,
+        cleared_crashed: plan.cleared_crashed,
+        resumes_at: plan.resumes_at,
+    }))
+}
+
+/// Rewrites the first number of `"progress": [` (and `"entry_status": "Crashed"`) in place.
+fn patch_text(text: &str, plan: &ProgressPlan) -> Option<String> {
+    const KEY: &str = "\"progress\": [";
+    let is_ws = |b: &u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
+    let open = text.find(KEY)? + KEY.len();
+    let start = open + text[open..].bytes().take_while(is_ws).count();
+    let len = text[start..].bytes().take_while(|b| b.is_ascii_digit() || *b == b'-').count();
+    if text[start..start + len] != plan.from.to_string() {
+        return None;
+    }
+    let after = start + len + text[start + len..].bytes().take_while(is_ws).count();
+    if !text[after..].starts_with(',') {
+        return None;
+    }
+    let mut out = format!("{}{}{}", &text[..start], plan.to, &text[start + len..]);
+    if plan.cleared_crashed {
+        const CRASHED: &str = "\"entry_status\": \"Crashed\"";
+        let at = out.find(CRASHED)?;
+        out.replace_range(at..at + CRASHED.len(), "\"entry_status\": \"Started\"");
+    }
+    Some(out)
+}
+
+/// Fallback writer: 4-space indent and `": "` like `json.dump(indent=4)`, non-ASCII escaped like its
+/// `ensure_ascii`. Key order (sorted here) and float spelling may differ from Python's; both mean the
+/// same to the evaluator, which rewrites the file in its own format as soon as it starts.
+fn to_python_json(value: &Value) -> Vec<u8> {
+    // serde_json's pretty printer indents by 2; strings never hold a raw newline, so the leading spaces of
+    // each line are indentation only and doubling them gives Python's 4.
+    let text = serde_json::to_string_pretty(value).expect("a serde_json::Value always serializes");
+    let mut out = String::with_capacity(text.len() * 2);
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let body = line.trim_start_matches(' ');
+        out.extend(std::iter::repeat_n(' ', 2 * (line.len() - body.len())));
+        // Outside strings JSON is ASCII, so every character at or above 0x7F is inside a string.
+        for c in body.chars() {
+            if (c as u32) < 0x7f {
+                out.push(c);
+            } else {
+                for unit in c.encode_utf16(&mut [0; 2]) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+    }
+    out.into_bytes()
+}
+
+/// `_checkpoint.progress` as two integers.
+fn progress_pair(cp: &Value) -> Option<(i64, i64)> {
+    match cp["progress"].as_array()?.as_slice() {
+        [done, total] => Some((done.as_i64()?, total.as_i64()?)),
+        _ => None,
+    }
+}
+
+/// Parses bytes as a results file: a JSON object whose `_checkpoint` holds a `records` list and a
+/// `progress` list (every version the evaluator writes). `Err` says why not.
+fn parse_results(bytes: &[u8]) -> Result<Value, String> {
+    if bytes.is_empty() {
+        return Err("the file is empty".into());
+    }
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON ({e})"))?;
+    if !v.is_object() {
+        return Err("the JSON value is not an object".into());
+    }
+    let cp = &v["_checkpoint"];
+    if !cp["records"].is_array() || !cp["progress"].is_array() {
+        return Err("no `_checkpoint.records` and `_checkpoint.progress` lists".into());
+    }
+    Ok(v)
+}
+
+enum ReadOutcome {
+    Missing,
+    /// There, but not something we read: a link, not a regular file, too large.
+    Unusable(String),
+    Bytes(Vec<u8>),
+}
+
+/// Reads a regular file without following a link or blocking on a FIFO, up to [`MAX_BYTES`].
+fn read_file(path: &Path) -> Result<ReadOutcome, CheckpointError> {
+    let err = |source| CheckpointError::Read { path: path.to_path_buf(), source };
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(ReadOutcome::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(ReadOutcome::Unusable("it is a symbolic link, never followed".into()));
+        }
+        Err(e) => return Err(err(e)),
+    };
+    let meta = file.metadata().map_err(err)?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Ok(ReadOutcome::Unusable(format!("it is {kind}, not a regular file")));
+    }
+    let too_large = || ReadOutcome::Unusable(format!("it is larger than the {MAX_BYTES}-byte cap"));
+    if meta.len() > MAX_BYTES {
+        return Ok(too_large());
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    // The file may grow while it is read: never take more than the cap.
+    file.take(MAX_BYTES + 1).read_to_end(&mut buf).map_err(err)?;
+    if buf.len() as u64 > MAX_BYTES {
+        return Ok(too_large());
+    }
+    Ok(ReadOutcome::Bytes(buf))
+}
+
+/// Writes `bytes` to a temporary file beside `target` and renames it over `target`.
+fn write_atomic(target: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let tmp = write_temp(target, bytes)?;
+    if let Err(e) = rename(&tmp, target) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(target)
+}
+
+/// `.<name>.tmp` beside `target`, created afresh (never through a link), written and `fsync`ed.
+fn write_temp(target: &Path, bytes: &[u8]) -> Result<PathBuf, CheckpointError> {
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = target.with_file_name(format!(".{}.tmp", name.trim_start_matches('.')));
+    let err = |source| CheckpointError::Write { path: tmp.clone(), source };
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    // 0o666 less the umask: the mode Python's `open(path, 'w')` gives the evaluator's own file.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o666)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(err)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    Ok(tmp)
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), CheckpointError> {
+    std::fs::rename(from, to).map_err(|source| CheckpointError::Rename {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+        source,
+    })
+}
+
+/// Makes the renames in `path`'s folder durable.
+fn sync_dir(path: &Path) -> Result<(), CheckpointError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| CheckpointError::Write { path: dir.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Worker 2 of the recorded crash volume: `Crashed`, `progress [3, 5]`, three records, the last one
+    /// `Failed - Simulation crashed`, written like `json.dump(indent=4)`.
+    const CRASH_RECORDED: &str =
+        include_str!("../../fixtures/volumes/lb2.0-crash-marker/agent/agent2/agent_results.json");
+    /// Worker 2 of the recorded mid-run volume: `Started`, `progress [2, 5]`, two records.
+    const MID_RUN: &str = include_str!("../../fixtures/volumes/lb2.0-mid-run/agent/agent2/agent_results.json");
+    /// A finished worker: `Finished`, `progress [2, 2]`, a global record.
+    const FINISHED: &str =
+        include_str!("../../fixtures/results/lb2.0/simulation_crashed/inputs/partial_agent_results1.json");
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let d = std::env::temp_dir().join(format!("supervisor-checkpoint-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            TempDir(d)
+        }
+
+        fn file(&self) -> PathBuf {
+            self.0.join("agent_results.json")
+        }
+
+        fn names(&self) -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(&self.0)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn with_progress(text: &str, from: &str, to: &str) -> String {
+        let old = format!("\"progress\": [\n            {from},");
+        assert!(text.contains(&old));
+        text.replacen(&old, &format!("\"progress\": [\n            {to},"), 1)
+    }
+
+    #[test]
+    fn observe_copies_only_valid_versions() {
+        let d = TempDir::new("observe");
+        let mut g = Guard::new(&d.file());
+        assert_eq!(g.last_good_path(), d.0.join(".agent_results.json.last-good"));
+        assert_eq!(g.observe().unwrap(), Observed::Missing);
+
+        std::fs::write(d.file(), MID_RUN).unwrap();
+        assert_eq!(g.observe().unwrap(), Observed::CopiedLastGood);
+        assert_eq!(std::fs::read_to_string(g.last_good_path()).unwrap(), MID_RUN);
+        assert_eq!(g.observe().unwrap(), Observed::Unchanged);
+
+        // The evaluator stopped half-way through its rewrite: the copy keeps the previous version.
+        std::fs::write(d.file(), &MID_RUN[..MID_RUN.len() / 2]).unwrap();
+        assert!(matches!(g.observe().unwrap(), Observed::NotValid { .. }));
+        std::fs::write(d.file(), "").unwrap();
+        assert!(matches!(g.observe().unwrap(), Observed::NotValid { reason } if reason.contains("empty")));
+        std::fs::write(d.file(), "[1, 2]").unwrap();
+        assert!(matches!(g.observe().unwrap(), Observed::NotValid { .. }));
+        assert_eq!(std::fs::read_to_string(g.last_good_path()).unwrap(), MID_RUN);
+
+        std::fs::write(d.file(), CRASH_RECORDED).unwrap();
+        assert_eq!(g.observe().unwrap(), Observed::CopiedLastGood);
+        assert_eq!(std::fs::read_to_string(g.last_good_path()).unwrap(), CRASH_RECORDED);
+        // No temporary file left behind.
+        assert_eq!(d.names(), [".agent_results.json.last-good", "agent_results.json"]);
+
+        // A new guard (a restarted supervisor) recognises its own copy.
+        let mut again = Guard::new(&d.file());
+        assert_eq!(again.observe().unwrap(), Observed::Unchanged);
+    }
+
+    #[test]
+    fn restores_last_good_over_truncated_checkpoint_and_keeps_it_aside() {
+        let d = TempDir::new("restore");
+        let mut g = Guard::new(&d.file());
+        std::fs::write(d.file(), MID_RUN).unwrap();
+        g.observe().unwrap();
+        let truncated = &MID_RUN[..1000];
+        std::fs::write(d.file(), truncated).unwrap();
+
+        let repairs = g.prepare_resume().unwrap();
+        assert_eq!(repairs.len(), 1, "{repairs:?}");
+        let Repair::RestoredLastGood { moved_aside } = &repairs[0] else { panic!("{repairs:?}") };
+        let aside_name = moved_aside.file_name().unwrap().to_str().unwrap();
+        assert!(aside_name.starts_with("agent_results.json.corrupt-"), "{aside_name}");
+        assert_eq!(std::fs::read_to_string(moved_aside).unwrap(), truncated);
+        assert_eq!(std::fs::read_to_string(d.file()).unwrap(), MID_RUN);
+        assert!(repairs[0].to_string().contains("moved it aside"));
+        assert_eq!(d.names().len(), 3, "{:?}", d.names());
+
+        // Nothing more to do the second time.
+        assert_eq!(g.prepare_resume().unwrap(), []);
+
+        // A second corruption in the same second does not overwrite the first one kept aside.
+        std::fs::write(d.file(), "{").unwrap();
+        let repairs = g.prepare_resume().unwrap();
+        let Repair::RestoredLastGood { moved_aside: second } = &repairs[0] else { panic!("{repairs:?}") };
+        assert_ne!(second, moved_aside);
+        assert_eq!(std::fs::read_to_string(second).unwrap(), "{");
+        assert_eq!(std::fs::read_to_string(moved_aside).unwrap(), truncated);
+    }
+
+    #[test]
+    fn missing_checkpoint_is_restored_from_last_good() {
+        let d = TempDir::new("missing");
+        let mut g = Guard::new(&d.file());
+        std::fs::write(d.file(), MID_RUN).unwrap();
+        g.observe().unwrap();
+        std::fs::remove_file(d.file()).unwrap();
+        assert_eq!(g.prepare_resume().unwrap(), [Repair::RestoredMissing]);
+        assert_eq!(std::fs::read_to_string(d.file()).unwrap(), MID_RUN);
+    }
+
+    #[test]
+    fn without_a_good_copy_a_corrupt_checkpoint_is_left_alone() {
+        let d = TempDir::new("nocopy");
+        let g = Guard::new(&d.file());
+        assert_eq!(g.prepare_resume().unwrap(), []);
+        assert_eq!(d.names(), Vec::<String>::new());
+
+        std::fs::write(d.file(), "{\"_checkpoint\": {\"progr").unwrap();
+        assert_eq!(g.prepare_resume().unwrap(), []);
+        assert_eq!(std::fs::read_to_string(d.file()).unwrap(), "{\"_checkpoint\": {\"progr");
+        // A last good copy that does not parse either is no copy.
+        std::fs::write(g.last_good_path(), "").unwrap();
+        assert_eq!(g.prepare_resume().unwrap(), []);
+        assert_eq!(d.names(), [".agent_results.json.last-good", "agent_results.json"]);
+    }
+
+    #[test]
+    fn crash_recorded_needs_no_repair() {
+        // (a) `Crashed`, `progress [3, 5]`, record 2 `Failed - Simulation crashed`: the evaluator resumes at
+        // 3 - 1 = 2 and runs the crashed route again, as upstream intends.
+        let v: Value = serde_json::from_str(CRASH_RECORDED).unwrap();
+        assert_eq!(plan_progress(&v), None);
+        assert_eq!(evaluator_resume_index(3, 3, true), 2);
+        let d = TempDir::new("crash-recorded");
+        std::fs::write(d.file(), CRASH_RECORDED).unwrap();
+        assert_eq!(Guard::new(&d.file()).prepare_resume().unwrap(), []);
+        assert_eq!(std::fs::read_to_string(d.file()).unwrap(), CRASH_RECORDED);
+
+        // The resumed run's own first write (`Started`, `progress [2, 5]`, the crash record still there)
+        // resumes at 2 as well.
+        let first_write = with_progress(CRASH_RECORDED, "3", "2").replace("\"Crashed\"", "\"Started\"");
+        assert_eq!(plan_progress(&serde_json::from_str(&first_write).unwrap()), None);
+    }
+
+    #[test]
+    fn crash_with_nothing_recorded_is_repaired() {
+        // (b) Two records, route 2 was running when the simulator died: nothing recorded for it, but
+        // `progress [3, 5]`. Upstream resumes at max(2 - 1, 0) = 1 and scores route 1 again.
+        let ahead = with_progress(MID_RUN, "2", "3");
+        assert_eq!(evaluator_resume_index(3, 2, false), 1);
+        let d = TempDir::new("crash-unrecorded");
+        std::fs::write(d.file(), &ahead).unwrap();
+        let repairs = Guard::new(&d.file()).prepare_resume().unwrap();
+        assert_eq!(repairs, [Repair::ProgressRepaired { from: 3, to: 2, cleared_crashed: false, resumes_at: 2 }]);
+        assert!(repairs[0].to_string().contains("resumes at route index 2"), "{}", repairs[0]);
+        // Only that one character changed: the rest is byte-identical.
+        assert_eq!(std::fs::read_to_string(d.file()).unwrap(), MID_RUN);
+        assert_eq!(d.names(), ["agent_results.json"]);
+
+        // The same with `entry_status` left at `Crashed`: upstream would step back to 0. No progress value
+        // alone helps, so the status goes back to `Started`, as the evaluator writes it during a run.
+        let crashed = ahead.replace("\"entry_status\": \"Started\"", "\"entry_status\": \"Crashed\"");
+        assert_eq!(evaluator_resume_index(3, 2, true), 0);
+        std::fs::write(d.file(), &crashed).unwrap();
+        let repairs = Guard::new(&d.file()).prepare_resume().unwrap();
+        assert_eq!(repairs, [Repair::ProgressRepaired { from: 3, to: 2, cleared_crashed: true, resumes_at: 2 }]);
+        assert_eq!(std::fs::read_to_string(d.file()).unwrap(), MID_RUN);
+
+        // Crashed at route 0 with nothing recorded: resuming at 0 is already right.
+        let v = serde_json::json!({"_checkpoint": {"global_record": {}, "progress": [1, 5], "records": []},
+            "entry_status": "Crashed"});
+        assert_eq!(plan_progress(&v), None);
+    }
+
+    #[test]
+    fn progress_equal_to_records_needs_no_repair() {
+        // (c)
+        assert_eq!(plan_progress(&serde_json::from_str(MID_RUN).unwrap()), None);
+        assert_eq!(plan_progress(&serde_json::from_str(FINISHED).unwrap()), None);
+        let d = TempDir::new("agree");
+        std::fs::write(d.file(), MID_RUN).unwrap();
+        assert_eq!(Guard::new(&d.file()).prepare_resume().unwrap(), []);
+        assert_eq!(std::fs::read_to_string(d.file()).unwrap(), MID_RUN);
+    }
+
+    #[test]
+    fn progress_is_never_raised_and_total_never_touched() {
+        // Progress behind the records: the evaluator runs route 1 again, but raising progress would widen
+        // its route-id check over records we cannot match against the route list.
+        let behind = with_progress(MID_RUN, "2", "1");
+        assert_eq!(plan_progress(&serde_json::from_str(&behind).unwrap()), None);
+        // Far ahead: lowered to the records, total kept.
+        let far = with_progress(MID_RUN, "2", "4");
+        let plan = plan_progress(&serde_json::from_str(&far).unwrap()).unwrap();
+        assert_eq!((plan.from, plan.to, plan.resumes_at), (4, 2, 2));
+        assert!(patch_text(&far, &plan).unwrap().contains("\"progress\": [\n            2,\n            5\n        ]"));
+    }
+
+    #[test]
+    fn unaligned_records_lower_progress_to_the_aligned_ones() {
+        // A resumed run dropped record 0 (its placeholder) before writing: records hold routes 1 and 2 at
+        // positions 0 and 1. Upstream would compare position 0 with route 0 and start over.
+        let v = serde_json::json!({"_checkpoint": {"global_record": {}, "progress": [1, 5], "records": [
+            {"index": 1, "route_id": "RouteScenario_1_rep0", "status": "Perfect"},
+            {"index": 2, "route_id": "RouteScenario_2_rep0", "status": "Perfect"}]},
+            "entry_status": "Started"});
+        let plan = plan_progress(&v).unwrap();
+        assert_eq!((plan.to, plan.resumes_at), (0, 0));
+    }
+
+    #[test]
+    fn leaderboard_1_files_are_left_alone() {
+        let v = serde_json::json!({"_checkpoint": {"global_record": {}, "progress": [3, 5], "records": [
+            {"index": 0, "route_id": "RouteScenario_0", "status": "Completed"}]}, "entry_status": "Started"});
+        assert_eq!(plan_progress(&v), None);
+    }
+
+    #[test]
+    fn unexpected_text_shape_falls_back_to_a_full_rewrite() {
+        let d = TempDir::new("fallback");
+        let compact = serde_json::to_string(&serde_json::json!({
+            "_checkpoint": {"global_record": {}, "progress": [3, 5], "records": [
+                {"index": 0, "route_id": "RouteScenario_0_rep0", "status": "Failed - Agent got blocked \u{e9}"}]},
+            "entry_status": "Crashed", "eligible": false}))
+        .unwrap();
+        std::fs::write(d.file(), &compact).unwrap();
+        let repairs = Guard::new(&d.file()).prepare_resume().unwrap();
+        assert_eq!(repairs, [Repair::ProgressRepaired { from: 3, to: 1, cleared_crashed: true, resumes_at: 1 }]);
+        let text = std::fs::read_to_string(d.file()).unwrap();
+        assert!(text.contains("\"progress\": [\n            1,\n            5\n        ]"), "{text}");
+        assert!(text.contains("blocked \\u00e9\""), "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["entry_status"], "Started");
+        assert_eq!(v["eligible"], false);
+    }
+
+    #[test]
+    fn symlinked_checkpoint_is_not_followed() {
+        let d = TempDir::new("symlink");
+        let target = d.0.join("elsewhere.json");
+        std::fs::write(&target, MID_RUN).unwrap();
+        std::os::unix::fs::symlink(&target, d.file()).unwrap();
+        let mut g = Guard::new(&d.file());
+        assert!(matches!(g.observe().unwrap(), Observed::NotValid { reason } if reason.contains("symbolic link")));
+        assert!(!g.last_good_path().exists());
+        assert_eq!(summarize(&d.file()).unwrap(), None);
+        assert!(!exists_with_data(&d.file()));
+        // Without a good copy the link stays; with one, the link (not its target) is moved aside.
+        assert_eq!(g.prepare_resume().unwrap(), []);
+        std::fs::write(g.last_good_path(), CRASH_RECORDED).unwrap();
+        let repairs = g.prepare_resume().unwrap();
+        let Repair::RestoredLastGood { moved_aside } = &repairs[0] else { panic!("{repairs:?}") };
+        assert!(moved_aside.symlink_metadata().unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), MID_RUN);
+        assert_eq!(std::fs::read_to_string(d.file()).unwrap(), CRASH_RECORDED);
+
+        // The last good copy's path as a link is replaced, never written through.
+        std::fs::remove_file(g.last_good_path()).unwrap();
+        std::os::unix::fs::symlink(&target, g.last_good_path()).unwrap();
+        let mut g = Guard::new(&d.file());
+        assert_eq!(g.observe().unwrap(), Observed::CopiedLastGood);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), MID_RUN);
+        assert!(!g.last_good_path().symlink_metadata().unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn fifo_is_not_read() {
+        let d = TempDir::new("fifo");
+        let c = std::ffi::CString::new(d.file().to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let mut g = Guard::new(&d.file());
+        assert!(matches!(g.observe().unwrap(), Observed::NotValid { reason } if reason.contains("FIFO")));
+        assert!(!exists_with_data(&d.file()));
+    }
+
+    #[test]
+    fn summaries() {
+        let d = TempDir::new("summary");
+        let p = d.file();
+        assert_eq!(summarize(&p).unwrap(), None);
+        assert!(!exists_with_data(&p));
+
+        std::fs::write(&p, FINISHED).unwrap();
+        let s = summarize(&p).unwrap().unwrap();
+        assert_eq!(
+            s,
+            Summary {
+                entry_status: Some("Finished".into()),
+                records: 2,
+                progress: Some((2, 2)),
+                global_record_empty: false
+            }
+        );
+        assert!(exists_with_data(&p));
+
+        let rejected = serde_json::json!({"_checkpoint": {"global_record": {}, "progress": [1, 5], "records": [
+            {"index": 0, "route_id": "RouteScenario_0_rep0", "status": "Failed - Agent's sensors were invalid"}]},
+            "entry_status": "Rejected", "eligible": false, "sensors": [], "values": [], "labels": []});
+        std::fs::write(&p, serde_json::to_vec_pretty(&rejected).unwrap()).unwrap();
+        let s = summarize(&p).unwrap().unwrap();
+        assert_eq!(s.entry_status.as_deref(), Some("Rejected"));
+        assert_eq!((s.records, s.progress, s.global_record_empty), (1, Some((1, 5)), true));
+
+        std::fs::write(&p, MID_RUN).unwrap();
+        let s = summarize(&p).unwrap().unwrap();
+        assert_eq!(s.entry_status.as_deref(), Some("Started"));
+        assert!(s.global_record_empty);
+
+        // A fresh run's very first write has progress but no records yet: something to resume from.
+        std::fs::write(&p, r#"{"_checkpoint": {"global_record": {}, "progress": [0, 5], "records": []}}"#).unwrap();
+        assert!(exists_with_data(&p));
+        std::fs::write(&p, r#"{"_checkpoint": {"global_record": {}, "progress": [], "records": []}}"#).unwrap();
+        assert!(!exists_with_data(&p));
+        std::fs::write(&p, "").unwrap();
+        assert_eq!(summarize(&p).unwrap(), None);
+        assert!(!exists_with_data(&p));
+    }
+}

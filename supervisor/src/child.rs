@@ -1,0 +1,142 @@
+//! The supervised child: CarlaUE4 or the leaderboard evaluator, in a process group of its own.
+//!
+//! Upstream starts the child in the background of a bash script, kills it with `pkill -9 'python|java|ros|...'`
+//! (which misses what is not named so and kills unrelated processes that are) and tees its output with
+//! `exec > >(tee -a $LOG)`. Here the child leads its own process group, so a stop reaches everything it started
+//! (SIGTERM to the group, a grace period, then SIGKILL to the group) and nothing else; its stdout and stderr go to
+//! the container's stdout and are appended (never truncated) to its log file on the volume, each attempt under a
+//! banner; and the time of its last output feeds the silence (hang) detector.
+
+use crate::reaper;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct Spec {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    pub cwd: Option<PathBuf>,
+}
+
+impl Spec {
+    pub fn display(&self) -> String {
+        std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// A running child.
+pub struct Child {
+    pub pid: i32,
+    started: Instant,
+    /// Milliseconds after `started` of the last output byte.
+    last_output_ms: Arc<AtomicU64>,
+}
+
+impl Child {
+    /// How long the child has printed nothing.
+    pub fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_output_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// Opens the log file for appending (never through a symlink), creating its folder.
+pub fn open_log(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).custom_flags(libc::O_NOFOLLOW).mode(0o644).open(path)
+}
+
+fn now_utc() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("{secs} (unix time)")
+}
+
+/// Starts `spec` in a new process group, its output teed to stdout and to `log` under `banner`.
+pub fn spawn(spec: &Spec, log: Option<File>, banner: &str) -> std::io::Result<Child> {
+    let log = log.map(|f| Arc::new(Mutex::new(f)));
+    let line = format!("\n===== supervisor: {banner} at {}: {} =====\n", now_utc(), spec.display());
+    emit(line.as_bytes(), log.as_ref());
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args).envs(spec.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    // SAFETY: only async-signal-safe calls (pthread_sigmask) between fork and exec.
+    unsafe {
+        cmd.pre_exec(reaper::unblock_all_in_child);
+    }
+    let mut child = cmd.spawn()?;
+    let started = Instant::now();
+    let last_output_ms = Arc::new(AtomicU64::new(0));
+    for stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let log = log.clone();
+        let last = last_output_ms.clone();
+        std::thread::spawn(move || tee(stream, log, last, started));
+    }
+    // The std handle is dropped without waiting: the signal thread reaps every child (one owner of waitpid).
+    let pid = child.id() as i32;
+    drop(child);
+    Ok(Child { pid, started, last_output_ms })
+}
+
+fn emit(bytes: &[u8], log: Option<&Arc<Mutex<File>>>) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes);
+    let _ = out.flush();
+    if let Some(log) = log
+        && let Ok(mut f) = log.lock()
+    {
+        let _ = f.write_all(bytes);
+    }
+}
+
+fn tee(mut stream: Box<dyn Read + Send>, log: Option<Arc<Mutex<File>>>, last: Arc<AtomicU64>, started: Instant) {
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                emit(&buf[..n], log.as_ref());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes a supervisor line to stdout and to the log.
+pub fn note(log_path: Option<&Path>, msg: &str) {
+    let line = format!("supervisor: {msg}\n");
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
+    if let Some(p) = log_path
+        && let Ok(mut f) = open_log(p)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}

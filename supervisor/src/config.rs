@@ -1,0 +1,127 @@
+//! The supervisor's command line: flags with upstream's environment variable names as fallbacks, and every deadline
+//! a flag, so that tests can make them short.
+
+use crate::duration::clap_parser;
+use crate::markers::WorkerId;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "supervisor",
+    version,
+    about = "Entry program of the CARLA Leaderboard simulator and agent containers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run CarlaUE4 (default `./CarlaUE4.sh -vulkan -carla-rpc-port=$CARLA_PORT -RenderOffScreen -nosound -ini:...`).
+    Simulator(SimulatorArgs),
+    /// Run the leaderboard evaluator with run_leaderboard.sh's arguments and environment.
+    Agent(AgentArgs),
+    /// Print the GPU index of a UUID (as get_gpu_device.sh), or list the GPUs.
+    Gpu(GpuArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestartMode {
+    /// Restart the child inside the running container (default).
+    InPlace,
+    /// Upstream's behaviour: crash marker, exit 1, and let Kubernetes restart the container.
+    Container,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Worker number (generation 2). Default: NVIDIA_VISIBLE_DEVICES + 1 (generation 1).
+    #[arg(long, env = "WORKER_ID")]
+    pub worker_id: Option<u32>,
+    /// The shared marker folder (upstream mounts containers-status/ there).
+    #[arg(long, env = "STATUS_DIR", default_value = "/tmp/status")]
+    pub status_dir: PathBuf,
+    /// The child's log file on the volume (appended to, never truncated).
+    #[arg(long, env = "LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Longest wait for a marker of the peer (its start, its crash marker after ours, its done marker).
+    #[arg(long, env = "PEER_WAIT", default_value = "600", value_parser = clap_parser)]
+    pub peer_wait: Duration,
+    /// The child counts as hung after printing nothing for this long (agent side; upstream MAX_IDLE).
+    #[arg(long, env = "MAX_IDLE", default_value = "800", value_parser = clap_parser)]
+    pub idle_timeout: Duration,
+    /// Longest wait for CARLA's RPC port to accept connections.
+    #[arg(long, env = "READY_TIMEOUT", default_value = "300", value_parser = clap_parser)]
+    pub ready_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL when stopping the child's process group.
+    #[arg(long, env = "GRACE", default_value = "10", value_parser = clap_parser)]
+    pub grace: Duration,
+    /// Attempts this side may crash before it ends for good (a `.failed` marker, exit 0).
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// What a crash does.
+    #[arg(long, env = "RESTART", value_enum, default_value_t = RestartMode::InPlace)]
+    pub restart: RestartMode,
+    /// Marker poll period, the fallback for lost file events.
+    #[arg(long, env = "MARKER_POLL", default_value = "1", value_parser = clap_parser)]
+    pub marker_poll: Duration,
+}
+
+impl Common {
+    /// WORKER_ID, else NVIDIA_VISIBLE_DEVICES + 1.
+    pub fn worker(&self) -> Result<WorkerId, String> {
+        if let Some(id) = self.worker_id {
+            return Ok(WorkerId(id));
+        }
+        match std::env::var("NVIDIA_VISIBLE_DEVICES") {
+            Ok(v) => v.trim().parse::<u32>().map(|d| WorkerId(d + 1)).map_err(|_| {
+                format!("--worker-id / WORKER_ID is not set and NVIDIA_VISIBLE_DEVICES ({v:?}) is not a GPU index")
+            }),
+            Err(_) => Err("--worker-id / WORKER_ID is required (or NVIDIA_VISIBLE_DEVICES, generation 1)".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimulatorArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// CARLA's RPC port.
+    #[arg(long, env = "CARLA_PORT", default_value_t = 2000)]
+    pub port: u16,
+    /// The GPU: an index, a UUID (looked up with nvidia-smi), or `none` (local runs: no -ini GraphicsAdapter).
+    /// Default: NVIDIA_VISIBLE_DEVICES.
+    #[arg(long, env = "GPU")]
+    pub gpu: Option<String>,
+    /// nvidia-smi, for UUID lookups.
+    #[arg(long, env = "NVIDIA_SMI", default_value = "nvidia-smi")]
+    pub nvidia_smi: PathBuf,
+    /// The command; CARLA's arguments are appended. Default: ./CarlaUE4.sh
+    #[arg(last = true)]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The evaluator's checkpoint (its results file).
+    #[arg(long, env = "CHECKPOINT_ENDPOINT", default_value = "/tmp/agent/agent_results.json")]
+    pub checkpoint: PathBuf,
+    /// The command that receives the evaluator's arguments. Default: bash sourcing ~/.bashrc and
+    /// ~/agent_sources.sh as upstream, then `python3 -u $LEADERBOARD_ROOT/leaderboard/leaderboard_evaluator.py`.
+    #[arg(last = true)]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GpuArgs {
+    /// A GPU UUID to map to its index; without it, list the GPUs.
+    pub uuid: Option<String>,
+    #[arg(long, env = "NVIDIA_SMI", default_value = "nvidia-smi")]
+    pub nvidia_smi: PathBuf,
+}

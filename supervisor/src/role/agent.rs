@@ -1,0 +1,228 @@
+//! The agent side: the leaderboard evaluator with run_leaderboard.sh's arguments and environment, started once the
+//! simulator of the same attempt is ready, its checkpoint guarded, its hangs detected.
+//!
+//! Upstream sleeps 60 s, passes `--resume=$RESUME` (empty on a fresh run, and `--resume=0` would also mean true:
+//! the flag is `type=bool`), polls every 5 s, and `pkill -9`s anything named python, java or ros. Here the
+//! evaluator starts as soon as `simulator-ID.start<N>` appears; `--resume=1` is passed when an earlier attempt
+//! crashed or a results file with data exists, and nothing otherwise; and the checkpoint is guarded: a copy of
+//! each good version is kept, and before a resume a corrupt file is replaced by it and the progress repaired
+//! ([`crate::checkpoint`]). ROUTES, ROUTES_SUBSET and REPETITIONS are never changed between attempts.
+
+use super::{Engine, Outcome, RoleSpec, WaitEnd};
+use crate::checkpoint::{self, Guard, Observed};
+use crate::child::{Child, Spec};
+use crate::markers::{Attempt, Role, StatusSet};
+use crate::reaper::Exit;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Sources the participant's environment as upstream does, then runs the evaluator with the given arguments.
+const DEFAULT_WRAPPER: &str = "source \"$HOME/.bashrc\" >/dev/null 2>&1; \
+    if [ -f \"$HOME/agent_sources.sh\" ]; then source \"$HOME/agent_sources.sh\"; fi; exec \"$@\"";
+
+pub struct Agent {
+    pub command: Vec<OsString>,
+    pub checkpoint: PathBuf,
+    guard: Guard,
+    next_observe: Instant,
+    crashed_before: bool,
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
+}
+
+impl Agent {
+    pub fn new(command: Vec<OsString>, checkpoint: PathBuf) -> Self {
+        let guard = Guard::new(&checkpoint);
+        Agent { command, checkpoint, guard, next_observe: Instant::now(), crashed_before: false }
+    }
+
+    /// The evaluator's arguments, from run_leaderboard.sh's environment and defaults.
+    pub fn evaluator_args(&self, resume: bool) -> Vec<OsString> {
+        let port: u32 = env_or("CARLA_PORT", "2000").parse().unwrap_or(2000);
+        let track = env_or("CHALLENGE_TRACK_CODENAME", "SENSORS");
+        let default_routes = if track.contains("QUALIFIER") {
+            "/workspace/leaderboard/data/routes_qualifier.xml"
+        } else {
+            "/workspace/leaderboard/data/routes_testing.xml"
+        };
+        let mut args = vec![
+            format!("--port={port}"),
+            format!("--traffic-manager-port={}", port + 10),
+            format!("--agent={}", env_or("TEAM_AGENT", "")),
+            format!("--agent-config={}", env_or("TEAM_CONFIG", "")),
+            format!("--track={track}"),
+            format!("--routes={}", env_or("ROUTES", default_routes)),
+            format!("--routes-subset={}", env_or("ROUTES_SUBSET", "")),
+            format!("--repetitions={}", env_or("REPETITIONS", "1")),
+        ];
+        // `type=bool`: any value, `0` included, means true. Pass `--resume=1` or nothing.
+        if resume {
+            args.push("--resume=1".into());
+        }
+        args.extend([
+            format!("--checkpoint={}", self.checkpoint.display()),
+            format!("--record={}", env_or("RECORD_PATH", "/home/carla/recorder")),
+            format!(
+                "--debug-checkpoint={}",
+                env_or("DEBUG_CHECKPOINT_ENDPOINT", "/workspace/leaderboard/live_results.txt")
+            ),
+            format!("--debug={}", env_or("DEBUG_CHALLENGE", "0")),
+        ]);
+        args.into_iter().map(OsString::from).collect()
+    }
+
+    /// PYTHONPATH and the roots, as run_leaderboard.sh exports them.
+    fn evaluator_env() -> Vec<(OsString, OsString)> {
+        let carla = env_or("CARLA_ROOT", "/workspace/CARLA");
+        let sr = env_or("SCENARIO_RUNNER_ROOT", "/workspace/scenario_runner");
+        let lb = env_or("LEADERBOARD_ROOT", "/workspace/leaderboard");
+        let dist = PathBuf::from(&carla).join("PythonAPI/carla/dist");
+        let egg = std::fs::read_dir(&dist)
+            .ok()
+            .and_then(|d| {
+                d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).find(|n| n.contains("py3."))
+            })
+            .map(|n| dist.join(n).display().to_string());
+        let mut path: Vec<String> = egg.into_iter().collect();
+        path.extend([sr.clone(), lb.clone()]);
+        if let Ok(existing) = std::env::var("PYTHONPATH")
+            && !existing.is_empty()
+        {
+            path.push(existing);
+        }
+        [("CARLA_ROOT", carla), ("SCENARIO_RUNNER_ROOT", sr), ("LEADERBOARD_ROOT", lb), ("PYTHONPATH", path.join(":"))]
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect()
+    }
+}
+
+impl RoleSpec for Agent {
+    fn role(&self) -> Role {
+        Role::Agent
+    }
+
+    fn prepare(&mut self, eng: &mut Engine, attempt: Attempt) -> Result<(), Outcome> {
+        let (sim, w) = (Role::Simulator, eng.worker);
+        let waited = Instant::now();
+        let r = eng.wait_markers(eng.common.peer_wait, |s| {
+            s.starts(sim, w).contains(&attempt)
+                || s.cancelled(w)
+                || s.is_failed(sim, w)
+                || s.crashes(sim, w).iter().any(|a| *a >= attempt)
+        });
+        let set = match r {
+            Ok(set) => set,
+            Err(WaitEnd::Signal(s)) => {
+                eng.note(&format!("{} while waiting for the simulator", crate::reaper::signal_name(s)));
+                return Err(Outcome::Terminated(Exit::Signal(s)));
+            }
+            Err(WaitEnd::Timeout) => {
+                return Err(Outcome::Crash(format!(
+                    "the simulator did not start attempt {attempt} within {:?}",
+                    eng.common.peer_wait
+                )));
+            }
+        };
+        if set.cancelled(w) {
+            return Err(Outcome::Cancelled);
+        }
+        if set.is_failed(sim, w) {
+            return Err(Outcome::PeerFailed);
+        }
+        if !set.starts(sim, w).contains(&attempt) {
+            return Err(Outcome::Crash(format!("the simulator crashed before attempt {attempt} started")));
+        }
+        eng.note(&format!("the simulator is ready (waited {} ms)", waited.elapsed().as_millis()));
+        self.crashed_before = !set.crashes(Role::Agent, w).is_empty();
+        if self.crashed_before || checkpoint::exists_with_data(&self.checkpoint) {
+            match self.guard.prepare_resume() {
+                Ok(repairs) => {
+                    for r in repairs {
+                        eng.note(&format!("checkpoint repaired before resuming: {r:?}"));
+                    }
+                }
+                Err(e) => eng.note(&format!("cannot check the checkpoint before resuming: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn spec(&mut self, _attempt: Attempt) -> Spec {
+        let resume = self.crashed_before
+            || checkpoint::exists_with_data(&self.checkpoint)
+            || std::env::var("RESUME").is_ok_and(|r| !r.trim().is_empty());
+        let args = self.evaluator_args(resume);
+        let (program, mut all) = match self.command.split_first() {
+            Some((p, rest)) => (p.clone(), rest.to_vec()),
+            None => {
+                let evaluator = format!(
+                    "{}/leaderboard/leaderboard_evaluator.py",
+                    env_or("LEADERBOARD_ROOT", "/workspace/leaderboard")
+                );
+                let pre: Vec<OsString> = ["-c", DEFAULT_WRAPPER, "leaderboard", "python3", "-u", &evaluator]
+                    .into_iter()
+                    .map(OsString::from)
+                    .collect();
+                (OsString::from("bash"), pre)
+            }
+        };
+        all.extend(args);
+        self.next_observe = Instant::now();
+        Spec { program, args: all, env: Self::evaluator_env(), cwd: None }
+    }
+
+    fn tick(&mut self, eng: &mut Engine, child: &Child, attempt: Attempt) -> Option<Outcome> {
+        let now = Instant::now();
+        if now >= self.next_observe {
+            self.next_observe = now + Duration::from_millis(500);
+            if let Ok(Observed::CopiedLastGood) = self.guard.observe() {
+                // A new good version of the checkpoint is saved aside.
+            }
+        }
+        if child.silent_for() > eng.common.idle_timeout {
+            return Some(Outcome::Crash(format!(
+                "the evaluator printed nothing for {:?} (hang) in attempt {attempt}",
+                eng.common.idle_timeout
+            )));
+        }
+        None
+    }
+
+    fn on_exit(&mut self, eng: &mut Engine, exit: Exit) -> Outcome {
+        let _ = self.guard.observe();
+        let summary = checkpoint::summarize(&self.checkpoint).ok().flatten();
+        if summary.as_ref().and_then(|s| s.entry_status.as_deref()) == Some("Rejected") {
+            return Outcome::Failed(
+                "the evaluator rejected the agent's sensors (entry_status Rejected); retrying cannot help".into(),
+            );
+        }
+        if !exit.success() {
+            return Outcome::Crash(format!("the evaluator ended ({exit})"));
+        }
+        match summary {
+            None => Outcome::Crash("the evaluator ended without a results file".into()),
+            Some(s) if s.global_record_empty => {
+                Outcome::Crash("the evaluator ended with an empty global_record".into())
+            }
+            Some(_) => {
+                eng.note("the evaluator finished");
+                Outcome::Done
+            }
+        }
+    }
+
+    fn on_peer(&mut self, eng: &mut Engine, set: &StatusSet, attempt: Attempt) -> Option<Outcome> {
+        let (sim, w) = (Role::Simulator, eng.worker);
+        if set.is_failed(sim, w) {
+            return Some(Outcome::PeerFailed);
+        }
+        if set.crashes(sim, w).iter().any(|a| *a >= attempt) {
+            return Some(Outcome::Crash(format!("the simulator crashed in attempt {attempt}")));
+        }
+        None
+    }
+}

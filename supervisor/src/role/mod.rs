@@ -1,0 +1,378 @@
+//! The attempt loop of both sides of a worker pair: plan the attempt from the markers, start the child, watch it,
+//! stop it, write the outcome, and restart in place.
+//!
+//! Replaces the 5 s polling loops of upstream's `run_carla.sh` and `run_leaderboard.sh`. Every detector is an
+//! event or a deadline from the configuration: the child's exit arrives from the signal thread the moment it is
+//! reaped; markers arrive from inotify with a poll fallback; readiness is a TCP connect to CARLA's RPC port (not
+//! `sleep 60`); a hang is output silence for `--idle-timeout`. Upstream exits on every crash and lets Kubernetes
+//! restart the container, which spends the Job's `backoffLimit` (shared by all containers of the pod) and waits
+//! out a growing back-off; here a crash restarts the child in place, within a budget of attempts counted from
+//! the markers (so a container restart keeps the count). The supervisor writes every marker itself after reaping
+//! the child, so nothing in the participant's code can skip one.
+
+pub mod agent;
+pub mod simulator;
+
+use crate::child::{self, Child};
+use crate::config::{Common, RestartMode};
+use crate::markers::{Attempt, Marker, Role, StatusSet, WorkerId};
+use crate::reaper::{self, Exit, SignalEvent};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+/// What the run loop waits on.
+#[derive(Debug)]
+pub enum Event {
+    Signal(SignalEvent),
+    /// Something changed in the status folder.
+    Markers,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Crash (or hang, or the peer crashed): crash marker, then the next attempt.
+    Crash(String),
+    /// This side finished: done marker.
+    Done,
+    /// This side ends for good without finishing: failed marker.
+    Failed(String),
+    /// The peer ended for good: this side ends too.
+    PeerFailed,
+    /// A cancel marker: stop, exit 0.
+    Cancelled,
+    /// A forwarded SIGTERM/SIGINT/SIGHUP/SIGQUIT ended the child: exit with its status.
+    Terminated(Exit),
+}
+
+/// What each role does differently.
+pub trait RoleSpec {
+    fn role(&self) -> Role;
+    /// Before starting `attempt`: wait for what the role needs (the agent waits for the simulator's start marker).
+    /// `Err` ends the attempt without a child.
+    fn prepare(&mut self, eng: &mut Engine, attempt: Attempt) -> Result<(), Outcome>;
+    /// The child of `attempt`.
+    fn spec(&mut self, attempt: Attempt) -> child::Spec;
+    /// Called often while the child runs; may end the attempt.
+    fn tick(&mut self, eng: &mut Engine, child: &Child, attempt: Attempt) -> Option<Outcome>;
+    /// The child exited by itself.
+    fn on_exit(&mut self, eng: &mut Engine, exit: Exit) -> Outcome;
+    /// The peer's markers while the child runs (crash, done, failed are handled here).
+    fn on_peer(&mut self, eng: &mut Engine, set: &StatusSet, attempt: Attempt) -> Option<Outcome>;
+}
+
+/// The state both roles share.
+pub struct Engine {
+    pub role: Role,
+    pub worker: WorkerId,
+    pub common: Common,
+    pub log_file: Option<PathBuf>,
+    rx: Receiver<Event>,
+    /// Exits reaped and not yet claimed.
+    reaped: HashMap<i32, Exit>,
+    /// A terminating signal that arrived; the supervisor exits after the child does.
+    terminating: Option<i32>,
+    _watcher: Option<RecommendedWatcher>,
+}
+
+impl Engine {
+    pub fn new(
+        role: Role,
+        worker: WorkerId,
+        common: Common,
+        log_file: Option<PathBuf>,
+        tx: Sender<Event>,
+        rx: Receiver<Event>,
+    ) -> Engine {
+        let _ = std::fs::create_dir_all(&common.status_dir);
+        let watcher = {
+            let tx = tx.clone();
+            notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+                let _ = tx.send(Event::Markers);
+            })
+            .and_then(|mut w| w.watch(&common.status_dir, RecursiveMode::NonRecursive).map(|()| w))
+            .ok()
+        };
+        let eng =
+            Engine { role, worker, common, log_file, rx, reaped: HashMap::new(), terminating: None, _watcher: watcher };
+        if eng._watcher.is_none() {
+            eng.note("cannot watch the status folder; polling it alone");
+        }
+        eng
+    }
+
+    pub fn note(&self, msg: &str) {
+        child::note(self.log_file.as_deref(), &format!("{}-{}: {msg}", self.role, self.worker));
+    }
+
+    pub fn markers(&self) -> StatusSet {
+        StatusSet::read(&self.common.status_dir).unwrap_or_else(|e| {
+            self.note(&format!("cannot read {}: {e}", self.common.status_dir.display()));
+            StatusSet::default()
+        })
+    }
+
+    pub fn write(&self, marker: Marker) {
+        match marker.create_in(&self.common.status_dir) {
+            Ok(()) => self.note(&format!("wrote {marker}")),
+            Err(e) => self.note(&format!("cannot write {marker}: {e}")),
+        }
+    }
+
+    pub fn peer(&self) -> Role {
+        self.role.peer()
+    }
+
+    /// Takes one event or times out; reaped exits and signals are recorded here.
+    fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(Event::Signal(SignalEvent::Reaped { pid, exit })) => {
+                self.reaped.insert(pid, exit);
+                Some(Event::Signal(SignalEvent::Reaped { pid, exit }))
+            }
+            Ok(ev) => Some(ev),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(timeout);
+                None
+            }
+        }
+    }
+
+    /// Waits until `cond` holds on the markers, up to `limit`. A terminating signal interrupts the wait.
+    pub fn wait_markers(
+        &mut self,
+        limit: Duration,
+        mut cond: impl FnMut(&StatusSet) -> bool,
+    ) -> Result<StatusSet, WaitEnd> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let set = self.markers();
+            if cond(&set) {
+                return Ok(set);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(WaitEnd::Timeout);
+            }
+            match self.next_event(self.common.marker_poll.min(deadline - now)) {
+                Some(Event::Signal(SignalEvent::Signal(s))) if is_terminating(s) => return Err(WaitEnd::Signal(s)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Stops the child's process group: SIGTERM, the grace period, SIGKILL; returns once no process of the group is
+    /// left (and the leader is reaped), or after a bounded extra wait.
+    pub fn stop(&mut self, child: &Child) -> Option<Exit> {
+        let pgid = child.pid;
+        if !reaper::group_alive(pgid) {
+            return self.reaped.remove(&child.pid);
+        }
+        reaper::signal_group(pgid, libc::SIGTERM);
+        if !self.wait_group_gone(child, self.common.grace) {
+            self.note(&format!("the child's process group outlived the {:?} grace period: SIGKILL", self.common.grace));
+            reaper::signal_group(pgid, libc::SIGKILL);
+            if !self.wait_group_gone(child, Duration::from_secs(10)) {
+                self.note("processes of the child's group are still alive after SIGKILL (stuck in the kernel?)");
+            }
+        }
+        self.reaped.remove(&child.pid)
+    }
+
+    fn wait_group_gone(&mut self, child: &Child, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.reaped.contains_key(&child.pid) && !reaper::group_alive(child.pid) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            if let Some(Event::Signal(SignalEvent::Signal(s))) =
+                self.next_event(Duration::from_millis(20).min(deadline - now))
+            {
+                if is_terminating(s) {
+                    self.terminating.get_or_insert(s);
+                }
+                reaper::signal_group(child.pid, s);
+            }
+        }
+    }
+
+    /// Watches the running child until its attempt ends.
+    fn monitor(&mut self, spec: &mut dyn RoleSpec, child: &Child, attempt: Attempt) -> Outcome {
+        let mut next_markers = Instant::now();
+        loop {
+            if let Some(exit) = self.reaped.remove(&child.pid) {
+                return match self.terminating {
+                    Some(_) => Outcome::Terminated(exit),
+                    None => spec.on_exit(self, exit),
+                };
+            }
+            if let Some(o) = spec.tick(self, child, attempt) {
+                return o;
+            }
+            let now = Instant::now();
+            if now >= next_markers {
+                let set = self.markers();
+                if set.cancelled(self.worker) {
+                    return Outcome::Cancelled;
+                }
+                if let Some(o) = spec.on_peer(self, &set, attempt) {
+                    return o;
+                }
+                next_markers = now + self.common.marker_poll;
+            }
+            match self.next_event(Duration::from_millis(50)) {
+                Some(Event::Markers) => next_markers = Instant::now(),
+                Some(Event::Signal(SignalEvent::Signal(s))) => {
+                    reaper::signal_group(child.pid, s);
+                    if is_terminating(s) {
+                        self.note(&format!("{}: forwarded to the child's process group", reaper::signal_name(s)));
+                        self.terminating.get_or_insert(s);
+                        // The child's own handling decides; after the grace period the group is killed.
+                        if !self.wait_group_gone(child, self.common.grace) {
+                            reaper::signal_group(child.pid, libc::SIGKILL);
+                            self.wait_group_gone(child, Duration::from_secs(10));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn crash_wait_for_peer(&mut self, attempt: Attempt) {
+        // The simulator waits until its agent has stopped too (its crash marker for this attempt, or an end), so a
+        // new CARLA never serves an evaluator of the old attempt.
+        let (peer, worker) = (self.peer(), self.worker);
+        let r = self.wait_markers(self.common.peer_wait, |s| {
+            s.crashes(peer, worker).contains(&attempt)
+                || s.is_done(peer, worker)
+                || s.is_failed(peer, worker)
+                || s.cancelled(worker)
+        });
+        if r.is_err() {
+            self.note(&format!(
+                "no marker from the {peer} after this crash within {:?}; going on",
+                self.common.peer_wait
+            ));
+        }
+    }
+}
+
+/// Why a wait ended without its condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitEnd {
+    Timeout,
+    Signal(i32),
+}
+
+pub fn is_terminating(s: i32) -> bool {
+    matches!(s, libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGQUIT)
+}
+
+/// Runs one side of the pair until it ends; returns the process exit code.
+pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
+    let (role, worker) = (eng.role, eng.worker);
+    let peer = role.peer();
+    loop {
+        let set = eng.markers();
+        if set.cancelled(worker) {
+            eng.note("the submission is cancelled");
+            return 0;
+        }
+        if set.is_done(role, worker) || set.is_failed(role, worker) {
+            eng.note("this side has already ended (done or failed marker present)");
+            return 0;
+        }
+        if set.is_failed(peer, worker) {
+            return end_for_peer(&eng);
+        }
+        if role == Role::Simulator && set.is_done(peer, worker) {
+            eng.write(Marker::Done { role, worker });
+            return 0;
+        }
+        let plan = set.plan_attempt(role, worker);
+        if let Some(n) = plan.untraced_crash {
+            eng.note(&format!("attempt {n} ended without a trace (killed, OOM, container restart)"));
+            eng.write(Marker::Crash { role, worker, attempt: n });
+        }
+        if plan.spent >= eng.common.max_attempts {
+            eng.note(&format!("attempt budget spent ({} of {}): ending for good", plan.spent, eng.common.max_attempts));
+            eng.write(Marker::Failed { role, worker });
+            return 0;
+        }
+        let attempt = plan.attempt;
+        let outcome = match spec.prepare(&mut eng, attempt) {
+            Err(o) => o,
+            Ok(()) => {
+                let s = spec.spec(attempt);
+                let log = eng.log_file.as_deref().and_then(|p| child::open_log(p).ok());
+                match child::spawn(&s, log, &format!("{role}-{worker} attempt {attempt}")) {
+                    Err(e) => Outcome::Crash(format!("cannot start {}: {e}", s.display())),
+                    Ok(child) => {
+                        let o = eng.monitor(spec, &child, attempt);
+                        eng.stop(&child);
+                        o
+                    }
+                }
+            }
+        };
+        match outcome {
+            Outcome::Crash(reason) => {
+                eng.note(&format!("attempt {attempt} crashed: {reason}"));
+                eng.write(Marker::Crash { role, worker, attempt });
+                if eng.common.restart == RestartMode::Container {
+                    return 1;
+                }
+                if role == Role::Simulator {
+                    eng.crash_wait_for_peer(attempt);
+                }
+            }
+            Outcome::Done => {
+                eng.write(Marker::Done { role, worker });
+                if role == Role::Agent {
+                    let limit = eng.common.peer_wait;
+                    let _ = eng.wait_markers(limit, |s| {
+                        s.is_done(peer, worker)
+                            || s.is_failed(peer, worker)
+                            || s.crashes(peer, worker).contains(&attempt)
+                    });
+                }
+                return 0;
+            }
+            Outcome::Failed(reason) => {
+                eng.note(&format!("ending for good: {reason}"));
+                eng.write(Marker::Failed { role, worker });
+                return 0;
+            }
+            Outcome::PeerFailed => return end_for_peer(&eng),
+            Outcome::Cancelled => {
+                eng.note("the submission is cancelled: stopped");
+                return 0;
+            }
+            Outcome::Terminated(exit) => {
+                eng.note(&format!("the child ended after a forwarded signal ({exit})"));
+                return exit.shell_code();
+            }
+        }
+    }
+}
+
+/// The peer ended for good: the agent cannot finish without a simulator (failed), the simulator has nobody to
+/// serve (done).
+fn end_for_peer(eng: &Engine) -> i32 {
+    let (role, worker) = (eng.role, eng.worker);
+    eng.note(&format!("the {} ended for good", role.peer()));
+    match role {
+        Role::Agent => eng.write(Marker::Failed { role, worker }),
+        Role::Simulator => eng.write(Marker::Done { role, worker }),
+    }
+    0
+}
