@@ -5,7 +5,8 @@
 //! within the debounce delay. Events go into a bounded channel and are dropped when it is full: a dropped event
 //! can only delay work until the next event or rescan, never lose it, because each cycle re-reads the files.
 
-use notify::{Config, Event, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{Config, Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -22,13 +23,27 @@ pub fn watch(root: &Path) -> notify::Result<(VolumeWatcher, mpsc::Receiver<Vec<P
     let handler = move |res: notify::Result<Event>| {
         // A full channel drops the hint; an error (e.g. queue overflow) is sent as an empty hint, which still
         // wakes the loop for a full cycle.
-        let paths = res.map(|e| e.paths).unwrap_or_default();
+        let paths = match res {
+            Ok(e) if !is_change(&e.kind) => return,
+            Ok(e) => e.paths,
+            Err(_) => Vec::new(),
+        };
         let _ = tx.try_send(paths);
     };
     // Never follow symlinks while adding watches: a link to / or to a loop must not be walked.
     let mut watcher = RecommendedWatcher::new(handler, Config::default().with_follow_symlinks(false))?;
     watcher.watch(root, RecursiveMode::Recursive)?;
     Ok((VolumeWatcher { _watcher: watcher }, rx))
+}
+
+/// Whether an event can mean new content. Opening or reading a file or folder cannot: logcopy's own reads (the
+/// status folder every cycle, the volume walk of the S3 sync) would otherwise wake it again and again.
+pub fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 /// A trailing-edge debouncer: it fires once a burst has been quiet for `quiet`, and never later than `max`
@@ -82,6 +97,30 @@ mod tests {
         assert_eq!(d.deadline(), Some(t0 + Duration::from_millis(250)));
         d.clear();
         assert_eq!(d.deadline(), None);
+    }
+
+    #[test]
+    fn reads_are_not_changes() {
+        use notify::event::{CreateKind, ModifyKind};
+        assert!(!is_change(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!is_change(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(is_change(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(is_change(&EventKind::Create(CreateKind::File)));
+        assert!(is_change(&EventKind::Modify(ModifyKind::Any)));
+    }
+
+    #[tokio::test]
+    async fn reads_of_the_volume_wake_nobody() {
+        let dir = std::env::temp_dir().join(format!("logcopy-watch-reads-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("containers-status")).unwrap();
+        std::fs::write(dir.join("containers-status/agent-1.start0"), b"").unwrap();
+        let (_w, mut rx) = watch(&dir).unwrap();
+        for _ in 0..5 {
+            let _ = std::fs::read_dir(dir.join("containers-status")).unwrap().count();
+            let _ = std::fs::read(dir.join("containers-status/agent-1.start0")).unwrap();
+        }
+        let got = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+        assert!(got.is_err(), "reading the volume produced a change event: {got:?}");
     }
 
     #[tokio::test]

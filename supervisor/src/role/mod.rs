@@ -90,7 +90,14 @@ impl Engine {
         let _ = std::fs::create_dir_all(&common.status_dir);
         let watcher = {
             let tx = tx.clone();
-            notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                // Our own reads of the folder (open, read, close) are not changes: only creations, removals
+                // and writes wake the loop.
+                if let Ok(ev) = &res
+                    && matches!(ev.kind, notify::EventKind::Access(_))
+                {
+                    return;
+                }
                 let _ = tx.send(Event::Markers);
             })
             .and_then(|mut w| w.watch(&common.status_dir, RecursiveMode::NonRecursive).map(|()| w))
