@@ -11,7 +11,7 @@
 use super::{Engine, Outcome, RoleSpec, WaitEnd};
 use crate::checkpoint::{self, Guard, Observed};
 use crate::child::{Child, Spec};
-use crate::markers::{Attempt, Role, StatusSet};
+use crate::markers::{Attempt, Marker, Role, StatusSet};
 use crate::reaper::Exit;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -26,6 +26,8 @@ pub struct Agent {
     pub checkpoint: PathBuf,
     guard: Guard,
     next_observe: Instant,
+    /// The checkpoint's (length, mtime) at the last look: it is parsed only when that changed.
+    seen: Option<(u64, std::time::SystemTime)>,
     crashed_before: bool,
 }
 
@@ -36,7 +38,19 @@ fn env_or(name: &str, default: &str) -> String {
 impl Agent {
     pub fn new(command: Vec<OsString>, checkpoint: PathBuf) -> Self {
         let guard = Guard::new(&checkpoint);
-        Agent { command, checkpoint, guard, next_observe: Instant::now(), crashed_before: false }
+        Agent { command, checkpoint, guard, next_observe: Instant::now(), seen: None, crashed_before: false }
+    }
+
+    /// Keeps the last good copy current: a cheap stat every tick, a parse only when the file changed.
+    fn observe(&mut self) {
+        let stat = std::fs::symlink_metadata(&self.checkpoint).ok().and_then(|m| Some((m.len(), m.modified().ok()?)));
+        if stat.is_some() && stat == self.seen {
+            return;
+        }
+        if matches!(self.guard.observe(), Ok(Observed::CopiedLastGood | Observed::Unchanged)) {
+            // Only a version that parsed is remembered: a half-written one is looked at again next tick.
+            self.seen = stat;
+        }
     }
 
     /// The evaluator's arguments, from run_leaderboard.sh's environment and defaults.
@@ -137,12 +151,14 @@ impl RoleSpec for Agent {
             return Err(Outcome::Crash(format!("the simulator crashed before attempt {attempt} started")));
         }
         eng.note(&format!("the simulator is ready (waited {} ms)", waited.elapsed().as_millis()));
+        // This side's start marker: without it, a death without a trace could not be told at the next start.
+        eng.write(Marker::Start { role: Role::Agent, worker: w, attempt });
         self.crashed_before = !set.crashes(Role::Agent, w).is_empty();
         if self.crashed_before || checkpoint::exists_with_data(&self.checkpoint) {
             match self.guard.prepare_resume() {
                 Ok(repairs) => {
                     for r in repairs {
-                        eng.note(&format!("checkpoint repaired before resuming: {r:?}"));
+                        eng.note(&format!("checkpoint repaired before resuming: {r}"));
                     }
                 }
                 Err(e) => eng.note(&format!("cannot check the checkpoint before resuming: {e}")),
@@ -178,10 +194,8 @@ impl RoleSpec for Agent {
     fn tick(&mut self, eng: &mut Engine, child: &Child, attempt: Attempt) -> Option<Outcome> {
         let now = Instant::now();
         if now >= self.next_observe {
-            self.next_observe = now + Duration::from_millis(500);
-            if let Ok(Observed::CopiedLastGood) = self.guard.observe() {
-                // A new good version of the checkpoint is saved aside.
-            }
+            self.next_observe = now + Duration::from_millis(50);
+            self.observe();
         }
         if child.silent_for() > eng.common.idle_timeout {
             return Some(Outcome::Crash(format!(
@@ -193,7 +207,7 @@ impl RoleSpec for Agent {
     }
 
     fn on_exit(&mut self, eng: &mut Engine, exit: Exit) -> Outcome {
-        let _ = self.guard.observe();
+        self.observe();
         let summary = checkpoint::summarize(&self.checkpoint).ok().flatten();
         if summary.as_ref().and_then(|s| s.entry_status.as_deref()) == Some("Rejected") {
             return Outcome::Failed(
@@ -221,6 +235,8 @@ impl RoleSpec for Agent {
             return Some(Outcome::PeerFailed);
         }
         if set.crashes(sim, w).iter().any(|a| *a >= attempt) {
+            // The newest complete checkpoint is copied before the stop can land in the middle of a rewrite.
+            self.observe();
             return Some(Outcome::Crash(format!("the simulator crashed in attempt {attempt}")));
         }
         None

@@ -215,7 +215,8 @@ impl Engine {
     fn monitor(&mut self, spec: &mut dyn RoleSpec, child: &Child, attempt: Attempt) -> Outcome {
         let mut next_markers = Instant::now();
         loop {
-            if let Some(exit) = self.reaped.remove(&child.pid) {
+            // Peeked, not taken: `stop` still needs to know the leader is reaped when it waits for the group.
+            if let Some(exit) = self.reaped.get(&child.pid).copied() {
                 return match self.terminating {
                     Some(_) => Outcome::Terminated(exit),
                     None => spec.on_exit(self, exit),
@@ -264,11 +265,16 @@ impl Engine {
                 || s.is_failed(peer, worker)
                 || s.cancelled(worker)
         });
-        if r.is_err() {
-            self.note(&format!(
+        match r {
+            Ok(_) => {}
+            // A terminating signal during the wait ends the supervisor (checked at the top of the attempt loop).
+            Err(WaitEnd::Signal(s)) => {
+                self.terminating.get_or_insert(s);
+            }
+            Err(WaitEnd::Timeout) => self.note(&format!(
                 "no marker from the {peer} after this crash within {:?}; going on",
                 self.common.peer_wait
-            ));
+            )),
         }
     }
 }
@@ -289,6 +295,10 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
     let (role, worker) = (eng.role, eng.worker);
     let peer = role.peer();
     loop {
+        if let Some(s) = eng.terminating {
+            eng.note(&format!("ending after {}", reaper::signal_name(s)));
+            return 128 + s;
+        }
         let set = eng.markers();
         if set.cancelled(worker) {
             eng.note("the submission is cancelled");
