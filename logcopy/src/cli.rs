@@ -105,7 +105,7 @@ fn run_daemon(r: RunCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let layout_log = cfg.logs.join("logcopy").join("logcopy.log");
+    let layout_log = cfg.logs.join(crate::volume::LOG_REL);
     let volume_log = cfg.logs.is_dir().then_some(layout_log.as_path());
     if let Some(problem) = crate::logging::init(cfg.log_format, r.log_level, volume_log) {
         tracing::warn!("{problem}");

@@ -25,6 +25,11 @@ use tracing::{error, info, warn};
 /// Uploads in flight at once.
 const CONCURRENCY: usize = 8;
 
+/// logcopy's own log on the volume. Each sync that uploads something logs a line there, so uploading it on its own
+/// would feed a loop that never lets an idle volume rest: outside the final flush it goes only along with another
+/// upload.
+const OWN_LOG_REL: &str = crate::volume::LOG_REL;
+
 /// What one sync did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -135,6 +140,9 @@ impl<S: ObjectStore> StorageSink<S> {
                 continue;
             }
             jobs.push(Job { rel, key, file, entry });
+        }
+        if !final_flush && jobs.iter().all(|j| j.rel == OWN_LOG_REL) {
+            jobs.clear();
         }
         (jobs, deferred, manifest_changed)
     }

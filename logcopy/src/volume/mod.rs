@@ -19,6 +19,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use supervisor::markers::StatusSet;
 
+/// logcopy's own log, relative to the volume root.
+pub const LOG_REL: &str = "logcopy/logcopy.log";
+
 /// Prefix of logcopy's temporary files; they are never uploaded.
 pub const TEMP_PREFIX: &str = ".logcopy-tmp.";
 
@@ -81,7 +84,7 @@ impl Layout {
     }
 
     pub fn log_file(&self) -> PathBuf {
-        self.root.join("logcopy").join("logcopy.log")
+        self.root.join(LOG_REL)
     }
 
     /// Worker `i`'s results file (workers are numbered from 1).
