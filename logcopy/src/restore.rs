@@ -13,6 +13,7 @@ use crate::publish::store::{LocalStore, ObjectStore, S3Store};
 use crate::volume::manifest::{Entry, Manifest, mtime_ns, sha256};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +56,9 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport, RestoreError>
         match &cfg.storage {
             StorageTarget::Aws { bucket, .. } => {
                 let sdk = aws_config::load_from_env().await;
-                download(&S3Store::new(&sdk, bucket), cfg, &prefix).await?
+                download(Arc::new(S3Store::new(&sdk, bucket)), cfg, &prefix).await?
             }
-            StorageTarget::Local { out } => download(&LocalStore::new(&out.join("s3")), cfg, &prefix).await?,
+            StorageTarget::Local { out } => download(Arc::new(LocalStore::new(&out.join("s3"))), cfg, &prefix).await?,
         }
     } else {
         RestoreReport::default()
@@ -78,7 +79,34 @@ fn relative(key: &str, prefix: &str) -> Option<PathBuf> {
     (!rel.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))).then(|| p.to_path_buf())
 }
 
-async fn download<S: ObjectStore>(store: &S, cfg: &RestoreConfig, prefix: &str) -> Result<RestoreReport, RestoreError> {
+/// Downloads in flight at once.
+const CONCURRENCY: usize = 8;
+
+/// Streams one object into the volume and returns its manifest entry.
+async fn fetch<S: ObjectStore>(store: Arc<S>, key: String, dest: PathBuf) -> Result<(u64, Entry), RestoreError> {
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let _ = std::fs::remove_file(&dest);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o666)
+        .open(&dest)
+        .map_err(io(&dest))?;
+    let n = store.get(&key, file).await?;
+    let f = std::fs::File::open(&dest).map_err(io(&dest))?;
+    let meta = f.metadata().map_err(io(&dest))?;
+    let (hash, size) = sha256(f).map_err(io(&dest))?;
+    Ok((n, Entry { size, sha256: hash, mtime_ns: mtime_ns(&meta), ino: meta.ino() }))
+}
+
+async fn download<S: ObjectStore>(
+    store: Arc<S>,
+    cfg: &RestoreConfig,
+    prefix: &str,
+) -> Result<RestoreReport, RestoreError> {
     let mut report = RestoreReport::default();
     let objects = store.list(&format!("{prefix}/")).await?;
     let status_prefix = format!("{prefix}/containers-status/");
@@ -93,32 +121,41 @@ async fn download<S: ObjectStore>(store: &S, cfg: &RestoreConfig, prefix: &str) 
         }
     }
     let mut manifest = Manifest::load(&cfg.logs, &manifest_target(&cfg.storage, prefix));
+    let mut pending = Vec::new();
     for o in objects.iter().filter(|o| !o.key.starts_with(&status_prefix)) {
-        let Some(rel) = relative(&o.key, prefix).filter(|r| !excluded(r)) else {
-            warn!(key = %o.key, "not restored: not a plain path under the submission");
-            report.skipped += 1;
-            continue;
-        };
-        let dest = cfg.logs.join(&rel);
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        match relative(&o.key, prefix).filter(|r| !excluded(r)) {
+            Some(rel) => pending.push((o.key.clone(), rel)),
+            None => {
+                warn!(key = %o.key, "not restored: not a plain path under the submission");
+                report.skipped += 1;
+            }
         }
-        let _ = std::fs::remove_file(&dest);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o666)
-            .open(&dest)
-            .map_err(io(&dest))?;
-        let n = store.get(&o.key, file).await?;
-        let f = std::fs::File::open(&dest).map_err(io(&dest))?;
-        let meta = f.metadata().map_err(io(&dest))?;
-        let (hash, size) = sha256(f).map_err(io(&dest))?;
-        let rel_s = rel.to_string_lossy().into_owned();
-        manifest.files.insert(rel_s, Entry { size, sha256: hash, mtime_ns: mtime_ns(&meta), ino: meta.ino() });
-        report.downloaded += 1;
-        report.bytes += n;
+    }
+    let mut pending = pending.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    let mut first_error = None;
+    loop {
+        while running.len() < CONCURRENCY {
+            let Some((key, rel)) = pending.next() else { break };
+            let dest = cfg.logs.join(&rel);
+            let store = store.clone();
+            running.spawn(async move { (rel, fetch(store, key, dest).await) });
+        }
+        let Some(done) = running.join_next().await else { break };
+        let Ok((rel, result)) = done else { continue };
+        match result {
+            Ok((n, entry)) => {
+                manifest.files.insert(rel.to_string_lossy().into_owned(), entry);
+                report.downloaded += 1;
+                report.bytes += n;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     make_dir(&cfg.logs.join("logcopy"))?;
     manifest.save(&cfg.logs).map_err(|e| RestoreError::Io { path: e.path, source: e.source })?;
