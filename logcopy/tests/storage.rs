@@ -7,9 +7,9 @@
 mod moto;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use moto::{LOG_KEY, Moto, SUBMISSION, TABLE, TEAM, aws_env, logcopy, scratch, volume, volume_files};
+use moto::{LOG_KEY, Moto, SUBMISSION, TABLE, TEAM, aws_env, daemon, logcopy, scratch, volume, volume_files};
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -85,19 +85,8 @@ async fn a_growing_log_goes_at_most_once_per_period_and_whole_at_the_end() {
     let moto = Moto::start("growing");
     moto.setup("growing").await;
     let vol = volume("lb2.0-mid-run", "growing");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_logcopy"))
-        .args(["run", "--logs-period", "2", "--status-period", "30", "--debounce", "100ms", "--logs"])
-        .arg(&vol)
-        .current_dir(scratch("cwd-growing"))
-        .env_remove("EVALAI_API_SERVER")
-        .envs(aws_env(&moto, "growing"))
-        .env("CHALLENGE_ID", "55")
-        .env("SUBMISSION_ID", SUBMISSION)
-        .env("TRACK_ID", "2015")
-        .env("TEAM_ID", TEAM)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        daemon(&moto, "growing", &vol, &["--logs-period", "2", "--status-period", "30", "--debounce", "100ms"]);
     let log = vol.join("agent/agent2/leaderboard.log");
     let started = Instant::now();
     // 6 s of a log growing every 100 ms.
@@ -252,19 +241,7 @@ async fn an_idle_volume_makes_no_request_and_the_log_still_arrives_at_the_end() 
     let moto = Moto::start("idle");
     moto.setup("idle").await;
     let vol = volume("lb2.0-mid-run", "idle");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_logcopy"))
-        .args(["run", "--logs-period", "1", "--status-period", "30", "--logs"])
-        .arg(&vol)
-        .current_dir(scratch("cwd-idle"))
-        .env_remove("EVALAI_API_SERVER")
-        .envs(aws_env(&moto, "idle"))
-        .env("CHALLENGE_ID", "55")
-        .env("SUBMISSION_ID", SUBMISSION)
-        .env("TRACK_ID", "2015")
-        .env("TEAM_ID", TEAM)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = daemon(&moto, "idle", &vol, &["--logs-period", "1", "--status-period", "30"]);
     // The first sync: every file of the volume in S3.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !moto.object_puts("idle").contains_key("4321/evalai/stdout.txt") {

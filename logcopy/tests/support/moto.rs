@@ -238,3 +238,23 @@ pub fn volume_files(vol: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 pub const LOG_KEY: &str = "4321/logcopy/logcopy.log";
+
+/// Starts `logcopy run` as a long-running daemon against moto (EvalAI on the embedded local sink).
+pub fn daemon(moto: &Moto, bucket: &str, vol: &Path, extra: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_logcopy"))
+        .arg("run")
+        .args(extra)
+        .arg("--logs")
+        .arg(vol)
+        .current_dir(scratch(&format!("cwd-{bucket}")))
+        .env_remove("EVALAI_API_SERVER")
+        .env_remove("LOGS_DIR")
+        .envs(aws_env(moto, bucket))
+        .env("CHALLENGE_ID", "55")
+        .env("SUBMISSION_ID", SUBMISSION)
+        .env("TRACK_ID", "2015")
+        .env("TEAM_ID", TEAM)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start logcopy run")
+}
