@@ -29,7 +29,7 @@ use crate::results::model::route_sort_key;
 use crate::results::pyjson::Value;
 use crate::results::{self, Input, Version, evalai};
 use crate::volume::watch::{Debounce, watch};
-use crate::volume::{FileStamp, Layout, atomic_write, read_markers, write_marker};
+use crate::volume::{FileStamp, Layout, atomic_write};
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -162,7 +162,6 @@ impl State {
             root: cfg.logs.clone(),
             results_pattern: cfg.results_pattern.clone(),
             merged: cfg.merged_path.clone(),
-            workers: cfg.workers,
         };
         let workers = (1..=cfg.workers)
             .map(|id| Worker {
@@ -196,7 +195,7 @@ impl State {
     /// Reads the markers and the results files; merges and writes the outputs when something changed.
     /// Returns `true` when the outputs changed.
     fn cycle(&mut self) -> bool {
-        match read_markers(&self.layout.status_dir()) {
+        match StatusSet::read(&self.layout.status_dir()) {
             Ok(m) => self.markers = m,
             Err(e) => {
                 self.log_once(format!("cannot read {}: {e}", self.layout.status_dir().display()), |m| warn!("{m}"))
@@ -380,7 +379,7 @@ impl State {
         let mut all = vec![Marker::Cancel];
         all.extend((1..=self.cfg.workers).map(|i| Marker::WorkerCancel { worker: WorkerId(i) }));
         for m in all {
-            if let Err(e) = write_marker(&dir, &m) {
+            if let Err(e) = m.create_in(&dir) {
                 error!(marker = %m, "cannot write the cancel marker: {e}");
             }
         }
@@ -596,7 +595,7 @@ impl Engine {
         }
         // Before the final flush, so that S3 holds it: the post-run step counts the done markers there.
         if matches!(end, End::Completed { .. })
-            && let Err(e) = write_marker(&self.state.layout.status_dir(), &Marker::LogcopyDone)
+            && let Err(e) = Marker::LogcopyDone.create_in(&self.state.layout.status_dir())
         {
             error!("cannot write {}: {e}", Marker::LogcopyDone);
         }

@@ -273,29 +273,25 @@ fn route_record_v2(input: &Object) -> Object {
 
 fn merge_v2(inputs: &[Input]) -> Result<Merged, MergeError> {
     let t = totals(inputs)?;
-    let mut ids: Vec<(&str, &str, (i64, i64))> = Vec::with_capacity(t.total_routes as usize);
+    // One pass: each record normalised and its sort key parsed once; the checks read the sorted list.
+    let mut recs: Vec<Rec> = Vec::with_capacity(t.total_routes as usize);
     for w in &t.workers {
         for r in w.records {
-            let id = route_id(r);
-            ids.push((id, w.name, sort_key(Version::V2, w.name, id)?));
-        }
-    }
-    ids.sort_by_key(|x| x.2);
-    let complete = t.complete();
-    if complete {
-        check_duplicates(&ids)?;
-        check_missing_data(&ids)?;
-    }
-
-    let mut recs: Vec<Rec> = Vec::with_capacity(ids.len());
-    for w in &t.workers {
-        for r in w.records {
-            let record = route_record_v2(r.as_object().unwrap_or(&Object::new()));
             let key = sort_key(Version::V2, w.name, route_id(r))?;
+            let record = route_record_v2(r.as_object().unwrap_or(&Object::new()));
             recs.push(Rec { file: w.name, key, record });
         }
     }
     recs.sort_by_key(|r| r.key);
+    let complete = t.complete();
+    if complete {
+        let ids: Vec<(&str, &str, (i64, i64))> = recs
+            .iter()
+            .map(|r| (r.record.get("route_id").and_then(Value::as_str).unwrap_or_default(), r.file, r.key))
+            .collect();
+        check_duplicates(&ids)?;
+        check_missing_data(&ids)?;
+    }
     for (i, r) in recs.iter_mut().enumerate() {
         r.record.insert("index", Value::Int(i as i64));
     }

@@ -17,7 +17,6 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use supervisor::markers::StatusSet;
 
 /// logcopy's own log, relative to the volume root.
 pub const LOG_REL: &str = "logcopy/logcopy.log";
@@ -67,7 +66,6 @@ pub struct Layout {
     pub results_pattern: String,
     /// The merged results file under the root.
     pub merged: PathBuf,
-    pub workers: u32,
 }
 
 impl Layout {
@@ -104,16 +102,6 @@ impl Layout {
             || path.starts_with(self.root.join("logcopy"))
             || path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX))
     }
-}
-
-/// The markers present in the status folder, read by name (no file is opened). A missing folder has none.
-pub fn read_markers(dir: &Path) -> std::io::Result<StatusSet> {
-    StatusSet::read(dir)
-}
-
-/// Creates an empty marker file (never through a symlink; an existing one is left as is).
-pub fn write_marker(dir: &Path, marker: &supervisor::markers::Marker) -> std::io::Result<()> {
-    marker.create_in(dir)
 }
 
 /// What identifies a version of a file without reading it: a rewrite changes at least one of these.

@@ -180,24 +180,27 @@ pub fn volume(fixture: &str, name: &str) -> PathBuf {
     dest.join(fixture)
 }
 
-/// Runs `logcopy run` against moto (EvalAI on the embedded local sink) and returns its exit code.
-pub fn logcopy(moto: &Moto, bucket: &str, vol: &Path, extra: &[&str]) -> i32 {
-    let cwd = scratch(&format!("cwd-{bucket}"));
-    let out = Command::new(env!("CARGO_BIN_EXE_logcopy"))
-        .arg("run")
+/// `logcopy run` against moto, EvalAI on the embedded local sink (written under a scratch working directory).
+fn run_command(moto: &Moto, bucket: &str, vol: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_logcopy"));
+    cmd.arg("run")
+        .args(extra)
         .arg("--logs")
         .arg(vol)
-        .args(extra)
-        .current_dir(&cwd)
+        .current_dir(scratch(&format!("cwd-{bucket}")))
         .env_remove("EVALAI_API_SERVER")
         .env_remove("LOGS_DIR")
         .envs(aws_env(moto, bucket))
         .env("CHALLENGE_ID", "55")
         .env("SUBMISSION_ID", SUBMISSION)
         .env("TRACK_ID", "2015")
-        .env("TEAM_ID", TEAM)
-        .output()
-        .unwrap();
+        .env("TEAM_ID", TEAM);
+    cmd
+}
+
+/// Runs `logcopy run` to its end and returns its exit code.
+pub fn logcopy(moto: &Moto, bucket: &str, vol: &Path, extra: &[&str]) -> i32 {
+    let out = run_command(moto, bucket, vol, extra).output().unwrap();
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(!log.contains("panicked"), "{log}");
     out.status.code().unwrap_or(-1)
@@ -241,20 +244,5 @@ pub const LOG_KEY: &str = "4321/logcopy/logcopy.log";
 
 /// Starts `logcopy run` as a long-running daemon against moto (EvalAI on the embedded local sink).
 pub fn daemon(moto: &Moto, bucket: &str, vol: &Path, extra: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_logcopy"))
-        .arg("run")
-        .args(extra)
-        .arg("--logs")
-        .arg(vol)
-        .current_dir(scratch(&format!("cwd-{bucket}")))
-        .env_remove("EVALAI_API_SERVER")
-        .env_remove("LOGS_DIR")
-        .envs(aws_env(moto, bucket))
-        .env("CHALLENGE_ID", "55")
-        .env("SUBMISSION_ID", SUBMISSION)
-        .env("TRACK_ID", "2015")
-        .env("TEAM_ID", TEAM)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start logcopy run")
+    run_command(moto, bucket, vol, extra).stdout(std::process::Stdio::null()).spawn().expect("start logcopy run")
 }
