@@ -95,6 +95,8 @@ async fn fetch<S: ObjectStore>(store: Arc<S>, key: String, dest: PathBuf) -> Res
         .mode(0o666)
         .open(&dest)
         .map_err(io(&dest))?;
+    // Writable by every container's user, whatever the umask (the participant's user rewrites its results file).
+    file.set_permissions(std::fs::Permissions::from_mode(0o666)).map_err(io(&dest))?;
     let n = store.get(&key, file).await?;
     let f = std::fs::File::open(&dest).map_err(io(&dest))?;
     let meta = f.metadata().map_err(io(&dest))?;

@@ -159,6 +159,12 @@ async fn restore_then_run_uploads_nothing_again() {
     for (k, v) in &after {
         assert_eq!(restored.get(k), Some(v), "{k} not restored");
     }
+    // Every container's user may rewrite a restored file (the participant's user its results file), whatever the
+    // umask: 0666, as the folders are 0777.
+    use std::os::unix::fs::PermissionsExt;
+    let results = fresh.join("agent/agent1/agent_results.json");
+    let mode = std::fs::metadata(&results).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666, "{} has mode {mode:o}", results.display());
 
     moto.reset_recording();
     assert_eq!(logcopy(&moto, "restore", &fresh, &["--once"]), 0);

@@ -22,12 +22,35 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run CarlaUE4 (default `./CarlaUE4.sh -vulkan -carla-rpc-port=$CARLA_PORT -RenderOffScreen -nosound -ini:...`).
+    #[command(after_help = SIMULATOR_HELP)]
     Simulator(SimulatorArgs),
     /// Run the leaderboard evaluator with run_leaderboard.sh's arguments and environment.
+    #[command(after_help = AGENT_HELP)]
     Agent(AgentArgs),
     /// Print the GPU index of a UUID (as get_gpu_device.sh), or list the GPUs.
     Gpu(GpuArgs),
 }
+
+/// What `supervisor simulator --help` adds after the flags: the paths it uses by default.
+const SIMULATOR_HELP: &str = "\
+Paths:
+  CARLA's output (stdout and stderr, appended) goes to --log-file, by default
+  /home/carla/CarlaUE4/Saved/simulator-<worker>.log (upstream mounts the volume's simulator/ folder at
+  /home/carla/CarlaUE4/Saved). CARLA itself reads DISPLAY and its X socket in /tmp/.X11-unix.";
+
+/// What `supervisor agent --help` adds after the flags: the environment that becomes the evaluator's arguments.
+const AGENT_HELP: &str = "\
+The evaluator's arguments and environment, from run_leaderboard.sh's variables (defaults in brackets):
+  --port=CARLA_PORT [2000] --traffic-manager-port=CARLA_PORT+10 --agent=TEAM_AGENT --agent-config=TEAM_CONFIG
+  --track=CHALLENGE_TRACK_CODENAME [SENSORS] --routes=ROUTES [/workspace/leaderboard/data/routes_testing.xml,
+  routes_qualifier.xml on a QUALIFIER track] --routes-subset=ROUTES_SUBSET --repetitions=REPETITIONS [1]
+  --resume=1 (after a crash, or when RESUME is set, or a results file with data exists) --checkpoint=CHECKPOINT_ENDPOINT
+  --record=RECORD_PATH [/home/carla/recorder] --debug-checkpoint=DEBUG_CHECKPOINT_ENDPOINT
+  [/workspace/leaderboard/live_results.txt] --debug=DEBUG_CHALLENGE [0].
+  CARLA_ROOT [/workspace/CARLA], SCENARIO_RUNNER_ROOT [/workspace/scenario_runner] and LEADERBOARD_ROOT
+  [/workspace/leaderboard] are exported with PYTHONPATH, as upstream; the evaluator's output (appended) goes to
+  --log-file, by default leaderboard.log beside the checkpoint (/tmp/agent/leaderboard.log).
+  NVIDIA_VISIBLE_DEVICES and NVIDIA_DRIVER_CAPABILITIES are the container runtime's, passed on.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RestartMode {

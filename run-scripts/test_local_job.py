@@ -1,0 +1,206 @@
+"""End-to-end tests of a whole Job: run-scripts/local-job against moto_server and the EvalAI test server.
+
+Each test runs the real binaries (LOCAL_JOB_BIN_DIR, default target/debug: run-scripts/test builds them first)
+as the pod's containers would: `logcopy restore`, 4 worker pairs of supervisors around fake-carla and
+fake-evaluator replaying the recorded route results of fixtures/volumes/lb2.0-finished, and `logcopy run`; the
+test reads what local-job's summary and the servers recorded. They need .venv (moto_server, boto3): run with
+.venv/bin/python, as run-scripts/test does. A server that cannot start fails the test; nothing is skipped.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(os.environ.get("LOCAL_JOB_BIN_DIR", ROOT / "target/debug"))
+RECORDED = ROOT / "fixtures/volumes/lb2.0-finished"
+ROUTE_IDS = [f"RouteScenario_{i}_rep0" for i in range(20)]
+
+
+def run_job(test, name, *flags, expect_rc=0):
+    # Kept after the run (replaced by the next one), for diagnosis.
+    out = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "e2e" / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    summary_path = out / "summary.json"
+    argv = [
+        sys.executable,
+        str(ROOT / "run-scripts/local-job"),
+        "--no-build",
+        "--bin-dir",
+        str(BIN),
+        "--aws",
+        "moto",
+        "--evalai",
+        "fake",
+        "--out",
+        str(out / "job"),
+        "--summary",
+        str(summary_path),
+        "--timeout",
+        "240",
+        *flags,
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=400)
+    ok = proc.returncode == expect_rc and summary_path.exists()
+    if not ok:
+        test.fail(
+            f"local-job exited {proc.returncode} (expected {expect_rc}); outputs kept in {out}\n"
+            f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+        )
+    summary = json.loads(summary_path.read_text())
+    return out / "job", summary
+
+
+def evalai_records(job):
+    return [json.loads(line) for line in (job / "evalai-record.jsonl").read_text().splitlines() if line.strip()]
+
+
+def merge_recorded(tmp):
+    """What `logcopy merge` + `logcopy evalai` make of the recorded route results: the expected EvalAI payload."""
+    files = sorted(str(p) for p in RECORDED.glob("agent/agent*/agent_results.json"))
+    merged = tmp / "merged.json"
+    subprocess.run([str(BIN / "logcopy"), "merge", "-f", *files, "-e", str(merged)], check=True, capture_output=True)
+    subprocess.run([str(BIN / "logcopy"), "evalai", "-f", str(merged), "-o", str(tmp)], check=True, capture_output=True)
+    return json.loads((tmp / "results.json").read_text())
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class WholeJob(unittest.TestCase):
+    def test_crash_and_hang_are_resumed_in_place_and_everything_is_published(self):
+        job, s = run_job(
+            self,
+            "faults",
+            "--route-seconds",
+            "0.5",
+            "--crash-simulator",
+            "2@1.2",
+            "--hang-agent",
+            "3",
+            "--final-status",
+        )
+        rows = {r["worker"]: r for r in s["workers"]}
+        self.assertEqual([r["state"] for r in rows.values()], ["done"] * 4, rows)
+
+        # The final EvalAI payload is the merge of the recorded route results.
+        final = [r for r in evalai_records(job) if r["method"] == "PUT" and "update_submission" in r["path"]]
+        self.assertEqual(len(final), 1, "one final status")
+        self.assertEqual(final[0]["body"]["submission_status"], "FINISHED")
+        with tempfile.TemporaryDirectory() as tmp:
+            expected = merge_recorded(Path(tmp))
+        self.assertEqual(json.loads(final[0]["body"]["result"]), expected)
+        partials = [r for r in evalai_records(job) if r["method"] == "PUT" and "partially" in r["path"]]
+        self.assertTrue(partials, "partial results were published during the run")
+
+        # Each route appears once in the merged results file.
+        merged = json.loads((job / "volume/agent/agent_results.json").read_text())
+        ids = [r["route_id"] for r in merged["_checkpoint"]["records"]]
+        self.assertEqual(sorted(ids), sorted(ROUTE_IDS))
+
+        # S3 holds every file of the volume (logcopy's own state file excepted; its log as far as it was at the
+        # final upload, which is its last line but the "ends" one).
+        volume = s["volume_files"]
+        dump = Path(s["s3_dump"])
+        for rel, digest in volume.items():
+            if rel in ("logcopy/.upload-manifest.json", "logcopy/logcopy.log"):
+                continue
+            self.assertTrue((dump / rel).is_file(), f"{rel} is not in S3")
+            self.assertEqual(sha(dump / rel), digest, f"{rel} differs in S3")
+        log_s3 = (dump / "logcopy/logcopy.log").read_bytes()
+        log_vol = (job / "volume/logcopy/logcopy.log").read_bytes()
+        self.assertTrue(log_vol.startswith(log_s3) and len(log_s3) > 0)
+        self.assertNotIn("logcopy/.upload-manifest.json", s["s3"])
+
+        # DynamoDB: RUNNING with the first start_time, then the final record with the same start_time.
+        history = s["dynamodb_history"]
+        running = [h for h in history if h.get("submission_status") == "RUNNING"]
+        self.assertTrue(running, history)
+        start = running[0]["start_time"]
+        self.assertNotEqual(start, "-")
+        self.assertTrue(all(h["start_time"] == start for h in history if h["start_time"] != "-"), history)
+        last = s["dynamodb"]
+        self.assertEqual(last["submission_status"], "FINISHED")
+        self.assertEqual(last["start_time"], start)
+        self.assertNotEqual(last["end_time"], "-")
+        self.assertEqual(last["results"], "s3://leaderboard-local/4321")
+
+        # Both faulty pairs were restarted in place: a crash marker each, the child started twice, the resume
+        # taken, and every supervisor process started once and ended 0.
+        logs = job / "logs"
+        for w in (2, 3):
+            self.assertGreaterEqual(rows[w]["crash_markers"], 1, rows[w])
+            self.assertEqual(rows[w]["restarts"], 1, rows[w])
+            starts = (logs / f"evaluator-{w}.starts0").read_text().splitlines()
+            self.assertEqual(len(starts), 2, starts)
+            self.assertIn("resume=1", starts[1])
+        carla2 = (logs / "carla-2.starts0").read_text().splitlines()
+        self.assertEqual(len(carla2), 2, carla2)
+        for w in (1, 4):
+            self.assertEqual(rows[w]["crash_markers"], 0, rows[w])
+        procs = [p for p in s["processes"] if p["name"].startswith(("simulator-", "agent-", "logcopy"))]
+        self.assertEqual(len(procs), 8 + 1)
+        self.assertTrue(all(p["rc"] == 0 for p in procs), procs)
+
+    def test_cancel_stops_every_process_within_2_s_and_no_partial_put_follows(self):
+        job, s = run_job(self, "cancel", "--route-seconds", "1", "--cancel-after", "4")
+        cancel_at = s["cancel_at"]
+        self.assertIsNotNone(cancel_at)
+        records = evalai_records(job)
+        reads = [r for r in records if r["method"] == "GET" and r["t"] >= cancel_at]
+        self.assertTrue(reads, "logcopy read the status after the cancel")
+        read_at = reads[0]["t"]
+        procs = [p for p in s["processes"] if p["name"].startswith(("simulator-", "agent-", "logcopy"))]
+        self.assertEqual(len(procs), 9)
+        for p in procs:
+            self.assertIsNotNone(p["end"], p)
+            self.assertLessEqual(
+                p["end"] - read_at, 2.0, f"{p['name']} ended {p['end'] - read_at:.2f} s after the read"
+            )
+            self.assertEqual(p["rc"], 0, p)
+        late = [r for r in records if r["method"] == "PUT" and r["t"] > read_at]
+        self.assertEqual(late, [], "no PUT after logcopy read `cancelled`")
+        self.assertTrue(all(r["state"] == "cancelled" for r in s["workers"]), s["workers"])
+        self.assertLess(sum(r["done"] for r in s["workers"]), 20, "the Job was cancelled mid-run")
+
+    def test_a_killed_job_resumes_without_rerunning_or_reuploading(self):
+        job, s = run_job(self, "resume", "--route-seconds", "1", "--kill-after", "8")
+        self.assertIsNotNone(s["kill_at"])
+        at_kill = s["routes_at_kill"]
+        self.assertGreaterEqual(sum(len(v) for v in at_kill.values()), 8)
+        rows = {r["worker"]: r for r in s["workers"]}
+        self.assertEqual([r["state"] for r in rows.values()], ["done"] * 4, rows)
+
+        # Finished routes are not run again: each evaluator of the second run starts past what S3 held.
+        for w, done in at_kill.items():
+            starts = (job / f"logs/evaluator-{w}.starts1").read_text().splitlines()
+            self.assertEqual(len(starts), 1, starts)
+            first = starts[0].split("first_route=")[1].split()[0]
+            self.assertNotIn(f"RouteScenario_{first}_rep0", done, f"worker {w} ran a finished route again")
+        merged = json.loads((job / "volume-resumed/agent/agent_results.json").read_text())
+        self.assertEqual(sorted(r["route_id"] for r in merged["_checkpoint"]["records"]), sorted(ROUTE_IDS))
+
+        # Nothing is uploaded again: no object PUT of the second run carries what the restore brought back for
+        # its key, and no key gets the same content twice.
+        restored = s["restored"]
+        puts = [p for p in s["s3_puts"] if p["sha256"]]
+        self.assertTrue(puts, "the second run uploaded its changes")
+        for p in puts:
+            self.assertNotEqual(restored.get(p["key"]), p["sha256"], f"{p['key']} was uploaded again unchanged")
+        seen = set()
+        for p in puts:
+            self.assertNotIn((p["key"], p["sha256"]), seen, f"{p['key']} was uploaded twice with the same content")
+            seen.add((p["key"], p["sha256"]))
+        self.assertIn("agent/agent1/agent_results.json", restored, "the restore brought the worker files back")
+
+
+if __name__ == "__main__":
+    unittest.main()
