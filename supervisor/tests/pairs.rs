@@ -478,6 +478,23 @@ fn cancel_stops_both_without_a_crash_marker() {
 }
 
 #[test]
+fn a_cancel_gives_children_that_ignore_sigterm_a_short_grace() {
+    // GRACE is long (as in the cluster); a cancelled submission's children still go within CANCEL_GRACE (1 s), so
+    // the pod is down about a second after logcopy's cancel marker.
+    let mut scene = Scene::new("cancel-grace");
+    scene.env("FAKE_EVAL_ROUTE_SECONDS", "1").env("FAKE_CARLA_IGNORE_TERM", "1").env("FAKE_EVAL_IGNORE_TERM", "1");
+    scene.env("GRACE", "60");
+    let (mut sim, mut agent) = scene.pair();
+    wait_records(&scene, 1);
+    let (carla, eval) = (scene.carla_starts()[0], scene.eval_starts()[0].pid);
+    scene.touch("simulation.cancel");
+    // Bounded well below GRACE: a supervisor that waited out the 60 s grace fails here.
+    expect_exit(&scene, &mut sim, 0, Duration::from_secs(20));
+    expect_exit(&scene, &mut agent, 0, Duration::from_secs(20));
+    ensure!(scene, !pid_exists(carla) && !pid_exists(eval), "CARLA and the evaluator are killed");
+}
+
+#[test]
 fn a_silent_evaluator_is_a_hang_and_the_pair_restarts_in_place() {
     let mut scene = Scene::new("hang");
     scene.env("FAKE_EVAL_HANG_AT_ROUTE", "1").pathenv("FAKE_EVAL_FAULT_ONCE", "eval-fault-once").env("MAX_IDLE", "3");

@@ -174,14 +174,14 @@ impl Engine {
 
     /// Stops the child's process group: SIGTERM, the grace period, SIGKILL; returns once no process of the group is
     /// left (and the leader is reaped), or after a bounded extra wait.
-    pub fn stop(&mut self, child: &Child) -> Option<Exit> {
+    pub fn stop(&mut self, child: &Child, grace: Duration) -> Option<Exit> {
         let pgid = child.pid;
         if !reaper::group_alive(pgid) {
             return self.reaped.remove(&child.pid);
         }
         reaper::signal_group(pgid, libc::SIGTERM);
-        if !self.wait_group_gone(child, self.common.grace) {
-            self.note(&format!("the child's process group outlived the {:?} grace period: SIGKILL", self.common.grace));
+        if !self.wait_group_gone(child, grace) {
+            self.note(&format!("the child's process group outlived the {grace:?} grace period: SIGKILL"));
             reaper::signal_group(pgid, libc::SIGKILL);
             if !self.wait_group_gone(child, Duration::from_secs(10)) {
                 self.note("processes of the child's group are still alive after SIGKILL (stuck in the kernel?)");
@@ -279,6 +279,9 @@ impl Engine {
     }
 }
 
+/// The grace period of a child stopped because the submission was cancelled (at most; `--grace` if shorter).
+pub const CANCEL_GRACE: Duration = Duration::from_secs(1);
+
 /// Why a wait ended without its condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitEnd {
@@ -335,7 +338,13 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                     Err(e) => Outcome::Crash(format!("cannot start {}: {e}", s.display())),
                     Ok(child) => {
                         let o = eng.monitor(spec, &child, attempt);
-                        eng.stop(&child);
+                        // A cancelled submission's work is discarded: its children get a short grace, so that the
+                        // whole pod is down within about a second of logcopy's cancel marker.
+                        let grace = match o {
+                            Outcome::Cancelled => eng.common.grace.min(CANCEL_GRACE),
+                            _ => eng.common.grace,
+                        };
+                        eng.stop(&child, grace);
                         o
                     }
                 }
