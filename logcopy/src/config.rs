@@ -194,6 +194,11 @@ pub struct RestoreArgs {
     /// Set (non-empty) on a resumed submission: restore the volume from S3.
     #[arg(long, env = "RESUME")]
     pub resume: Option<String>,
+    /// Keep the participant's code out of the shared folders (with `supervisor agent --run-as`): containers-status,
+    /// logcopy, evalai, simulator and agent become 2775 (group: the pod's fsGroup, which the supervisors, the
+    /// simulator's user and logcopy have and the evaluator's user does not); only agent/agentN stays 0777.
+    #[arg(long, env = "PRIVATE_STATUS")]
+    pub private_status: bool,
     /// Embedded local sinks: restore from OUT/s3/ instead of S3.
     #[arg(long, value_name = "OUT")]
     pub local: Option<PathBuf>,
@@ -204,6 +209,7 @@ pub struct RestoreArgs {
 #[derive(Debug, Clone)]
 pub struct RestoreConfig {
     pub logs: PathBuf,
+    pub private_status: bool,
     pub submission_id: u64,
     pub workers: u32,
     pub resume: bool,
@@ -228,6 +234,7 @@ impl RestoreArgs {
         };
         let local = matches!(storage, StorageTarget::Local { .. });
         Ok(RestoreConfig {
+            private_status: self.private_status,
             logs: self.logs,
             submission_id: id("--submission-id / SUBMISSION_ID", self.submission_id.as_deref(), local.then_some(1))?,
             workers: number("--workers / SUBMISSION_WORKERS", &self.workers, 1, 1024)?,

@@ -7,8 +7,10 @@
 //! channel and decides when the run ends:
 //! - every worker has ended (both done markers, or a `.failed` marker): final merge and publish, `logcopy.done`;
 //! - EvalAI reports the submission cancelled: cancel markers for every worker, final flush, no partial PUT;
-//! - a cancel marker is on the volume (at start, it was left by an earlier logcopy that saw the cancel: EvalAI's
-//!   cancel is final, and the workers have stopped on it, so the run ends as cancelled instead of waiting for them);
+//! - a cancel marker that this logcopy did not write (left by an earlier logcopy, or forged by the participant's
+//!   code, which can write the status folder): a claim, not a command. It is logged and EvalAI's status is read at
+//!   once: `cancelled` ends the run as cancelled; any other status means the marker was forged, and since the
+//!   workers have stopped on it, the run ends incomplete (FAILED) with that reason;
 //! - SIGTERM or SIGINT: final flush within the flush budget.
 //!
 //! Every handled end exits 0: under `restartPolicy: OnFailure` a non-zero exit would restart logcopy and spend the
@@ -470,7 +472,7 @@ pub async fn run(cfg: RunConfig) -> Result<End, SetupError> {
         }
     }
     drop(ev_tx);
-    Engine { state: State::new(cfg), snap_tx, events: ev_rx, sinks, seq: 0 }.run().await
+    Engine { state: State::new(cfg), snap_tx, events: ev_rx, sinks, seq: 0, unverified_cancel: None }.run().await
 }
 
 fn spawn_sink<S: Sink>(
@@ -492,12 +494,53 @@ struct Engine {
     events: mpsc::Receiver<SinkEvent>,
     sinks: Vec<JoinHandle<()>>,
     seq: u64,
+    /// A cancel marker that this logcopy did not write, waiting for EvalAI's word (its name).
+    unverified_cancel: Option<String>,
 }
 
 impl Engine {
+    /// Waits (at most `limit`) for EvalAI's answer about an unverified cancel marker: `Ok` when it says cancelled
+    /// (cancel markers written, as on any cancel), `Err(status)` otherwise; `None` when no answer came.
+    async fn verdict(&mut self, limit: std::time::Duration) -> Option<Result<(), String>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(SinkEvent::Cancelled)) => {
+                    self.unverified_cancel = None;
+                    self.state.write_cancel_markers();
+                    return Some(Ok(()));
+                }
+                Ok(Some(SinkEvent::Status { status })) => return Some(Err(status)),
+                Ok(Some(SinkEvent::Published { .. })) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// A cancel marker on the volume that this logcopy did not write is a claim, not a command: it is logged, and
+    /// EvalAI's status decides (asked at once). `true` when one was found now.
+    fn check_cancel_marker(&mut self, when: &str) -> bool {
+        if self.unverified_cancel.is_some() || self.state.wrote_cancel {
+            return false;
+        }
+        let Some(name) = self.state.markers.cancel_marker_name() else { return false };
+        warn!(
+            marker = %name,
+            "a cancel marker that this logcopy did not write is on the volume {when}: asking EvalAI whether the \
+             submission is cancelled (a marker left by an earlier logcopy, or forged by the participant's code)"
+        );
+        self.unverified_cancel = Some(name);
+        true
+    }
+
     fn publish(&mut self, end: Option<End>) {
         self.seq += 1;
-        let snap = Snapshot { seq: self.seq, outputs: self.state.outputs.clone(), end };
+        let snap = Snapshot {
+            seq: self.seq,
+            outputs: self.state.outputs.clone(),
+            end,
+            verify_cancel: self.unverified_cancel.is_some(),
+        };
         let _ = self.snap_tx.send(Arc::new(snap));
     }
 
@@ -519,13 +562,23 @@ impl Engine {
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
 
         self.state.cycle();
-        if self.state.cancel_marker() {
-            let reason = "a cancel marker is on the volume at start: an earlier logcopy saw EvalAI's cancel, \
-                          and the workers stopped on it";
-            warn!("{reason}");
-            return Ok(self.end(End::Cancelled { reason: reason.into() }).await);
-        }
+        let marker_at_start = self.check_cancel_marker("at start");
         self.publish(None);
+        if marker_at_start {
+            // Left by an earlier logcopy that saw the cancel, or forged: EvalAI's answer decides before anything else.
+            match self.verdict(cfg.final_timeout).await {
+                Some(Ok(())) => {
+                    let reason = "a cancel marker is on the volume at start and EvalAI confirms the cancel";
+                    return Ok(self.end(End::Cancelled { reason: reason.into() }).await);
+                }
+                Some(Err(status)) if !cfg.once => {
+                    let reason = forged_reason(self.unverified_cancel.take().unwrap_or_default(), &status);
+                    error!("{reason}");
+                    return Ok(self.end(End::Completed { finished: false, reason }).await);
+                }
+                _ => {}
+            }
+        }
         if cfg.once {
             return Ok(self.end(End::Once).await);
         }
@@ -536,13 +589,12 @@ impl Engine {
             if let Some(end) = self.state.completion() {
                 return Ok(self.end(end).await);
             }
-            if self.state.cancel_marker() {
-                let reason = if self.state.wrote_cancel {
-                    "EvalAI reports the submission cancelled".to_string()
-                } else {
-                    "a cancel marker appeared on the volume that this logcopy did not write".to_string()
-                };
+            if self.state.cancel_marker() && self.state.wrote_cancel {
+                let reason = "EvalAI reports the submission cancelled".to_string();
                 return Ok(self.end(End::Cancelled { reason }).await);
+            }
+            if self.check_cancel_marker("during the run") {
+                self.publish(None);
             }
             let wake = debounce.deadline().map_or(next_rescan, |d| d.min(next_rescan));
             tokio::select! {
@@ -563,8 +615,20 @@ impl Engine {
                 }
                 Some(ev) = self.events.recv() => match ev {
                     SinkEvent::Cancelled => {
+                        if self.unverified_cancel.take().is_some() {
+                            info!("EvalAI confirms the cancel marker: the submission is cancelled");
+                        }
                         self.state.write_cancel_markers();
                         self.state.cycle();
+                    }
+                    SinkEvent::Status { status } => {
+                        if let Some(found) = self.unverified_cancel.take() {
+                            // The workers obey markers and have stopped on it: the evaluation cannot go on, and
+                            // the submission was not cancelled. It ends FAILED with the true reason.
+                            let reason = forged_reason(found, &status);
+                            error!("{reason}");
+                            return Ok(self.end(End::Completed { finished: false, reason }).await);
+                        }
                     }
                     SinkEvent::Published { seq } => info!(seq, "EvalAI has the newest results"),
                 },
@@ -620,6 +684,13 @@ impl Engine {
         }
         end
     }
+}
+
+fn forged_reason(marker: String, status: &str) -> String {
+    format!(
+        "a cancel marker that logcopy did not write ({marker}) stopped the workers, and EvalAI reports the submission \
+         {status:?}, not cancelled: the marker was forged (by the participant's code?)"
+    )
 }
 
 async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) {

@@ -37,9 +37,23 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
     move |source| RestoreError::Io { path: path.to_path_buf(), source }
 }
 
-fn make_dir(path: &Path) -> Result<(), RestoreError> {
+fn make_dir(path: &Path, mode: u32) -> Result<(), RestoreError> {
     std::fs::create_dir_all(path).map_err(io(path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).map_err(io(path))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
+}
+
+/// Writable by every container's user, as upstream.
+const OPEN_DIR: u32 = 0o777;
+/// `--private-status`: writable by the owner (logcopy) and the group (the pod's fsGroup: the supervisors, the
+/// simulator's user, logcopy), not by the evaluator's `--run-as` user; setgid, so new files keep the group.
+const PRIVATE_DIR: u32 = 0o2775;
+
+/// The mode of a restored file: 0666 where the evaluator writes (agent/agentN/), and everywhere unless
+/// `--private-status`; 0664 in the folders that it keeps private.
+fn file_mode(cfg: &RestoreConfig, rel: &str) -> u32 {
+    let evaluators =
+        rel.strip_prefix("agent/").and_then(|r| r.split_once('/')).is_some_and(|(d, _)| d.starts_with("agent"));
+    if cfg.private_status && !evaluators { 0o664 } else { 0o666 }
 }
 
 /// The manifest target a run with this storage uses (must match the daemon's).
@@ -63,11 +77,12 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport, RestoreError>
     } else {
         RestoreReport::default()
     };
-    for i in 1..=cfg.workers {
-        make_dir(&cfg.logs.join(format!("agent/agent{i}")))?;
+    let shared = if cfg.private_status { PRIVATE_DIR } else { OPEN_DIR };
+    for d in ["agent", "simulator", "logcopy", "containers-status", "evalai"] {
+        make_dir(&cfg.logs.join(d), shared)?;
     }
-    for d in ["simulator", "logcopy", "containers-status", "evalai"] {
-        make_dir(&cfg.logs.join(d))?;
+    for i in 1..=cfg.workers {
+        make_dir(&cfg.logs.join(format!("agent/agent{i}")), OPEN_DIR)?;
     }
     Ok(report)
 }
@@ -83,7 +98,12 @@ fn relative(key: &str, prefix: &str) -> Option<PathBuf> {
 const CONCURRENCY: usize = 8;
 
 /// Streams one object into the volume and returns its manifest entry.
-async fn fetch<S: ObjectStore>(store: Arc<S>, key: String, dest: PathBuf) -> Result<(u64, Entry), RestoreError> {
+async fn fetch<S: ObjectStore>(
+    store: Arc<S>,
+    key: String,
+    dest: PathBuf,
+    mode: u32,
+) -> Result<(u64, Entry), RestoreError> {
     if let Some(dir) = dest.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
@@ -95,8 +115,8 @@ async fn fetch<S: ObjectStore>(store: Arc<S>, key: String, dest: PathBuf) -> Res
         .mode(0o666)
         .open(&dest)
         .map_err(io(&dest))?;
-    // Writable by every container's user, whatever the umask (the participant's user rewrites its results file).
-    file.set_permissions(std::fs::Permissions::from_mode(0o666)).map_err(io(&dest))?;
+    // Whatever the umask: 0666 lets every container's user (the participant's rewrites its results file) write it.
+    file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io(&dest))?;
     let n = store.get(&key, file).await?;
     let f = std::fs::File::open(&dest).map_err(io(&dest))?;
     let meta = f.metadata().map_err(io(&dest))?;
@@ -141,7 +161,8 @@ async fn download<S: ObjectStore>(
             let Some((key, rel)) = pending.next() else { break };
             let dest = cfg.logs.join(&rel);
             let store = store.clone();
-            running.spawn(async move { (rel, fetch(store, key, dest).await) });
+            let mode = file_mode(cfg, &rel.to_string_lossy());
+            running.spawn(async move { (rel, fetch(store, key, dest, mode).await) });
         }
         let Some(done) = running.join_next().await else { break };
         let Ok((rel, result)) = done else { continue };
@@ -159,7 +180,7 @@ async fn download<S: ObjectStore>(
     if let Some(e) = first_error {
         return Err(e);
     }
-    make_dir(&cfg.logs.join("logcopy"))?;
+    make_dir(&cfg.logs.join("logcopy"), if cfg.private_status { PRIVATE_DIR } else { OPEN_DIR })?;
     manifest.save(&cfg.logs).map_err(|e| RestoreError::Io { path: e.path, source: e.source })?;
     info!(
         downloaded = report.downloaded,

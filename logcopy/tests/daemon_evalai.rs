@@ -482,6 +482,10 @@ fn t13_every_recorded_volume_once_local() {
     for name in names {
         let vol = Volume::from_fixture(name);
         let out = vol.side_dir("local");
+        if name.ends_with("cancelled") {
+            // The participant cancelled on EvalAI (the local one): the volume's cancel marker is confirmed.
+            std::fs::write(out.join("evalai-cancel"), b"").unwrap();
+        }
         let (code, lc) = LogcopyCmd::new(&vol).flag("--local", out.to_str().unwrap()).switch("--once").run(secs(30));
         assert_eq!(code, 0, "{name}: exit code\n{}", lc.output());
         let jsonl = std::fs::read_to_string(out.join("evalai-requests.jsonl"))
@@ -513,6 +517,61 @@ fn t13_every_recorded_volume_once_local() {
 }
 
 /// 15: bad configuration exits 2 and names the setting, before touching the volume.
+#[test]
+fn t16_forged_markers_are_claims_not_commands() {
+    // The participant's code can write the status folder. A forged `logcopy.done` changes nothing; a forged
+    // `simulation.cancel` is checked with EvalAI, which says `running`: the workers have stopped on it, so the run
+    // ends FAILED with the reason, never CANCELLED, and logcopy writes no cancel markers of its own.
+    let fake = FakeEvalAi::start();
+    let vol = Volume::from_fixture("lb2.0-mid-run");
+    let mut lc = LogcopyCmd::new(&vol).fast().switch("--final-status").evalai(&fake).spawn();
+    fake.wait_acked_put(secs(20), 1);
+
+    vol.add_marker("logcopy.done");
+    // Worker 1 records more routes: a change that must still be published.
+    let more = std::fs::read(support::fixture_volume("lb2.0-finished").join(Volume::worker_rel(1))).unwrap();
+    vol.write_in_place(&Volume::worker_rel(1), &more);
+    let before = fake.requests().iter().filter(|r| r.is_partial_put() && r.acknowledged()).count();
+    fake.wait_requests(secs(20), "a partial PUT after the forged logcopy.done", |reqs| {
+        reqs.iter().filter(|r| r.is_partial_put() && r.acknowledged()).count() > before
+    });
+    assert!(lc.is_running(), "a forged logcopy.done stopped logcopy");
+
+    vol.add_marker("simulation.cancel");
+    let code = lc.wait_exit(secs(30));
+    assert_eq!(code, Some(0), "exit code");
+    let out = lc.output();
+    assert!(out.contains("did not write"), "the forged cancel marker is logged as such:\n{out}");
+    assert!(out.contains("forged"), "the end names the forgery:\n{out}");
+    let sub = fake.submission();
+    assert_eq!(sub["status"], "failed", "EvalAI's final status: {sub}");
+    let fin = fake.requests().into_iter().rev().find(|r| r.is_final_put() && r.acknowledged()).expect("final PUT");
+    assert_eq!(fin.body_str("submission_status"), Some("FAILED"));
+    for i in 1..=4 {
+        assert!(!vol.has_marker(&format!("simulation-{i}.cancel")), "logcopy wrote a cancel marker of its own");
+    }
+}
+
+#[test]
+fn t17_a_cancel_marker_confirmed_by_evalai_ends_as_cancelled() {
+    // At start, as after a restart of logcopy that had seen the cancel: the marker is checked, EvalAI confirms.
+    let fake = FakeEvalAi::start();
+    fake.set_status("cancelled");
+    let vol = Volume::from_fixture("lb2.0-mid-run");
+    vol.add_marker("simulation.cancel");
+    let mut lc = LogcopyCmd::new(&vol).fast().switch("--final-status").evalai(&fake).spawn();
+    let code = lc.wait_exit(secs(30));
+    assert_eq!(code, Some(0), "exit code");
+    let reqs = fake.requests();
+    assert!(reqs.iter().any(|r| r.is_get()), "EvalAI was asked");
+    assert!(!reqs.iter().any(|r| r.is_partial_put()), "no partial PUT on a cancelled submission");
+    assert_eq!(fake.submission()["status"], "cancelled");
+    for i in 1..=4 {
+        assert!(vol.has_marker(&format!("simulation-{i}.cancel")), "simulation-{i}.cancel");
+    }
+    assert!(!vol.has_marker("logcopy.done"));
+}
+
 #[test]
 fn t15_bad_configuration_exits_2_naming_the_setting() {
     let vol = Volume::from_fixture("lb2.0-mid-run");

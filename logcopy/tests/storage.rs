@@ -270,3 +270,29 @@ async fn an_idle_volume_makes_no_request_and_the_log_still_arrives_at_the_end() 
     assert!(local.starts_with(uploaded), "the uploaded log is not a prefix of the volume's");
     assert!(String::from_utf8_lossy(uploaded).contains("SIGTERM"), "the final flush missed the end of the log");
 }
+
+#[test]
+fn restore_private_status_keeps_the_shared_folders_from_the_evaluator() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    for (flag, shared) in [(None, 0o777), (Some("--private-status"), 0o2775)] {
+        let fresh = scratch(&format!("restore-modes-{}", shared));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_logcopy"));
+        cmd.args(["restore", "--logs"]).arg(&fresh).arg("--local").arg(fresh.join("out")).env("SUBMISSION_ID", "7");
+        if let Some(f) = flag {
+            cmd.arg(f);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        for d in ["agent", "simulator", "logcopy", "containers-status", "evalai"] {
+            assert_eq!(mode(&fresh.join(d)), shared, "{d} with {flag:?}");
+        }
+        for i in 1..=4 {
+            assert_eq!(
+                mode(&fresh.join(format!("agent/agent{i}"))),
+                0o777,
+                "agent/agent{i}: the evaluator writes there"
+            );
+        }
+    }
+}

@@ -26,6 +26,32 @@ pub struct Spec {
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
     pub cwd: Option<PathBuf>,
+    /// Run the child (and everything it starts) as this numeric user and group, with no supplementary groups.
+    pub run_as: Option<RunAs>,
+}
+
+/// A numeric user and group (`--run-as UID[:GID]`; the static binary has no name lookup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl std::str::FromStr for RunAs {
+    type Err = String;
+
+    /// `UID` (the group is the same number) or `UID:GID`, decimal.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let num = |t: &str| {
+            t.parse::<u32>()
+                .map_err(|_| format!("{s:?} is not UID[:GID] (numeric ids: the supervisor has no name lookup)"))
+        };
+        let (uid, gid) = match s.split_once(':') {
+            Some((u, g)) => (num(u)?, num(g)?),
+            None => (num(s)?, num(s)?),
+        };
+        Ok(RunAs { uid, gid })
+    }
 }
 
 impl Spec {
@@ -77,6 +103,10 @@ pub fn spawn(spec: &Spec, log: Option<File>, banner: &str) -> std::io::Result<Ch
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
+    }
+    if let Some(RunAs { uid, gid }) = spec.run_as {
+        // std drops the supplementary groups (setgroups(0)) before setgid/setuid when it runs as root.
+        cmd.uid(uid).gid(gid);
     }
     // SAFETY: only async-signal-safe calls (pthread_sigmask) between fork and exec.
     unsafe {

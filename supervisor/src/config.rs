@@ -135,6 +135,11 @@ pub struct AgentArgs {
     /// The evaluator's checkpoint (its results file).
     #[arg(long, env = "CHECKPOINT_ENDPOINT", default_value = "/tmp/agent/agent_results.json")]
     pub checkpoint: PathBuf,
+    /// Run the evaluator and everything it starts as this numeric user (and group; default the same number), with
+    /// no supplementary groups, while the supervisor stays root. With `logcopy restore --private-status` the
+    /// participant's code can then no longer write the status folder. Off by default (as upstream).
+    #[arg(long, env = "RUN_AS", value_name = "UID[:GID]")]
+    pub run_as: Option<crate::child::RunAs>,
     /// The command that receives the evaluator's arguments. Default: bash sourcing ~/.bashrc and
     /// ~/agent_sources.sh as upstream, then `python3 -u $LEADERBOARD_ROOT/leaderboard/leaderboard_evaluator.py`.
     #[arg(last = true)]

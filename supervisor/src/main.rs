@@ -49,7 +49,29 @@ fn main() -> ExitCode {
             let default_log =
                 a.checkpoint.parent().map(|d| d.join("leaderboard.log")).unwrap_or_else(|| "leaderboard.log".into());
             let log = a.common.log_file.clone().unwrap_or(default_log);
+            if let Some(r) = a.run_as {
+                // SAFETY: geteuid has no preconditions.
+                let euid = unsafe { libc::geteuid() };
+                if euid != 0 && euid != r.uid {
+                    return config_error(&format!(
+                        "--run-as / RUN_AS {}:{}: the supervisor runs as user {euid}, not root: it cannot switch users",
+                        r.uid, r.gid
+                    ));
+                }
+            }
+            if a.run_as.is_some() {
+                use std::os::unix::fs::PermissionsExt;
+                let dir = &a.common.status_dir;
+                if std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o002 != 0) {
+                    eprintln!(
+                        "supervisor: warning: --run-as is set but {} is writable by every user: the evaluator can still \
+                         forge markers (logcopy restore --private-status makes it 2775)",
+                        dir.display()
+                    );
+                }
+            }
             let mut agent = Agent::new(a.command.clone(), a.checkpoint.clone());
+            agent.run_as = a.run_as;
             run(Role::Agent, worker, a.common, log, &mut agent)
         }
     }

@@ -299,6 +299,11 @@ impl StatusSet {
         self.markers.iter().any(|m| matches!(m, Marker::Cancel | Marker::WorkerCancel { .. }))
     }
 
+    /// The file name of a cancellation marker present (Job-wide first), if any.
+    pub fn cancel_marker_name(&self) -> Option<String> {
+        self.markers.iter().find(|m| matches!(m, Marker::Cancel | Marker::WorkerCancel { .. })).map(Marker::file_name)
+    }
+
     /// Whether `logcopy.done` is present.
     pub fn logcopy_done(&self) -> bool {
         self.contains(&Marker::LogcopyDone)

@@ -702,3 +702,39 @@ fn the_evaluators_arguments_and_environment() {
     ensure!(scene, ids == want, "each route and repetition once: {ids:?}");
     ensure!(scene, progress(&v) == Some((4, 4)), "progress [4, 4]");
 }
+
+#[test]
+fn run_as_runs_the_evaluator_as_an_unprivileged_user() {
+    let mut scene = Scene::new("run-as");
+    scene.env("FAKE_EVAL_ROUTE_SECONDS", "0.6");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // Not root: the supervisor cannot switch users and says so (exit 2), naming the setting.
+        let mut agent = scene.agent().arg("--run-as").arg("65534").start();
+        expect_exit(&scene, &mut agent, 2, STEP);
+        ensure!(scene, scene.output(&agent).contains("--run-as"), "the error names --run-as");
+        return;
+    }
+    // The evaluator's folders are open to it, as `logcopy restore` makes agent/agentN (0777); the status folder
+    // is not (2775 with --private-status).
+    use std::os::unix::fs::PermissionsExt;
+    for d in [scene.dir.clone(), scene.path("agent")] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    fs::set_permissions(&scene.status, fs::Permissions::from_mode(0o2775)).unwrap();
+    let mut sim = scene.sim().start();
+    let mut agent = scene.agent().arg("--run-as").arg("65534:65533").start();
+    wait_records(&scene, 1);
+    let eval = scene.eval_starts()[0].pid;
+    let status = fs::read_to_string(format!("/proc/{eval}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find(|l| l.starts_with(name)).map(|l| l[name.len()..].split_whitespace().collect::<Vec<_>>())
+    };
+    ensure!(scene, field("Uid:") == Some(vec!["65534"; 4]), "the evaluator's uids: {:?}", field("Uid:"));
+    ensure!(scene, field("Gid:") == Some(vec!["65533"; 4]), "the evaluator's gids: {:?}", field("Gid:"));
+    ensure!(scene, field("Groups:") == Some(vec![]), "no supplementary groups: {:?}", field("Groups:"));
+    expect_exit(&scene, &mut agent, 0, RUN);
+    expect_exit(&scene, &mut sim, 0, STEP);
+    ensure!(scene, scene.has("agent-1.done"), "the supervisor (root) still writes the markers");
+    assert_complete(&scene, 5);
+}

@@ -339,6 +339,9 @@ impl<T: Transport> EvalAiSink<T> {
             warn!(status = %st.status, "EvalAI reports a final status set elsewhere; no more partial updates");
             self.terminal = true;
         }
+        if st.status != "cancelled" {
+            let _ = events.send(SinkEvent::Status { status: st.status.clone() }).await;
+        }
     }
 
     fn next_status_due(&self) -> Instant {
@@ -478,11 +481,17 @@ impl<T: Transport> Sink for EvalAiSink<T> {
 
     async fn run(mut self, mut snapshots: watch::Receiver<Arc<Snapshot>>, events: mpsc::Sender<SinkEvent>) {
         self.start(&events).await;
+        let mut verifying = false;
         loop {
             let snap = snapshots.borrow_and_update().clone();
             if let Some(end) = &snap.end {
                 self.finish(&snap, end, &events).await;
                 return;
+            }
+            // A cancel marker we did not write: read the status as soon as the budget allows, once.
+            if snap.verify_cancel && !verifying {
+                verifying = true;
+                self.next_status = Instant::now();
             }
             if self.wants_publish(&snap) && Instant::now() >= self.not_before {
                 // Room for the GET and the PUT together.

@@ -74,6 +74,9 @@ pub struct Snapshot {
     pub outputs: Option<Arc<Outputs>>,
     /// `Some` once the run ends: the sinks do their final work and return.
     pub end: Option<End>,
+    /// A cancel marker that this logcopy did not write is on the volume: EvalAI's status is wanted now (a marker is
+    /// a claim; only EvalAI says whether the submission was cancelled).
+    pub verify_cancel: bool,
 }
 
 /// What a sink tells the run loop.
@@ -83,6 +86,8 @@ pub enum SinkEvent {
     Cancelled,
     /// EvalAI acknowledged a partial update with the outputs of snapshot `seq`.
     Published { seq: u64 },
+    /// A status GET read this status (not `cancelled`, which is [`SinkEvent::Cancelled`]).
+    Status { status: String },
 }
 
 /// An outward edge: a task that follows the snapshots until the run ends.

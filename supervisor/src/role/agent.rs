@@ -10,7 +10,7 @@
 
 use super::{Engine, Outcome, RoleSpec, WaitEnd};
 use crate::checkpoint::{self, Guard, Observed};
-use crate::child::{Child, Spec};
+use crate::child::{Child, RunAs, Spec};
 use crate::markers::{Attempt, Marker, Role, StatusSet};
 use crate::reaper::Exit;
 use std::ffi::OsString;
@@ -24,6 +24,8 @@ const DEFAULT_WRAPPER: &str = "source \"$HOME/.bashrc\" >/dev/null 2>&1; \
 pub struct Agent {
     pub command: Vec<OsString>,
     pub checkpoint: PathBuf,
+    /// `--run-as`: the evaluator's user and group.
+    pub run_as: Option<RunAs>,
     guard: Guard,
     next_observe: Instant,
     /// The checkpoint's (length, mtime) at the last look: it is parsed only when that changed.
@@ -38,7 +40,15 @@ fn env_or(name: &str, default: &str) -> String {
 impl Agent {
     pub fn new(command: Vec<OsString>, checkpoint: PathBuf) -> Self {
         let guard = Guard::new(&checkpoint);
-        Agent { command, checkpoint, guard, next_observe: Instant::now(), seen: None, crashed_before: false }
+        Agent {
+            command,
+            checkpoint,
+            run_as: None,
+            guard,
+            next_observe: Instant::now(),
+            seen: None,
+            crashed_before: false,
+        }
     }
 
     /// Keeps the last good copy current: a cheap stat every tick, a parse only when the file changed.
@@ -188,7 +198,14 @@ impl RoleSpec for Agent {
         };
         all.extend(args);
         self.next_observe = Instant::now();
-        Spec { program, args: all, env: Self::evaluator_env(), cwd: None }
+        let mut env = Self::evaluator_env();
+        if self.run_as.is_some() {
+            // The evaluator's own home is not root's (unreadable to it): HOME=/tmp unless the pod sets one.
+            if std::env::var_os("HOME").is_none_or(|h| h == "/root") {
+                env.push(("HOME".into(), "/tmp".into()));
+            }
+        }
+        Spec { program, args: all, env, cwd: None, run_as: self.run_as }
     }
 
     fn tick(&mut self, eng: &mut Engine, child: &Child, attempt: Attempt) -> Option<Outcome> {

@@ -61,7 +61,7 @@ impl RoleSpec for Simulator {
             None => (OsString::from("./CarlaUE4.sh"), Vec::new()),
         };
         args.extend(self.carla_args());
-        Spec { program, args, env: Vec::new(), cwd: None }
+        Spec { program, args, env: Vec::new(), cwd: None, run_as: None }
     }
 
     fn tick(&mut self, eng: &mut Engine, _child: &Child, attempt: Attempt) -> Option<Outcome> {
