@@ -23,6 +23,20 @@ RECORDED = ROOT / "fixtures/volumes/lb2.0-finished"
 ROUTE_IDS = [f"RouteScenario_{i}_rep0" for i in range(20)]
 
 
+def _load_local_job():
+    from importlib.machinery import SourceFileLoader
+    from importlib.util import module_from_spec, spec_from_loader
+
+    loader = SourceFileLoader("local_job", str(ROOT / "run-scripts/local-job"))
+    module = module_from_spec(spec_from_loader("local_job", loader))
+    loader.exec_module(module)
+    return module
+
+
+# local-job itself: the secrets it hands to the servers and to logcopy.
+LOCAL_JOB = _load_local_job()
+
+
 def run_job(test, name, *flags, expect_rc=0):
     # Kept after the run (replaced by the next one), for diagnosis.
     out = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "e2e" / name
@@ -149,6 +163,18 @@ class WholeJob(unittest.TestCase):
         procs = [p for p in s["processes"] if p["name"].startswith(("simulator-", "agent-", "logcopy"))]
         self.assertEqual(len(procs), 8 + 1)
         self.assertTrue(all(p["rc"] == 0 for p in procs), procs)
+
+        # The EvalAI token and the AWS secret key appear nowhere: not in any process's output or log, not on the
+        # volume, not in S3 (its dump), not in what the servers recorded.
+        secrets = [LOCAL_JOB.TOKEN.encode(), LOCAL_JOB.AWS_SECRET.encode()]
+        searched = 0
+        for path in job.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                searched += 1
+                for secret in secrets:
+                    self.assertNotIn(secret, data, f"{secret.decode()} leaked into {path}")
+        self.assertGreater(searched, 50, "the search saw the Job's files")
 
     def test_cancel_stops_every_process_within_2_s_and_no_partial_put_follows(self):
         job, s = run_job(self, "cancel", "--route-seconds", "1", "--cancel-after", "4")

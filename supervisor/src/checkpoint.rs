@@ -36,6 +36,7 @@
 //! the agent role logs them.
 
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -211,6 +212,12 @@ impl Guard {
     /// Without a last good copy that parses, the file is left as it is. (2) The progress is repaired
     /// to the records present ([`plan_progress`]). Returns the repairs done, empty when none.
     pub fn prepare_resume(&self) -> Result<Vec<Repair>, CheckpointError> {
+        self.prepare_resume_skipping(&BTreeSet::new())
+    }
+
+    /// [`Guard::prepare_resume`], with the routes that `--route-retries` moved past (see
+    /// [`plan_progress_skipping`]).
+    pub fn prepare_resume_skipping(&self, skipped: &BTreeSet<String>) -> Result<Vec<Repair>, CheckpointError> {
         let mut repairs = Vec::new();
         let current = match read_file(&self.checkpoint)? {
             ReadOutcome::Bytes(b) if parse_results(&b).is_ok() => Some(b),
@@ -232,7 +239,7 @@ impl Guard {
             },
         };
         if let Some(bytes) = current
-            && let Some(repair) = repair_progress(&self.checkpoint, &bytes)?
+            && let Some(repair) = repair_progress(&self.checkpoint, &bytes, skipped)?
         {
             repairs.push(repair);
         }
@@ -268,6 +275,135 @@ impl Guard {
         sync_dir(&self.checkpoint)?;
         Ok(aside)
     }
+}
+
+/// How `--route-retries` moved past a route that crashed the simulator too often.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteSkip {
+    /// The evaluator had recorded the crash (`Failed - Simulation crashed`, `entry_status` `Crashed`, which makes
+    /// it repeat the route): `entry_status` set to `Started`, so that it resumes after the route.
+    ClearedCrashed { route_id: String, kept: PathBuf },
+    /// The evaluator had recorded nothing for the route: the record it writes for a simulation crash was added at
+    /// the route's index, and `progress[0]` set past it.
+    AddedRecord { route_id: String, index: usize, kept: PathBuf },
+}
+
+impl fmt::Display for RouteSkip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteSkip::ClearedCrashed { route_id, kept } => write!(
+                f,
+                "moved past {route_id}: its \"Failed - Simulation crashed\" record stays, entry_status Crashed set to \
+                 Started so that the evaluator resumes after it (previous checkpoint kept as {})",
+                kept.display()
+            ),
+            RouteSkip::AddedRecord { route_id, index, kept } => write!(
+                f,
+                "moved past {route_id}: added the evaluator's \"Failed - Simulation crashed\" record at index {index} \
+                 (zero scores) and set progress[0] to {} (previous checkpoint kept as {})",
+                index + 1,
+                kept.display()
+            ),
+        }
+    }
+}
+
+/// The checkpoint parsed, when it is a results file (never through a link). `Ok(None)`: missing or not one.
+pub fn read_results(path: &Path) -> Result<Option<Value>, CheckpointError> {
+    Ok(match read_file(path)? {
+        ReadOutcome::Bytes(b) => parse_results(&b).ok(),
+        _ => None,
+    })
+}
+
+/// The route the last attempt was on when the simulator crashed, read from the checkpoint: `Some((route_id,
+/// recorded))` where `recorded` says the evaluator wrote the crash (its trailing record, `entry_status`
+/// `Crashed`); when it wrote nothing, the route is `running` (the evaluator's last "Preparing" line), if known.
+pub fn crashed_route(results: &Value, running: Option<&str>) -> Option<(String, bool)> {
+    let cp = &results["_checkpoint"];
+    let records = cp["records"].as_array()?;
+    let aligned = records.iter().enumerate().take_while(|(i, r)| r["index"].as_u64() == Some(*i as u64)).count();
+    let crashed = results["entry_status"].as_str() == Some("Crashed");
+    if crashed
+        && aligned > 0
+        && records[aligned - 1]["status"].as_str().is_some_and(|s| s.contains(SIMULATION_CRASHED))
+        && let Some(id) = records[aligned - 1]["route_id"].as_str()
+    {
+        return Some((id.to_string(), true));
+    }
+    running.map(|id| (id.to_string(), false))
+}
+
+/// Moves the checkpoint past `route_id`, which crashed the simulator too often (see [`RouteSkip`]). The previous
+/// file is kept beside it (`<name>.before-skip-<route_id>`) and the new one written atomically. `Ok(None)` when
+/// the file is not in a shape this can change safely (then nothing is written): the route is not the crashed
+/// one at the resume point, the records are not aligned, or the route would pass the total.
+pub fn skip_route(path: &Path, route_id: &str) -> Result<Option<RouteSkip>, CheckpointError> {
+    let bytes = match read_file(path)? {
+        ReadOutcome::Bytes(b) => b,
+        _ => return Ok(None),
+    };
+    let Ok(mut value) = parse_results(&bytes) else { return Ok(None) };
+    let Some((_, total)) = progress_pair(&value["_checkpoint"]) else { return Ok(None) };
+    let records = value["_checkpoint"]["records"].as_array().cloned().unwrap_or_default();
+    if records.iter().enumerate().any(|(i, r)| r["index"].as_u64() != Some(i as u64)) {
+        return Ok(None);
+    }
+    let n = records.len();
+    let last_is_the_crash = records.last().is_some_and(|r| {
+        r["route_id"].as_str() == Some(route_id) && r["status"].as_str().is_some_and(|s| s.contains(SIMULATION_CRASHED))
+    });
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let safe_id: String =
+        route_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect();
+    let kept = path.with_file_name(format!("{name}.before-skip-{safe_id}"));
+    let skip = if last_is_the_crash && value["entry_status"].as_str() == Some("Crashed") {
+        value["entry_status"] = Value::from("Started");
+        value["_checkpoint"]["progress"][0] = Value::from(n);
+        RouteSkip::ClearedCrashed { route_id: route_id.to_string(), kept: kept.clone() }
+    } else if !records.iter().any(|r| r["route_id"].as_str() == Some(route_id)) && (n as i64) < total {
+        // The record `StatisticsManager` writes for a route whose simulation crashed before it could score:
+        // the RouteRecord shape of the spec (2.2), every infraction list empty, zero scores, no length.
+        let infractions: serde_json::Map<String, Value> = [
+            "collisions_layout",
+            "collisions_pedestrian",
+            "collisions_vehicle",
+            "red_light",
+            "stop_infraction",
+            "outside_route_lanes",
+            "min_speed_infractions",
+            "yield_emergency_vehicle_infractions",
+            "scenario_timeouts",
+            "route_dev",
+            "vehicle_blocked",
+            "route_timeout",
+        ]
+        .into_iter()
+        .map(|k| (k.to_string(), Value::Array(Vec::new())))
+        .collect();
+        let record = serde_json::json!({
+            "index": n,
+            "route_id": route_id,
+            "status": "Failed - Simulation crashed",
+            "num_infractions": 0,
+            "infractions": infractions,
+            "scores": {"score_route": 0.0, "score_penalty": 1.0, "score_composed": 0.0},
+            "meta": {"route_length": 0, "duration_game": 0.0, "duration_system": 0.0},
+        });
+        if let Some(records) = value["_checkpoint"]["records"].as_array_mut() {
+            records.push(record);
+        }
+        value["_checkpoint"]["progress"][0] = Value::from(n + 1);
+        if value["entry_status"].as_str() == Some("Crashed") {
+            value["entry_status"] = Value::from("Started");
+        }
+        RouteSkip::AddedRecord { route_id: route_id.to_string(), index: n, kept: kept.clone() }
+    } else {
+        return Ok(None);
+    };
+    write_atomic(&kept, &bytes)?;
+    write_atomic(path, &to_python_json(&value))?;
+    Ok(Some(skip))
 }
 
 /// The change to make to a 2.0 checkpoint's resume point, from [`plan_progress`].
@@ -335,6 +471,12 @@ pub fn evaluator_resume_index(progress0: i64, records: usize, crashed: bool) -> 
 /// evaluator resumes at `progress[0]` whatever the status, are left alone, as are files whose progress
 /// is not two integers.
 pub fn plan_progress(results: &Value) -> Option<ProgressPlan> {
+    plan_progress_skipping(results, &BTreeSet::new())
+}
+
+/// [`plan_progress`], where a trailing "Simulation crashed" record of a route in `skipped` (moved past by
+/// `--route-retries`) is a result like any other: the resume point is after it, not at it.
+pub fn plan_progress_skipping(results: &Value, skipped: &BTreeSet<String>) -> Option<ProgressPlan> {
     let cp = &results["_checkpoint"];
     let records = cp["records"].as_array()?;
     let (from, _total) = progress_pair(cp)?;
@@ -346,8 +488,9 @@ pub fn plan_progress(results: &Value) -> Option<ProgressPlan> {
     }
     let crashed = results["entry_status"].as_str() == Some("Crashed");
     let aligned = records.iter().enumerate().take_while(|(i, r)| r["index"].as_u64() == Some(*i as u64)).count();
-    let crash_last =
-        aligned > 0 && records[aligned - 1]["status"].as_str().is_some_and(|s| s.contains(SIMULATION_CRASHED));
+    let crash_last = aligned > 0
+        && records[aligned - 1]["status"].as_str().is_some_and(|s| s.contains(SIMULATION_CRASHED))
+        && !records[aligned - 1]["route_id"].as_str().is_some_and(|id| skipped.contains(id));
     let aligned = i64::try_from(aligned).ok()?;
     let target = if crash_last { aligned - 1 } else { aligned };
     if evaluator_resume_index(from, records.len(), crashed) == target {
@@ -367,9 +510,9 @@ pub fn plan_progress(results: &Value) -> Option<ProgressPlan> {
 }
 
 /// Applies [`plan_progress`] to the file's bytes and writes the result atomically.
-fn repair_progress(path: &Path, bytes: &[u8]) -> Result<Option<Repair>, CheckpointError> {
+fn repair_progress(path: &Path, bytes: &[u8], skipped: &BTreeSet<String>) -> Result<Option<Repair>, CheckpointError> {
     let Ok(value) = parse_results(bytes) else { return Ok(None) };
-    let Some(plan) = plan_progress(&value) else { return Ok(None) };
+    let Some(plan) = plan_progress_skipping(&value, skipped) else { return Ok(None) };
     let mut expected = value;
     expected["_checkpoint"]["progress"][0] = Value::from(plan.to);
     if plan.cleared_crashed {

@@ -140,6 +140,11 @@ pub struct AgentArgs {
     /// participant's code can then no longer write the status folder. Off by default (as upstream).
     #[arg(long, env = "RUN_AS", value_name = "UID[:GID]")]
     pub run_as: Option<crate::child::RunAs>,
+    /// Move past a route after it crashed the simulator this many times (Leaderboard 2.0 repeats a route after
+    /// every simulation crash, so one poison route would spend the whole attempt budget). The route keeps the
+    /// evaluator's "Failed - Simulation crashed" record (zero scores if it recorded nothing). Off by default.
+    #[arg(long, env = "ROUTE_RETRIES", value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub route_retries: Option<u32>,
     /// The command that receives the evaluator's arguments. Default: bash sourcing ~/.bashrc and
     /// ~/agent_sources.sh as upstream, then `python3 -u $LEADERBOARD_ROOT/leaderboard/leaderboard_evaluator.py`.
     #[arg(last = true)]

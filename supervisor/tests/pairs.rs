@@ -738,3 +738,94 @@ fn run_as_runs_the_evaluator_as_an_unprivileged_user() {
     ensure!(scene, scene.has("agent-1.done"), "the supervisor (root) still writes the markers");
     assert_complete(&scene, 5);
 }
+
+/// A route that makes CARLA die every time it runs (fake-evaluator asks fake-carla to crash halfway through it).
+fn poison_scene(name: &str, recorded: bool) -> Scene {
+    let mut scene = Scene::new(name);
+    scene.env("FAKE_EVAL_ROUTE_SECONDS", "0.4").env("FAKE_EVAL_POISON_ROUTE", "2");
+    if !recorded {
+        scene.env("FAKE_EVAL_CRASH_NO_RECORD", "1");
+    }
+    scene
+}
+
+fn route_retries_move_past_a_poison_route(recorded: bool) {
+    let scene = poison_scene(if recorded { "poison-recorded" } else { "poison-unrecorded" }, recorded);
+    let mut sim = scene.sim().start();
+    let mut agent = scene.agent().arg("--route-retries").arg("2").start();
+    expect_exit(&scene, &mut agent, 0, RUN);
+    expect_exit(&scene, &mut sim, 0, STEP);
+    ensure!(scene, scene.has("agent-1.done") && scene.has("simulator-1.done"), "the worker finished");
+    ensure!(
+        scene,
+        scene.crash_markers().len() == 4,
+        "two crashes on the poison route, each side: {:?}",
+        scene.crash_markers()
+    );
+    let evals = scene.eval_starts();
+    ensure!(scene, evals.len() == 3, "the evaluator ran three times: {}", evals.len());
+    let cp = scene.checkpoint().expect("a checkpoint");
+    let records = cp["_checkpoint"]["records"].as_array().cloned().unwrap_or_default();
+    let ids: Vec<&str> = records.iter().filter_map(|r| r["route_id"].as_str()).collect();
+    ensure!(
+        scene,
+        ids == [
+            "RouteScenario_0_rep0",
+            "RouteScenario_1_rep0",
+            "RouteScenario_2_rep0",
+            "RouteScenario_3_rep0",
+            "RouteScenario_4_rep0"
+        ],
+        "every route once, in order: {ids:?}"
+    );
+    ensure!(scene, records[2]["status"] == "Failed - Simulation crashed", "the poison route's record: {}", records[2]);
+    if !recorded {
+        // What the evaluator writes for a route whose simulation crashed before it could score.
+        ensure!(
+            scene,
+            records[2]["scores"]["score_route"] == 0.0 && records[2]["meta"]["route_length"] == 0,
+            "{}",
+            records[2]
+        );
+        ensure!(scene, records[2]["num_infractions"] == 0 && records[2]["index"] == 2, "{}", records[2]);
+    }
+    ensure!(
+        scene,
+        cp["entry_status"] == "Crashed" && cp["eligible"] == false,
+        "a crash record makes the entry Crashed"
+    );
+    ensure!(
+        scene,
+        cp["_checkpoint"]["progress"] == serde_json::json!([5, 5]),
+        "progress {}",
+        cp["_checkpoint"]["progress"]
+    );
+    let kept = scene.path("agent/agent_results.json.before-skip-RouteScenario_2_rep0");
+    ensure!(scene, kept.is_file(), "the checkpoint before the skip is kept: {}", kept.display());
+    ensure!(
+        scene,
+        scene.output(&agent).contains("route retries: RouteScenario_2_rep0 crashed the simulator 2 times"),
+        "logged"
+    );
+}
+
+#[test]
+fn route_retries_move_past_a_route_whose_crash_the_evaluator_recorded() {
+    route_retries_move_past_a_poison_route(true);
+}
+
+#[test]
+fn route_retries_move_past_a_route_whose_crash_the_evaluator_did_not_record() {
+    route_retries_move_past_a_poison_route(false);
+}
+
+#[test]
+fn without_route_retries_a_poison_route_spends_the_attempt_budget() {
+    let scene = poison_scene("poison-default", true);
+    let mut sim = scene.sim().arg("--max-attempts").arg("3").start();
+    let mut agent = scene.agent().arg("--max-attempts").arg("3").start();
+    expect_exit(&scene, &mut agent, 0, RUN);
+    expect_exit(&scene, &mut sim, 0, STEP);
+    ensure!(scene, scene.has("agent-1.failed") || scene.has("simulator-1.failed"), "the worker failed for good");
+    ensure!(scene, scene.records() <= 3, "it never got past the poison route: {} records", scene.records());
+}

@@ -13,7 +13,9 @@ use crate::checkpoint::{self, Guard, Observed};
 use crate::child::{Child, RunAs, Spec};
 use crate::markers::{Attempt, Marker, Role, StatusSet};
 use crate::reaper::Exit;
+use std::collections::BTreeSet;
 use std::ffi::OsString;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -26,11 +28,87 @@ pub struct Agent {
     pub checkpoint: PathBuf,
     /// `--run-as`: the evaluator's user and group.
     pub run_as: Option<RunAs>,
+    /// `--route-retries`: simulation crashes per route, and the limit.
+    pub route_retries: Option<RouteRetries>,
     guard: Guard,
     next_observe: Instant,
     /// The checkpoint's (length, mtime) at the last look: it is parsed only when that changed.
     seen: Option<(u64, std::time::SystemTime)>,
     crashed_before: bool,
+}
+
+/// The route of the evaluator's last `========= Preparing RouteScenario_3 (repetition 0) =========` line in the log
+/// (its last 256 KiB), as a route id: `RouteScenario_3_rep0`.
+fn last_route_prepared(log: &std::path::Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(log).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(256 * 1024))).ok()?;
+    let mut buf = Vec::new();
+    f.take(256 * 1024).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.lines().rev().find_map(|line| {
+        let rest = &line[line.find("Preparing ")? + "Preparing ".len()..];
+        let (name, rest) = rest.split_once(" (repetition ")?;
+        let rep: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let name = name.trim();
+        (!rep.is_empty() && !name.is_empty() && !name.contains(char::is_whitespace)).then(|| format!("{name}_rep{rep}"))
+    })
+}
+
+/// `--route-retries K`: the simulation crashes counted per route (kept beside the checkpoint, so that a restarted
+/// container keeps them) and the routes moved past.
+#[derive(Debug)]
+pub struct RouteRetries {
+    pub limit: u32,
+    path: PathBuf,
+    counts: std::collections::BTreeMap<String, u32>,
+    skipped: BTreeSet<String>,
+}
+
+impl RouteRetries {
+    pub fn new(checkpoint: &std::path::Path, limit: u32) -> Self {
+        let name = checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let path = checkpoint.with_file_name(format!(".{}.route-crashes", name.trim_start_matches('.')));
+        let saved: serde_json::Value =
+            std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(serde_json::Value::Null);
+        let counts = saved["counts"]
+            .as_object()
+            .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), u32::try_from(v.as_u64()?).ok()?))).collect())
+            .unwrap_or_default();
+        let skipped = saved["skipped"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        RouteRetries { limit, path, counts, skipped }
+    }
+
+    pub fn skipped(&self) -> BTreeSet<String> {
+        self.skipped.clone()
+    }
+
+    /// One more simulation crash on `route`; returns its count.
+    fn count(&mut self, route: &str) -> u32 {
+        let n = self.counts.entry(route.to_string()).or_default();
+        *n += 1;
+        let n = *n;
+        self.save();
+        n
+    }
+
+    fn skip(&mut self, route: &str) {
+        self.skipped.insert(route.to_string());
+        self.save();
+    }
+
+    fn save(&self) {
+        let doc = serde_json::json!({"counts": self.counts, "skipped": self.skipped});
+        let tmp = self.path.with_extension("tmp");
+        if std::fs::write(&tmp, doc.to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.path);
+        }
+    }
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -44,6 +122,7 @@ impl Agent {
             command,
             checkpoint,
             run_as: None,
+            route_retries: None,
             guard,
             next_observe: Instant::now(),
             seen: None,
@@ -60,6 +139,45 @@ impl Agent {
         if matches!(self.guard.observe(), Ok(Observed::CopiedLastGood | Observed::Unchanged)) {
             // Only a version that parsed is remembered: a half-written one is looked at again next tick.
             self.seen = stat;
+        }
+    }
+
+    /// `--route-retries`: after attempt `prev` crashed, counts a simulation crash against the route it was on, and
+    /// moves past the route once it has crashed the simulator `limit` times.
+    fn count_route_crash(&mut self, eng: &mut Engine, prev: Attempt) {
+        let Some(rr) = self.route_retries.as_mut() else { return };
+        let Ok(Some(value)) = checkpoint::read_results(&self.checkpoint) else { return };
+        let running = eng.log_file.as_deref().and_then(last_route_prepared);
+        let Some((route, recorded)) = checkpoint::crashed_route(&value, running.as_deref()) else {
+            eng.note("route retries: cannot tell which route the crashed attempt was on; not counted");
+            return;
+        };
+        // Recorded by the evaluator as a simulation crash, or the simulator's crash marker came first (the agent's
+        // own crash, e.g. a hang, makes the simulator write its marker after the agent's).
+        let dir = &eng.common.status_dir;
+        let mtime = |m: Marker| std::fs::symlink_metadata(dir.join(m.file_name())).and_then(|m| m.modified()).ok();
+        let sim = mtime(Marker::Crash { role: Role::Simulator, worker: eng.worker, attempt: prev });
+        let agent = mtime(Marker::Crash { role: Role::Agent, worker: eng.worker, attempt: prev });
+        let simulation =
+            recorded || matches!((sim, agent), (Some(s), Some(a)) if s <= a) || (sim.is_some() && agent.is_none());
+        if !simulation {
+            return;
+        }
+        let n = rr.count(&route);
+        if n < rr.limit {
+            eng.note(&format!("route retries: {route} crashed the simulator ({n} of {})", rr.limit));
+            return;
+        }
+        match checkpoint::skip_route(&self.checkpoint, &route) {
+            Ok(Some(skip)) => {
+                rr.skip(&route);
+                eng.note(&format!("route retries: {route} crashed the simulator {n} times: {skip}"));
+            }
+            Ok(None) => eng.note(&format!(
+                "route retries: {route} crashed the simulator {n} times, but the checkpoint is not in a shape that \
+                 can be moved past it safely; left as it is"
+            )),
+            Err(e) => eng.note(&format!("route retries: cannot move past {route}: {e}")),
         }
     }
 
@@ -165,7 +283,8 @@ impl RoleSpec for Agent {
         eng.write(Marker::Start { role: Role::Agent, worker: w, attempt });
         self.crashed_before = !set.crashes(Role::Agent, w).is_empty();
         if self.crashed_before || checkpoint::exists_with_data(&self.checkpoint) {
-            match self.guard.prepare_resume() {
+            let skipped = self.route_retries.as_ref().map(|r| r.skipped()).unwrap_or_default();
+            match self.guard.prepare_resume_skipping(&skipped) {
                 Ok(repairs) => {
                     for r in repairs {
                         eng.note(&format!("checkpoint repaired before resuming: {r}"));
@@ -173,6 +292,9 @@ impl RoleSpec for Agent {
                 }
                 Err(e) => eng.note(&format!("cannot check the checkpoint before resuming: {e}")),
             }
+        }
+        if attempt.0 > 0 && self.route_retries.is_some() {
+            self.count_route_crash(eng, Attempt(attempt.0 - 1));
         }
         Ok(())
     }
