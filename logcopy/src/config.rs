@@ -111,6 +111,10 @@ pub struct RunArgs {
     /// Timeout of one EvalAI request.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "20")]
     pub request_timeout: String,
+    /// Timeout of one S3 or DynamoDB request attempt (the SDK retries a timed-out attempt; a failed upload is
+    /// retried at the next sync).
+    #[arg(long, env = "STORAGE_TIMEOUT", default_value = "60")]
+    pub storage_timeout: String,
     /// Log format on stdout (the volume's logcopy/logcopy.log gets the same).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -279,6 +283,7 @@ pub struct RunConfig {
     pub final_timeout: Duration,
     pub debounce: Duration,
     pub request_timeout: Duration,
+    pub storage_timeout: Duration,
     pub log_format: LogFormat,
     pub once: bool,
     pub max_results_bytes: u64,
@@ -418,6 +423,11 @@ impl RunArgs {
             request_timeout: duration(
                 "--request-timeout / REQUEST_TIMEOUT",
                 &self.request_timeout,
+                Duration::from_millis(100),
+            )?,
+            storage_timeout: duration(
+                "--storage-timeout / STORAGE_TIMEOUT",
+                &self.storage_timeout,
                 Duration::from_millis(100),
             )?,
             log_format: self.log_format,

@@ -33,7 +33,7 @@ use crate::results::{self, Input, Version, evalai};
 use crate::volume::watch::{Debounce, watch};
 use crate::volume::{FileStamp, Layout, atomic_write};
 use std::collections::{BTreeSet, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use supervisor::markers::{Marker, Role, StatusSet, WorkerId};
 use tokio::sync::{mpsc, watch as watch_channel};
@@ -83,6 +83,21 @@ impl Worker {
             return false;
         }
         self.stamp = stamp;
+        if self.good.is_none() && !matches!(file::load(&self.path, max_bytes), Ok(Loaded::Data(_))) {
+            // Nothing good of our own yet (a fresh start, a restart) and the file caught half-written: the agent
+            // supervisor's last good copy beside it is what the evaluator last wrote whole. Publishing less than
+            // that would regress what EvalAI already shows.
+            let copy = supervisor::checkpoint::last_good_path(&self.path);
+            if let Ok(Loaded::Data(v)) = file::load(&copy, max_bytes) {
+                warn!(
+                    worker = self.id,
+                    file = %self.rel,
+                    "the results file does not parse now; using the supervisor's last good copy beside it"
+                );
+                self.good = Some(v);
+                return true;
+            }
+        }
         let keeping = if self.good.is_some() { "; keeping its last good parse" } else { "" };
         match file::load(&self.path, max_bytes) {
             Ok(Loaded::Data(v)) => {
@@ -452,7 +467,7 @@ pub async fn run(cfg: RunConfig) -> Result<End, SetupError> {
     let key = ItemKey { team_id: cfg.team_id.clone(), submission_id: prefix.clone() };
     match &cfg.storage {
         StorageTarget::Aws { bucket, table } => {
-            let sdk = aws_config::load_from_env().await;
+            let sdk = crate::publish::store::sdk_config(cfg.storage_timeout).await;
             let store = StorageSink::new(S3Store::new(&sdk, bucket), &root, &prefix, &target, cfg.logs_period);
             sinks.push(spawn_sink(store, snap_tx.subscribe(), ev_tx.clone()));
             let url = format!("s3://{bucket}/{prefix}");
@@ -549,6 +564,15 @@ impl Engine {
         for dir in [self.state.layout.evalai_dir(), self.state.layout.root.join("logcopy")] {
             if let Err(e) = std::fs::create_dir_all(&dir) {
                 warn!("cannot create {}: {e}", dir.display());
+            }
+        }
+        // A logcopy killed while writing an output leaves its temporary file: never an output, remove it.
+        let merged_dir = self.state.layout.merged_file().parent().map(Path::to_path_buf);
+        for dir in [Some(self.state.layout.evalai_dir()), merged_dir].into_iter().flatten() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(crate::volume::TEMP_PREFIX) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
         let (_watcher, mut fs_events) = match watch(&self.state.layout.root) {

@@ -69,7 +69,7 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport, RestoreError>
     let report = if cfg.resume {
         match &cfg.storage {
             StorageTarget::Aws { bucket, .. } => {
-                let sdk = aws_config::load_from_env().await;
+                let sdk = crate::publish::store::sdk_config(crate::publish::store::DEFAULT_STORAGE_TIMEOUT).await;
                 download(Arc::new(S3Store::new(&sdk, bucket)), cfg, &prefix).await?
             }
             StorageTarget::Local { out } => download(Arc::new(LocalStore::new(&out.join("s3"))), cfg, &prefix).await?,

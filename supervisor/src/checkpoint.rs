@@ -51,6 +51,13 @@ pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
 const SIMULATION_CRASHED: &str = "Simulation crashed";
 
 /// Watches one worker's checkpoint and keeps its last good copy.
+/// Where the agent supervisor keeps the last good copy of a checkpoint: `.<name>.last-good` beside it. logcopy
+/// reads it when the checkpoint itself is caught half-written and it has no good parse of its own yet.
+pub fn last_good_path(checkpoint: &Path) -> PathBuf {
+    let name = checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    checkpoint.with_file_name(format!(".{name}.last-good"))
+}
+
 #[derive(Debug)]
 pub struct Guard {
     checkpoint: PathBuf,
@@ -164,8 +171,7 @@ pub fn exists_with_data(path: &Path) -> bool {
 impl Guard {
     /// A guard for `checkpoint`; its last good copy is `.<file name>.last-good` in the same folder.
     pub fn new(checkpoint: &Path) -> Guard {
-        let name = checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let last_good = checkpoint.with_file_name(format!(".{name}.last-good"));
+        let last_good = last_good_path(checkpoint);
         Guard { checkpoint: checkpoint.to_path_buf(), last_good, copied: None, primed: false }
     }
 

@@ -7,7 +7,7 @@
 //! most once every `LOGS_PERIOD`, and always at the final flush. Steady state makes no S3 request.
 
 use super::store::ObjectStore;
-use super::{Sink, SinkEvent, Snapshot};
+use super::{End, Sink, SinkEvent, Snapshot};
 use crate::volume::TEMP_PREFIX;
 use crate::volume::manifest::{Entry, MANIFEST_REL, Manifest, mtime_ns, sha256};
 use crate::volume::safe::{object_key, open_beneath, open_root, walk};
@@ -147,6 +147,42 @@ impl<S: ObjectStore> StorageSink<S> {
         (jobs, deferred, manifest_changed)
     }
 
+    /// At the end: one LIST of the prefix, compared with the manifest by size. An object that is missing or of
+    /// another size (an upload of a killed logcopy that the server completed after a newer one, or a change made
+    /// behind our back) is forgotten, so that the next pass uploads it again. Returns how many.
+    async fn verify(&mut self) -> usize {
+        let listed = match self.store.list(&format!("{}/", self.prefix)).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot list the uploaded objects to check them");
+                return 0;
+            }
+        };
+        let remote: HashMap<&str, u64> = listed
+            .iter()
+            .filter_map(|o| Some((o.key.strip_prefix(&self.prefix)?.strip_prefix('/')?, o.size)))
+            .collect();
+        let stale: Vec<String> = self
+            .manifest
+            .files
+            .iter()
+            .filter(|(rel, e)| remote.get(rel.as_str()) != Some(&e.size))
+            .map(|(rel, _)| rel.clone())
+            .collect();
+        for rel in &stale {
+            self.manifest.files.remove(rel);
+        }
+        if !stale.is_empty() {
+            warn!(
+                objects = stale.len(),
+                first = %stale[0],
+                "objects in the store differ from what was uploaded (an interrupted upload completed late?): \
+                 uploading them again"
+            );
+        }
+        stale.len()
+    }
+
     /// One sync pass.
     pub async fn sync(&mut self, final_flush: bool) -> SyncReport {
         let (jobs, deferred, mut manifest_changed) = self.plan(final_flush);
@@ -210,11 +246,22 @@ impl<S: ObjectStore> Sink for StorageSink<S> {
                 r = snapshots.changed() => r.is_err(),
                 _ = tick.tick() => false,
             };
-            let ending = closed || snapshots.borrow().end.is_some();
-            let report = self.sync(ending).await;
+            let end = snapshots.borrow().end.clone();
+            let ending = closed || end.is_some();
+            let mut report = self.sync(ending).await;
             if ending {
-                if report.failed > 0 {
-                    // One more pass for what failed, within the flush budget the run loop enforces.
+                if !matches!(end, Some(End::Once)) && self.verify().await > 0 {
+                    report = self.sync(true).await;
+                }
+                // What failed is tried again until it is uploaded: the run loop stops this task when the flush
+                // budget is spent.
+                let mut pause = Duration::from_millis(250);
+                while report.failed > 0 && !matches!(end, Some(End::Once)) {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    report = self.sync(true).await;
+                }
+                if matches!(end, Some(End::Once)) && report.failed > 0 {
                     self.sync(true).await;
                 }
                 return;

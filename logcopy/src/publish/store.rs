@@ -57,6 +57,20 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn delete(&self, keys: &[String]) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// Per-attempt timeout of S3 and DynamoDB requests when none is configured (`--storage-timeout`).
+pub const DEFAULT_STORAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The AWS SDK configuration from the standard chain (AWS_ENDPOINT_URL, AWS_REGION, IRSA, ...), with a timeout
+/// on every request attempt and on connecting: the SDK sets none of its own, so a server that accepts and never
+/// answers would hold an upload (and the final flush) forever. A timed-out attempt is retried by the SDK.
+pub async fn sdk_config(attempt_timeout: std::time::Duration) -> aws_config::SdkConfig {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(attempt_timeout.min(std::time::Duration::from_secs(10)))
+        .operation_attempt_timeout(attempt_timeout)
+        .build();
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts).load().await
+}
+
 /// Amazon S3 (or anything that speaks its protocol, e.g. moto_server through AWS_ENDPOINT_URL).
 pub struct S3Store {
     client: aws_sdk_s3::Client,
