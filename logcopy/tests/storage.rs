@@ -296,3 +296,49 @@ fn restore_private_status_keeps_the_shared_folders_from_the_evaluator() {
         }
     }
 }
+
+#[tokio::test]
+async fn hostile_names_links_and_special_files_are_skipped_without_blocking() {
+    use std::os::unix::ffi::OsStrExt;
+    let moto = Moto::start("hostile");
+    moto.setup("hostile").await;
+    let vol = volume("lb2.0-mid-run", "hostile");
+    let a1 = vol.join("agent/agent1");
+    // Links: a loop, a dangling one, one out of the volume, one to a folder out of it.
+    std::os::unix::fs::symlink(a1.join("loop-b.log"), a1.join("loop-a.log")).unwrap();
+    std::os::unix::fs::symlink(a1.join("loop-a.log"), a1.join("loop-b.log")).unwrap();
+    std::os::unix::fs::symlink(a1.join("nowhere"), a1.join("dangling.log")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../etc/passwd", a1.join("passwd.log")).unwrap();
+    std::os::unix::fs::symlink("/etc", a1.join("etc")).unwrap();
+    // A UNIX socket and a FIFO (reading either would block).
+    let _sock = std::os::unix::net::UnixListener::bind(a1.join("agent.sock")).unwrap();
+    let fifo = std::ffi::CString::new(a1.join("pipe.log").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // Names that are no S3 key: a newline, a tab, invalid UTF-8.
+    std::fs::write(a1.join("bad\nname.log"), b"x").unwrap();
+    std::fs::write(a1.join("tab\tname.log"), b"x").unwrap();
+    std::fs::write(a1.join(std::ffi::OsStr::from_bytes(b"latin1-\xe9.log")), b"x").unwrap();
+    // A deep folder chain with a file at the bottom (a legal name: uploaded).
+    let mut deep = vol.join("simulator");
+    for i in 0..40 {
+        deep = deep.join(format!("d{i}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("bottom.log"), b"deep").unwrap();
+
+    let start = Instant::now();
+    let out = moto::run_command_for_test(&moto, "hostile", &vol, &["--once"]).output().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(60), "logcopy blocked");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let objects = moto.objects("hostile").await;
+    for bad in ["loop-", "dangling", "passwd", "/etc/", "agent.sock", "pipe.log", "name.log", "latin1"] {
+        assert!(!objects.keys().any(|k| k.contains(bad)), "{bad} was uploaded: {:?}", objects.keys());
+    }
+    assert!(objects.keys().any(|k| k.ends_with("/d39/bottom.log")), "the deep file was not uploaded");
+    assert!(objects.contains_key("4321/agent/agent1/agent_results.json"), "the regular files were uploaded");
+    for skipped in ["a symbolic link", "a FIFO", "a socket", "control character", "not valid UTF-8"] {
+        assert!(log.contains(skipped), "no warning about {skipped}:\n{log}");
+    }
+}

@@ -48,7 +48,18 @@ pub fn walk(root: &Path, exclude: &dyn Fn(&Path) -> bool) -> (Vec<Found>, Vec<Sk
             } else if ft.is_file() {
                 files.push(Found { rel });
             } else {
-                let reason = if ft.is_symlink() { "a symbolic link" } else { "not a regular file" };
+                use std::os::unix::fs::FileTypeExt;
+                let reason = if ft.is_symlink() {
+                    "a symbolic link (never followed)"
+                } else if ft.is_fifo() {
+                    "a FIFO, not a regular file"
+                } else if ft.is_socket() {
+                    "a socket, not a regular file"
+                } else if ft.is_block_device() || ft.is_char_device() {
+                    "a device, not a regular file"
+                } else {
+                    "not a regular file"
+                };
                 skipped.push(Skipped { rel, reason });
             }
         }

@@ -198,6 +198,11 @@ fn run_command(moto: &Moto, bucket: &str, vol: &Path, extra: &[&str]) -> Command
     cmd
 }
 
+/// The `logcopy run` command against moto, for a test that reads its output itself.
+pub fn run_command_for_test(moto: &Moto, bucket: &str, vol: &Path, extra: &[&str]) -> Command {
+    run_command(moto, bucket, vol, extra)
+}
+
 /// Runs `logcopy run` to its end and returns its exit code.
 pub fn logcopy(moto: &Moto, bucket: &str, vol: &Path, extra: &[&str]) -> i32 {
     let out = run_command(moto, bucket, vol, extra).output().unwrap();
