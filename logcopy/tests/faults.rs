@@ -4,8 +4,8 @@
 //! - every kind of remote fault at once (500, 503, 429 with Retry-After, connection closed or refused, reset mid
 //!   answer, answers slower than the timeout) on S3, DynamoDB and EvalAI: the run completes, S3 equals the volume,
 //!   DynamoDB and EvalAI hold the final record;
-//! - EvalAI down (a shortened outage; `cargo bench -p logcopy --bench faults` runs the ten minutes): the
-//!   evaluation goes on, S3 stays current, the newest result reaches EvalAI when it is back;
+//! - EvalAI down (15 s here; `EVALAI_OUTAGE_SECONDS=600 cargo test -p logcopy --test faults evalai_down` runs the
+//!   ten minutes): the evaluation goes on, S3 stays current, the newest result reaches EvalAI when it is back;
 //! - logcopy SIGKILLed 20 times at random points while it uploads, with worker files caught half-written:
 //!   S3 ends equal to the volume, EvalAI never gets a partial result with fewer routes than an earlier one,
 //!   start_time never changes;
