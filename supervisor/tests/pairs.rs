@@ -829,3 +829,24 @@ fn without_route_retries_a_poison_route_spends_the_attempt_budget() {
     ensure!(scene, scene.has("agent-1.failed") || scene.has("simulator-1.failed"), "the worker failed for good");
     ensure!(scene, scene.records() <= 3, "it never got past the poison route: {} records", scene.records());
 }
+
+#[test]
+fn a_forged_marker_of_this_side_is_logged_as_such() {
+    // The participant's code (in the agent container) writes a marker of the agent side that its supervisor did
+    // not write; the supervisor says so (and goes on: a start marker changes nothing).
+    let mut scene = Scene::new("forged");
+    scene.env("FAKE_EVAL_ROUTE_SECONDS", "0.6");
+    let (mut sim, mut agent) = scene.pair();
+    wait_records(&scene, 1);
+    scene.touch("agent-1.start7");
+    expect_exit(&scene, &mut agent, 0, RUN);
+    expect_exit(&scene, &mut sim, 0, STEP);
+    let out = scene.output(&agent);
+    ensure!(
+        scene,
+        out.contains("agent-1.start7 appeared in the status folder, but this supervisor did not write it"),
+        "not logged"
+    );
+    ensure!(scene, !out.contains("agent-1.start0 appeared"), "its own markers are not reported");
+    assert_complete(&scene, 5);
+}

@@ -18,7 +18,8 @@ use crate::config::{Common, RestartMode};
 use crate::markers::{Attempt, Marker, Role, StatusSet, WorkerId};
 use crate::reaper::{self, Exit, SignalEvent};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -76,6 +77,11 @@ pub struct Engine {
     /// A terminating signal that arrived; the supervisor exits after the child does.
     terminating: Option<i32>,
     _watcher: Option<RecommendedWatcher>,
+    /// This side's own markers that it wrote, or found at its first look (an earlier container's): any other
+    /// marker of this side that appears was written by someone else.
+    own: RefCell<Option<HashSet<String>>>,
+    /// Forged markers already logged.
+    forged: RefCell<HashSet<String>>,
 }
 
 impl Engine {
@@ -103,8 +109,18 @@ impl Engine {
             .and_then(|mut w| w.watch(&common.status_dir, RecursiveMode::NonRecursive).map(|()| w))
             .ok()
         };
-        let eng =
-            Engine { role, worker, common, log_file, rx, reaped: HashMap::new(), terminating: None, _watcher: watcher };
+        let eng = Engine {
+            role,
+            worker,
+            common,
+            log_file,
+            rx,
+            reaped: HashMap::new(),
+            terminating: None,
+            _watcher: watcher,
+            own: RefCell::new(None),
+            forged: RefCell::new(HashSet::new()),
+        };
         if eng._watcher.is_none() {
             eng.note("cannot watch the status folder; polling it alone");
         }
@@ -116,13 +132,40 @@ impl Engine {
     }
 
     pub fn markers(&self) -> StatusSet {
-        StatusSet::read(&self.common.status_dir).unwrap_or_else(|e| {
+        let set = StatusSet::read(&self.common.status_dir).unwrap_or_else(|e| {
             self.note(&format!("cannot read {}: {e}", self.common.status_dir.display()));
             StatusSet::default()
-        })
+        });
+        self.check_forged(&set);
+        set
+    }
+
+    /// Markers are evidence, not commands: a marker of this side that this supervisor did not write (and that
+    /// was not there when it started) was forged, by the participant's code, which can write the status folder
+    /// unless `--run-as` and `logcopy restore --private-status` keep it out. It is logged once.
+    fn check_forged(&self, set: &StatusSet) {
+        let mine = |m: &&Marker| m.role() == Some(self.role) && m.worker() == Some(self.worker);
+        let mut own = self.own.borrow_mut();
+        let Some(own) = own.as_mut() else {
+            *own = Some(set.iter().filter(mine).map(Marker::file_name).collect());
+            return;
+        };
+        for m in set.iter().filter(mine) {
+            let name = m.file_name();
+            if !own.contains(&name) && self.forged.borrow_mut().insert(name.clone()) {
+                self.note(&format!(
+                    "{name} appeared in the status folder, but this supervisor did not write it: a forged marker \
+                     (the participant's code can write the status folder; --run-as with logcopy restore \
+                     --private-status keeps it out)"
+                ));
+            }
+        }
     }
 
     pub fn write(&self, marker: Marker) {
+        if let Some(own) = self.own.borrow_mut().as_mut() {
+            own.insert(marker.file_name());
+        }
         match marker.create_in(&self.common.status_dir) {
             Ok(()) => self.note(&format!("wrote {marker}")),
             Err(e) => self.note(&format!("cannot write {marker}: {e}")),
