@@ -6,13 +6,13 @@
 //! uploads those whose content differs from what was uploaded. A file that keeps changing (a log) goes again at
 //! most once every `LOGS_PERIOD`, and always at the final flush. Steady state makes no S3 request.
 
-use super::store::ObjectStore;
+use super::store::{ObjectStore, StoreError};
 use super::{End, Sink, SinkEvent, Snapshot};
 use crate::volume::TEMP_PREFIX;
 use crate::volume::manifest::{Entry, MANIFEST_REL, Manifest, mtime_ns, sha256};
 use crate::volume::safe::{object_key, open_beneath, open_root, walk};
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,10 +47,12 @@ pub fn excluded(rel: &Path) -> bool {
 }
 
 /// A file to upload, hashed and opened.
+/// One upload. The file is opened again (beneath the root, no link followed) only when its upload starts, so a
+/// sync of 100,000 changed files holds at most CONCURRENCY of them open.
 struct Job {
     rel: String,
     key: String,
-    file: std::fs::File,
+    path: PathBuf,
     entry: Entry,
 }
 
@@ -118,14 +120,14 @@ impl<S: ObjectStore> StorageSink<S> {
                 deferred += 1;
                 continue;
             }
-            let (mut file, len) = match open_beneath(&root_fd, &f.rel) {
+            let (file, len) = match open_beneath(&root_fd, &f.rel) {
                 Ok(x) => x,
                 Err(e) => {
                     self.warn_once(format!("not uploaded: {rel}: {e}"));
                     continue;
                 }
             };
-            let Ok((hash, n)) = sha256((&mut file).take(len)) else { continue };
+            let Ok((hash, n)) = sha256(file.take(len)) else { continue };
             let entry = Entry { size: n, sha256: hash, mtime_ns: mtime_ns(&meta), ino: meta.ino() };
             if let Some(old) = self.manifest.files.get_mut(&rel)
                 && old.size == entry.size
@@ -136,10 +138,7 @@ impl<S: ObjectStore> StorageSink<S> {
                 manifest_changed = true;
                 continue;
             }
-            if file.seek(SeekFrom::Start(0)).is_err() {
-                continue;
-            }
-            jobs.push(Job { rel, key, file, entry });
+            jobs.push(Job { rel, key, path: f.rel.clone(), entry });
         }
         if !final_flush && jobs.iter().all(|j| j.rel == OWN_LOG_REL) {
             jobs.clear();
@@ -189,12 +188,17 @@ impl<S: ObjectStore> StorageSink<S> {
         let mut report = SyncReport { deferred, ..SyncReport::default() };
         let mut pending = jobs.into_iter();
         let mut running = JoinSet::new();
+        let root_fd = if pending.len() > 0 { open_root(&self.root).ok().map(Arc::new) } else { None };
         loop {
             while running.len() < CONCURRENCY {
                 let Some(job) = pending.next() else { break };
+                let Some(root_fd) = root_fd.clone() else { break };
                 let store = self.store.clone();
                 running.spawn(async move {
-                    let r = store.put(&job.key, job.file, job.entry.size).await;
+                    let r = match open_beneath(&root_fd, &job.path) {
+                        Ok((file, _)) => store.put(&job.key, file, job.entry.size).await,
+                        Err(e) => Err(StoreError { op: "open", key: job.key.clone(), reason: e.to_string() }),
+                    };
                     (job.rel, job.entry, r)
                 });
             }
