@@ -18,7 +18,7 @@ import unittest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(os.environ.get("LOCAL_JOB_BIN_DIR", ROOT / "target/debug"))
+BIN = Path(os.environ.get("LOCAL_JOB_BIN_DIR", Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"))
 RECORDED = ROOT / "fixtures/volumes/lb2.0-finished"
 ROUTE_IDS = [f"RouteScenario_{i}_rep0" for i in range(20)]
 

@@ -14,7 +14,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-BIN = os.environ.get("CHECK_BIN_DIR", str(ROOT / "target/debug"))
+BIN = os.environ.get("CHECK_BIN_DIR", str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"))
 
 
 def manifest():
