@@ -30,8 +30,11 @@
 //! On failure (the double does not start, logcopy exits early, ...) the benchmark says what failed, kills what it
 //! started, keeps the scratch folder (the logs of both programs are there) and exits 1.
 
+mod common;
+
 use anyhow::{Context, Result, anyhow, bail};
-use logcopy::results::pyjson::{self, Object, Value};
+use common::{array, cpu_seconds, field, memory_kib};
+use logcopy::results::pyjson::{self, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -39,7 +42,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -378,24 +380,6 @@ fn set_penalty(record: &mut Value, penalty: f64) -> Result<()> {
     Ok(())
 }
 
-fn object(v: &mut Value) -> Result<&mut Object> {
-    match v {
-        Value::Object(o) => Ok(Arc::make_mut(o)),
-        other => bail!("expected an object, found {}", other.type_name()),
-    }
-}
-
-fn field<'a>(v: &'a mut Value, key: &str) -> Result<&'a mut Value> {
-    object(v)?.get_mut(key).ok_or_else(|| anyhow!("no `{key}` in a results file"))
-}
-
-fn array(v: &mut Value) -> Result<&mut Vec<Value>> {
-    match v {
-        Value::Array(a) => Ok(Arc::make_mut(a)),
-        other => bail!("expected a list, found {}", other.type_name()),
-    }
-}
-
 fn records(file: &Value) -> Result<&[Value]> {
     file.as_object()
         .and_then(|o| o.get("_checkpoint"))
@@ -722,39 +706,6 @@ fn busiest_minute(records: &[RequestRecord]) -> usize {
         best = best.max(hi - lo + 1);
     }
     best
-}
-
-/// utime + stime of a process, in seconds (`/proc/<pid>/stat`, fields 14 and 15).
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    // The command name (field 2) is in parentheses and may hold spaces: count fields after its closing one.
-    let after = stat.rfind(')').map(|i| &stat[i + 1..]).ok_or_else(|| anyhow!("{path}: unexpected format"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |n: usize| -> Result<u64> {
-        fields.get(n - 3).and_then(|f| f.parse().ok()).ok_or_else(|| anyhow!("{path}: no field {n}"))
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        n if n > 0 => n as f64,
-        _ => 100.0,
-    };
-    Ok((ticks(14)? + ticks(15)?) as f64 / hz)
-}
-
-/// (VmHWM, VmRSS) of a process in KiB.
-fn memory_kib(pid: u32) -> Result<(u64, u64)> {
-    let path = format!("/proc/{pid}/status");
-    let status = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let value = |key: &str| -> Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| anyhow!("{path}: no {key}"))
-    };
-    Ok((value("VmHWM:")?, value("VmRSS:")?))
 }
 
 fn exit_text(status: ExitStatus) -> String {

@@ -30,9 +30,11 @@
 //! Knobs: `SOAK_KEEP=1`; `SOAK_NOFILE=N` runs logcopy with an open-file soft limit of N (default: inherited);
 //! `SOAK_EVALAI_RPM=N` adds `--evalai-rpm N` (default: logcopy's own, 6 a minute, which paces the PUTs).
 
-use anyhow::{Context, Result, anyhow, bail};
-use logcopy::results::model::INFRACTIONS_V2 as INFRACTIONS;
-use logcopy::results::pyjson::{self, Object, Value};
+mod common;
+
+use anyhow::{Context, Result, bail};
+use common::{array, cpu_seconds, field, memory_kib, obj, record};
+use logcopy::results::pyjson::{self, Value};
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -723,49 +725,6 @@ fn write_block(f: &mut File, block: &[u8], len: u64, offset: usize) -> Result<()
     Ok(())
 }
 
-fn obj(entries: Vec<(&str, Value)>) -> Value {
-    Value::object(entries.into_iter().collect::<Object>())
-}
-
-/// A realistic finished 2.0 route record (the generator of `benches/results.rs`).
-fn record(index: usize, route: usize, seed: u64) -> Value {
-    let x =
-        (seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 33) as f64 / (1u64 << 31) as f64;
-    let completed = x > 0.3;
-    let route_score = if completed { Value::Int(100) } else { Value::Float((x * 10000.0).round() / 100.0) };
-    let penalty = ((0.5 + x / 2.0) * 1e6).round() / 1e6;
-    let mut infractions: Vec<(&str, Value)> = INFRACTIONS.iter().map(|k| (*k, Value::empty_array())).collect();
-    infractions[2].1 = Value::array(vec![Value::str(
-        "Agent collided against object with type=vehicle.tesla.model3 and id=2451 at (x=-112.358, y=43.21, z=0.031)",
-    )]);
-    infractions[5].1 = Value::array(vec![Value::str(
-        "Agent went outside its route lanes for about 12.532 meters (3.97% of the completed route)",
-    )]);
-    obj(vec![
-        ("index", Value::Int(index as i64)),
-        ("route_id", Value::str(format!("RouteScenario_{route}_rep0"))),
-        ("status", Value::str(if completed { "Completed" } else { "Failed - Agent got blocked" })),
-        ("num_infractions", Value::Int(2)),
-        ("infractions", obj(infractions)),
-        (
-            "scores",
-            obj(vec![
-                ("score_route", route_score),
-                ("score_penalty", Value::Float(penalty)),
-                ("score_composed", Value::Float((penalty * 100.0 * x * 1e6).round() / 1e6)),
-            ]),
-        ),
-        (
-            "meta",
-            obj(vec![
-                ("route_length", Value::Float(500.0 + (x * 1e6).round() / 1e3)),
-                ("duration_game", Value::Float(150.05)),
-                ("duration_system", Value::Float(330.471)),
-            ]),
-        ),
-    ])
-}
-
 /// The files of 64 workers that have run all of the 10,000 routes, split into contiguous ranges.
 fn worker_files() -> Vec<Value> {
     let sensors: Vec<Value> = [
@@ -803,24 +762,6 @@ fn worker_files() -> Vec<Value> {
             ])
         })
         .collect()
-}
-
-fn object(v: &mut Value) -> Result<&mut Object> {
-    match v {
-        Value::Object(o) => Ok(Arc::make_mut(o)),
-        other => bail!("expected an object, found {}", other.type_name()),
-    }
-}
-
-fn field<'a>(v: &'a mut Value, key: &str) -> Result<&'a mut Value> {
-    object(v)?.get_mut(key).ok_or_else(|| anyhow!("no `{key}` in a results file"))
-}
-
-fn array(v: &mut Value) -> Result<&mut Vec<Value>> {
-    match v {
-        Value::Array(a) => Ok(Arc::make_mut(a)),
-        other => bail!("expected a list, found {}", other.type_name()),
-    }
 }
 
 struct Census {
@@ -1140,38 +1081,6 @@ impl Sampler {
         let _ = self.thread.join();
         std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()))
     }
-}
-
-/// utime + stime of a process, in seconds (`/proc/<pid>/stat`, fields 14 and 15).
-fn cpu_seconds(pid: impl std::fmt::Display) -> Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let after = stat.rfind(')').map(|i| &stat[i + 1..]).ok_or_else(|| anyhow!("{path}: unexpected format"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |n: usize| -> Result<u64> {
-        fields.get(n - 3).and_then(|f| f.parse().ok()).ok_or_else(|| anyhow!("{path}: no field {n}"))
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        n if n > 0 => n as f64,
-        _ => 100.0,
-    };
-    Ok((ticks(14)? + ticks(15)?) as f64 / hz)
-}
-
-/// (VmHWM, VmRSS) of a process in KiB.
-fn memory_kib(pid: impl std::fmt::Display) -> Result<(u64, u64)> {
-    let path = format!("/proc/{pid}/status");
-    let status = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let value = |key: &str| -> Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| anyhow!("{path}: no {key}"))
-    };
-    Ok((value("VmHWM:")?, value("VmRSS:")?))
 }
 
 /// The soft open-file limit of a process (`/proc/<pid>/limits`).

@@ -83,7 +83,8 @@ impl Worker {
             return false;
         }
         self.stamp = stamp;
-        if self.good.is_none() && !matches!(file::load(&self.path, max_bytes), Ok(Loaded::Data(_))) {
+        let loaded = file::load(&self.path, max_bytes);
+        if self.good.is_none() && !matches!(loaded, Ok(Loaded::Data(_))) {
             // Nothing good of our own yet (a fresh start, a restart) and the file caught half-written: the agent
             // supervisor's last good copy beside it is what the evaluator last wrote whole. Publishing less than
             // that would regress what EvalAI already shows.
@@ -99,7 +100,7 @@ impl Worker {
             }
         }
         let keeping = if self.good.is_some() { "; keeping its last good parse" } else { "" };
-        match file::load(&self.path, max_bytes) {
+        match loaded {
             Ok(Loaded::Data(v)) => {
                 self.problem = None;
                 self.good = Some(v);

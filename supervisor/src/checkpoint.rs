@@ -50,6 +50,23 @@ pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// `FAILURE_MESSAGES["Simulation"]`'s route status suffix; the evaluator tests it with `in`.
 const SIMULATION_CRASHED: &str = "Simulation crashed";
 
+/// The 12 infraction lists of a Leaderboard 2.0 RouteRecord, in the order the evaluator writes them
+/// (`PENALTY_NAME_DICT` order plus `route_timeout`).
+pub const INFRACTIONS_V2: [&str; 12] = [
+    "collisions_layout",
+    "collisions_pedestrian",
+    "collisions_vehicle",
+    "red_light",
+    "stop_infraction",
+    "outside_route_lanes",
+    "min_speed_infractions",
+    "yield_emergency_vehicle_infractions",
+    "scenario_timeouts",
+    "route_dev",
+    "vehicle_blocked",
+    "route_timeout",
+];
+
 /// Watches one worker's checkpoint and keeps its last good copy.
 /// Where the agent supervisor keeps the last good copy of a checkpoint: `.<name>.last-good` beside it. logcopy
 /// reads it when the checkpoint itself is caught half-written and it has no good parse of its own yet.
@@ -370,23 +387,8 @@ pub fn skip_route(path: &Path, route_id: &str) -> Result<Option<RouteSkip>, Chec
     } else if !records.iter().any(|r| r["route_id"].as_str() == Some(route_id)) && (n as i64) < total {
         // The record `StatisticsManager` writes for a route whose simulation crashed before it could score:
         // the RouteRecord shape of the spec (2.2), every infraction list empty, zero scores, no length.
-        let infractions: serde_json::Map<String, Value> = [
-            "collisions_layout",
-            "collisions_pedestrian",
-            "collisions_vehicle",
-            "red_light",
-            "stop_infraction",
-            "outside_route_lanes",
-            "min_speed_infractions",
-            "yield_emergency_vehicle_infractions",
-            "scenario_timeouts",
-            "route_dev",
-            "vehicle_blocked",
-            "route_timeout",
-        ]
-        .into_iter()
-        .map(|k| (k.to_string(), Value::Array(Vec::new())))
-        .collect();
+        let infractions: serde_json::Map<String, Value> =
+            INFRACTIONS_V2.into_iter().map(|k| (k.to_string(), Value::Array(Vec::new()))).collect();
         let record = serde_json::json!({
             "index": n,
             "route_id": route_id,

@@ -13,6 +13,7 @@ use crate::volume::manifest::{Entry, MANIFEST_REL, Manifest, mtime_ns, sha256};
 use crate::volume::safe::{object_key, open_beneath, open_root, walk};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,12 +88,13 @@ impl<S: ObjectStore> StorageSink<S> {
     }
 
     /// Finds what to upload: stat, then hash what changed. Blocking file I/O.
-    fn plan(&mut self, final_flush: bool) -> (Vec<Job>, usize, bool) {
+    /// Also returns the volume root it opened, beneath which the uploads open their files again.
+    fn plan(&mut self, final_flush: bool) -> (Vec<Job>, usize, bool, Option<Arc<OwnedFd>>) {
         let root_fd = match open_root(&self.root) {
             Ok(fd) => fd,
             Err(e) => {
                 self.warn_once(format!("cannot open the volume {}: {e}", self.root.display()));
-                return (Vec::new(), 0, false);
+                return (Vec::new(), 0, false, None);
             }
         };
         let (files, skipped) = walk(&self.root, &excluded);
@@ -138,12 +140,12 @@ impl<S: ObjectStore> StorageSink<S> {
                 manifest_changed = true;
                 continue;
             }
-            jobs.push(Job { rel, key, path: f.rel.clone(), entry });
+            jobs.push(Job { rel, key, path: f.rel, entry });
         }
         if !final_flush && jobs.iter().all(|j| j.rel == OWN_LOG_REL) {
             jobs.clear();
         }
-        (jobs, deferred, manifest_changed)
+        (jobs, deferred, manifest_changed, Some(Arc::new(root_fd)))
     }
 
     /// At the end: one LIST of the prefix, compared with the manifest by size. An object that is missing or of
@@ -184,11 +186,10 @@ impl<S: ObjectStore> StorageSink<S> {
 
     /// One sync pass.
     pub async fn sync(&mut self, final_flush: bool) -> SyncReport {
-        let (jobs, deferred, mut manifest_changed) = self.plan(final_flush);
+        let (jobs, deferred, mut manifest_changed, root_fd) = self.plan(final_flush);
         let mut report = SyncReport { deferred, ..SyncReport::default() };
         let mut pending = jobs.into_iter();
         let mut running = JoinSet::new();
-        let root_fd = if pending.len() > 0 { open_root(&self.root).ok().map(Arc::new) } else { None };
         loop {
             while running.len() < CONCURRENCY {
                 let Some(job) = pending.next() else { break };

@@ -45,21 +45,9 @@ impl Version {
     }
 }
 
-/// The 12 infraction kinds of 2.0, in `PENALTY_NAME_DICT` order plus `route_timeout`.
-pub const INFRACTIONS_V2: [&str; 12] = [
-    "collisions_layout",
-    "collisions_pedestrian",
-    "collisions_vehicle",
-    "red_light",
-    "stop_infraction",
-    "outside_route_lanes",
-    "min_speed_infractions",
-    "yield_emergency_vehicle_infractions",
-    "scenario_timeouts",
-    "route_dev",
-    "vehicle_blocked",
-    "route_timeout",
-];
+/// The 12 infraction kinds of 2.0, in `PENALTY_NAME_DICT` order plus `route_timeout` (defined beside the
+/// supervisor's checkpoint code, which writes a record with them too).
+pub use supervisor::checkpoint::INFRACTIONS_V2;
 
 /// The 9 infraction kinds of 1.0, in `RouteRecord` order.
 pub const INFRACTIONS_V1: [&str; 9] = [
