@@ -101,7 +101,7 @@ fn run(scratch: &Path) -> Result<()> {
 
     // 2. The EvalAI double.
     let server = FakeEvalAi::start(&fake_evalai, scratch)?;
-    println!("fake-evalai: 127.0.0.1:{} (60 requests / 60 s per token)", server.port);
+    println!("fake-evalai: 127.0.0.1:{} (60 requests / 60 s per host user)", server.port);
 
     // 3. logcopy.
     let logcopy_log = scratch.join("logcopy.out");

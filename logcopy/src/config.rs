@@ -66,8 +66,14 @@ pub struct RunArgs {
     #[arg(long, env = "EVALAI_TOKEN_FILE")]
     pub evalai_token_file: Option<PathBuf>,
     /// EvalAI API base URL, e.g. https://eval.ai. Without it, EvalAI requests go to the local embedded sink.
+    /// Plain http:// is refused unless the host is loopback (127.0.0.0/8, ::1, localhost) or
+    /// --allow-insecure-evalai is given.
     #[arg(long, env = "EVALAI_API_SERVER")]
     pub evalai_api_server: Option<String>,
+    /// Accept a plain http:// EvalAI server that is not loopback (an in-cluster fake, a staging server): the token
+    /// then travels unencrypted.
+    #[arg(long, env = "ALLOW_INSECURE_EVALAI")]
+    pub allow_insecure_evalai: bool,
     /// Full rescan period, the fallback for lost file events (seconds, or with a unit: 500ms, 10s, 2m).
     #[arg(long, env = "LOGS_PERIOD", default_value = "10")]
     pub logs_period: String,
@@ -90,8 +96,8 @@ pub struct RunArgs {
     /// Most EvalAI requests a minute for this submission (status GETs, PUTs and retries together).
     #[arg(long, env = "EVALAI_RPM", default_value = "6")]
     pub evalai_rpm: String,
-    /// Period of the EvalAI status GET, which notices a cancel.
-    #[arg(long, env = "STATUS_PERIOD", default_value = "30")]
+    /// Period of the EvalAI status GET, which notices a cancel (any GET counts: the one before each PUT too).
+    #[arg(long, env = "STATUS_PERIOD", default_value = "20")]
     pub status_period: String,
     /// Do not mark a fresh submission `running` on EvalAI at start (PATCH).
     #[arg(long, env = "NO_START_PATCH")]
@@ -333,6 +339,41 @@ fn number(setting: &'static str, s: &str, min: u32, max: u32) -> Result<u32, Con
     Ok(n)
 }
 
+/// The EvalAI base URL: https, or http to a loopback host (or anywhere with `allow_insecure`). The URL named in an
+/// error has its credentials removed.
+fn check_evalai_url(base: &str, allow_insecure: bool) -> Result<(), ConfigError> {
+    const SETTING: &str = "--evalai-api-server / EVALAI_API_SERVER";
+    let shown = crate::publish::evalai::redact_url(base);
+    let url = match reqwest::Url::parse(base) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https") && u.host().is_some() && !base.contains(char::is_whitespace) =>
+        {
+            u
+        }
+        _ => return Err(bad(SETTING, format!("{shown:?} is not an http(s) URL"))),
+    };
+    // The parser has normalised the host: IPv4 in dotted decimal, IPv6 in brackets, names in lower case.
+    let host = url.host_str().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if url.scheme() == "http" && !loopback && !allow_insecure {
+        return Err(bad(
+            SETTING,
+            format!(
+                "{shown:?} is plain http to a host that is not loopback: the token would travel unencrypted and \
+                 EvalAI's nginx answers it with a redirect; use https:// (or --allow-insecure-evalai / \
+                 ALLOW_INSECURE_EVALAI for an in-cluster or staging server)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A path under the volume: relative, with no `..`, so it can never leave the volume.
 fn volume_path(setting: &'static str, s: &str) -> Result<PathBuf, ConfigError> {
     let p = Path::new(s);
@@ -360,13 +401,7 @@ impl RunArgs {
             Some(out) => EvalAiTarget::Local { out },
             None => {
                 let base = self.evalai_api_server.as_deref().unwrap_or_default().trim().trim_end_matches('/');
-                if !(base.starts_with("https://") || base.starts_with("http://")) || base.contains(char::is_whitespace)
-                {
-                    return Err(bad(
-                        "--evalai-api-server / EVALAI_API_SERVER",
-                        format!("{base:?} is not an http(s) URL"),
-                    ));
-                }
+                check_evalai_url(base, self.allow_insecure_evalai)?;
                 let token = match (&self.evalai_token, &self.evalai_token_file) {
                     (_, Some(path)) => std::fs::read_to_string(path).map(|t| t.trim().to_string()).map_err(|e| {
                         bad("--evalai-token-file / EVALAI_TOKEN_FILE", format!("{}: {e}", path.display()))
@@ -495,11 +530,36 @@ mod tests {
     }
 
     #[test]
+    fn plain_http_only_to_loopback_unless_allowed() {
+        let args = |server: &'static str| {
+            let mut a = vec!["--evalai-api-server", server, "--evalai-token", "t", "--team-id", "9"];
+            a.extend(["--challenge-id", "1", "--submission-id", "2", "--track-id", "3"]);
+            a
+        };
+        for ok in
+            ["https://eval.ai", "http://127.0.0.1:8000", "http://127.3.4.5", "http://localhost:1/x", "http://[::1]:9"]
+        {
+            assert!(parse(&args(ok)).is_ok(), "{ok} is accepted");
+        }
+        let e = parse(&args("http://user:s3cr3t@eval.ai")).unwrap_err();
+        assert_eq!(e.setting, "--evalai-api-server / EVALAI_API_SERVER");
+        assert!(e.reason.contains("plain http") && e.reason.contains("http://eval.ai"), "{e}");
+        assert!(!e.to_string().contains("s3cr3t"), "credentials in the URL are never shown: {e}");
+        for bad in ["http://10.0.0.7:80", "http://127.0.0.1.nip.io", "http://localhost.evil.com"] {
+            assert!(parse(&args(bad)).is_err(), "{bad} is refused");
+        }
+        let mut allowed = args("http://evalai.evalai.svc:8000");
+        allowed.push("--allow-insecure-evalai");
+        assert!(parse(&allowed).is_ok());
+        assert!(parse(&args("ftp://eval.ai")).is_err());
+    }
+
+    #[test]
     fn local_mode_needs_no_ids() {
         let cfg = parse(&["--local", "/tmp/out"]).unwrap();
         assert_eq!(cfg.evalai, EvalAiTarget::Local { out: "/tmp/out".into() });
         assert_eq!((cfg.submission_id, cfg.team_id.as_str()), (1, "local"));
-        assert_eq!(cfg.status_period, Duration::from_secs(30));
+        assert_eq!(cfg.status_period, Duration::from_secs(20));
         assert_eq!(cfg.debounce, Duration::from_millis(250));
     }
 }

@@ -17,14 +17,14 @@
 //! Job's retries. Only bad configuration exits non-zero (2).
 
 use crate::config::{EvalAiTarget, RunConfig, StorageTarget};
-use crate::publish::evalai::{EvalAiSettings, EvalAiSink, HttpTransport};
+use crate::publish::evalai::{EvalAiSettings, EvalAiSink, HttpTransport, Transport, redact_url};
 use crate::publish::local::LocalTransport;
 use crate::publish::record::RecordSink;
 use crate::publish::retry::RetryPolicy;
 use crate::publish::s3sync::StorageSink;
 use crate::publish::store::{LocalStore, S3Store};
 use crate::publish::table::{DynamoTable, ItemKey, LocalTable};
-use crate::publish::{End, Outputs, Sink, SinkEvent, Snapshot};
+use crate::publish::{End, FinalDecision, Outputs, SinkEvent, Snapshot, spawn_supervised};
 use crate::restore::manifest_target;
 use crate::results::file::{self, Loaded};
 use crate::results::model::route_sort_key;
@@ -172,6 +172,8 @@ struct State {
     markers: StatusSet,
     /// Cancel markers this logcopy wrote.
     wrote_cancel: bool,
+    /// Why the last merge (or its conversion) failed; `None` after a good one. A run cannot end FINISHED on it.
+    merge_error: Option<String>,
 }
 
 impl State {
@@ -201,6 +203,7 @@ impl State {
             logged: HashSet::new(),
             markers: StatusSet::default(),
             wrote_cancel: false,
+            merge_error: None,
         }
     }
 
@@ -258,6 +261,7 @@ impl State {
             Err(f) => {
                 let msg = format!("merge failed, the last good results stay published: {}", f.error);
                 self.log_once(msg, |m| error!("{m}"));
+                self.merge_error = Some(f.error.to_string());
                 return false;
             }
         };
@@ -272,10 +276,23 @@ impl State {
             Err(e) => {
                 let msg = format!("EvalAI conversion failed, the last good results stay published: {e}");
                 self.log_once(msg, |m| error!("{m}"));
+                self.merge_error = Some(format!("the EvalAI conversion failed: {e}"));
                 return false;
             }
         };
-        let outputs = Outputs { merged: merged.to_bytes(), results, stdout };
+        self.merge_error = None;
+        let refused = non_finite_metric(&results).map(|metric| {
+            let from = self.workers.iter().filter(|w| w.good.as_ref().is_some_and(has_non_finite)).map(|w| w.id);
+            let from: Vec<String> = from.map(|id| id.to_string()).collect();
+            let msg = format!(
+                "the metric {metric:?} is not a finite number (from worker {}): EvalAI refuses such a result (400), \
+                 so no partial update is sent until it is",
+                if from.is_empty() { "?".to_string() } else { from.join(", ") }
+            );
+            self.log_once(msg.clone(), |m| error!("{m}"));
+            format!("the metric {metric:?} is not a finite number")
+        });
+        let outputs = Outputs { merged: merged.to_bytes(), results, stdout, refused };
         if self.outputs.as_deref() == Some(&outputs) {
             return false;
         }
@@ -404,6 +421,24 @@ impl State {
         self.wrote_cancel = true;
     }
 
+    /// The last word on a completed run, from the final files (re-read by [`Self::final_outputs`]): a final merge
+    /// that failed, or a metric EvalAI would refuse, makes it FAILED with that reason, never a FINISHED that
+    /// EvalAI answers with 400 (and leaves `running`), nor one that carries an older, shorter result.
+    fn final_verdict(&mut self, end: End) -> End {
+        let End::Completed { finished, reason } = end else { return end };
+        if let Some(e) = &self.merge_error {
+            let reason = format!("the final merge of the workers' results failed: {e}");
+            // Nothing computed from the final files: no result, no merged file, only the reason.
+            self.outputs = Some(Arc::new(Outputs { stdout: format!("{reason}\n"), ..Outputs::default() }));
+            return End::Completed { finished: false, reason };
+        }
+        if let Some(why) = self.outputs.as_ref().and_then(|o| o.refused.clone()) {
+            let reason = if finished { why } else { format!("{reason}; {why}") };
+            return End::Completed { finished: false, reason };
+        }
+        End::Completed { finished, reason }
+    }
+
     /// The last cycle before the sinks' final work: re-read everything; on an incomplete end, say what is missing.
     fn final_outputs(&mut self, end: &End) -> Option<Arc<Outputs>> {
         for w in &mut self.workers {
@@ -411,6 +446,7 @@ impl State {
         }
         self.cycle();
         if let End::Completed { finished: false, reason } = end
+            && self.merge_error.is_none()
             && let Some(o) = &self.outputs
         {
             let missing = self.missing_routes();
@@ -449,59 +485,73 @@ pub async fn run(cfg: RunConfig) -> Result<End, SetupError> {
     };
     let (snap_tx, snap_rx) = watch_channel::channel(Arc::new(Snapshot::default()));
     let (ev_tx, ev_rx) = mpsc::channel(64);
+    // The final status EvalAI was given; the DynamoDB record follows it (a cancel on EvalAI is final).
+    let decision: FinalDecision = Arc::new(watch_channel::channel(None).0);
     let mut sinks: Vec<JoinHandle<()>> = Vec::new();
+    // Every sink is supervised: one that dies is started again (`restarted`: an EvalAI sink then takes its budget
+    // as spent for a full window, and sends the newest payload once more).
+    fn evalai_sink<T: Transport>(
+        t: Arc<T>,
+        settings: EvalAiSettings,
+        decision: FinalDecision,
+    ) -> impl FnMut(bool) -> EvalAiSink<Arc<T>> + Send + 'static {
+        move |restarted| {
+            let sink = EvalAiSink::new(t.clone(), settings.clone()).with_decision(decision.clone());
+            if restarted { sink.restarted() } else { sink }
+        }
+    }
     sinks.push(match &cfg.evalai {
         EvalAiTarget::Http { base, token } => {
             let t = HttpTransport::new(base, token.clone(), cfg.request_timeout)
                 .map_err(|e| SetupError::Client(e.to_string()))?;
-            info!(server = %base, "publishing to EvalAI");
-            spawn_sink(EvalAiSink::new(t, settings), snap_rx, ev_tx.clone())
+            info!(server = %redact_url(base), "publishing to EvalAI");
+            spawn_supervised(evalai_sink(Arc::new(t), settings, decision.clone()), snap_rx, ev_tx.clone())
         }
         EvalAiTarget::Local { out } => {
             let t = LocalTransport::new(out).map_err(|e| SetupError::Client(format!("{}: {e}", out.display())))?;
             info!(requests = %t.requests_file().display(), "no EvalAI server configured: EvalAI requests go to the local file");
-            spawn_sink(EvalAiSink::new(t, settings), snap_rx, ev_tx.clone())
+            spawn_supervised(evalai_sink(Arc::new(t), settings, decision.clone()), snap_rx, ev_tx.clone())
         }
     });
     let prefix = cfg.submission_id.to_string();
     let target = manifest_target(&cfg.storage, &prefix);
     let key = ItemKey { team_id: cfg.team_id.clone(), submission_id: prefix.clone() };
+    // The record waits for EvalAI's final status at most half the final budget before it writes the run's own.
+    let decision_wait = cfg.final_timeout / 2;
+    let (final_status, period) = (cfg.final_status, cfg.logs_period);
     match &cfg.storage {
         StorageTarget::Aws { bucket, table } => {
             let sdk = crate::publish::store::sdk_config(cfg.storage_timeout).await;
-            let store = StorageSink::new(S3Store::new(&sdk, bucket), &root, &prefix, &target, cfg.logs_period);
-            sinks.push(spawn_sink(store, snap_tx.subscribe(), ev_tx.clone()));
+            let (sdk2, bucket2, root2, prefix2) = (sdk.clone(), bucket.clone(), root.clone(), prefix.clone());
+            let store = move |_| StorageSink::new(S3Store::new(&sdk2, &bucket2), &root2, &prefix2, &target, period);
+            sinks.push(spawn_supervised(store, snap_tx.subscribe(), ev_tx.clone()));
             let url = format!("s3://{bucket}/{prefix}");
-            let record = RecordSink::new(DynamoTable::new(&sdk, table), key, url, cfg.final_status, cfg.logs_period);
-            sinks.push(spawn_sink(record, snap_tx.subscribe(), ev_tx.clone()));
+            let (table2, d) = (table.clone(), decision.subscribe());
+            let record = move |_| {
+                RecordSink::new(DynamoTable::new(&sdk, &table2), key.clone(), url.clone(), final_status, period)
+                    .following(d.clone(), decision_wait)
+            };
+            sinks.push(spawn_supervised(record, snap_tx.subscribe(), ev_tx.clone()));
             info!(bucket, table, "syncing the volume to S3 and recording the submission in DynamoDB");
         }
         StorageTarget::Local { out } => {
             let objects = out.join("s3");
-            let store = StorageSink::new(LocalStore::new(&objects), &root, &prefix, &target, cfg.logs_period);
-            sinks.push(spawn_sink(store, snap_tx.subscribe(), ev_tx.clone()));
+            let (objects2, root2, prefix2) = (objects.clone(), root.clone(), prefix.clone());
+            let store = move |_| StorageSink::new(LocalStore::new(&objects2), &root2, &prefix2, &target, period);
+            sinks.push(spawn_supervised(store, snap_tx.subscribe(), ev_tx.clone()));
             let url = format!("file://{}/{prefix}", objects.display());
             let item = out.join("dynamodb.json");
-            let record = RecordSink::new(LocalTable::new(&item), key, url, cfg.final_status, cfg.logs_period);
-            sinks.push(spawn_sink(record, snap_tx.subscribe(), ev_tx.clone()));
+            let (item2, d) = (item.clone(), decision.subscribe());
+            let record = move |_| {
+                RecordSink::new(LocalTable::new(&item2), key.clone(), url.clone(), final_status, period)
+                    .following(d.clone(), decision_wait)
+            };
+            sinks.push(spawn_supervised(record, snap_tx.subscribe(), ev_tx.clone()));
             info!(objects = %objects.display(), item = %item.display(), "no S3 bucket configured: objects and the DynamoDB item go to local files");
         }
     }
-    drop(ev_tx);
+    drop((ev_tx, decision));
     Engine { state: State::new(cfg), snap_tx, events: ev_rx, sinks, seq: 0, unverified_cancel: None }.run().await
-}
-
-fn spawn_sink<S: Sink>(
-    sink: S,
-    rx: watch_channel::Receiver<Arc<Snapshot>>,
-    tx: mpsc::Sender<SinkEvent>,
-) -> JoinHandle<()> {
-    let name = sink.name();
-    let task = async move {
-        sink.run(rx, tx).await;
-        info!(sink = name, "sink finished");
-    };
-    tokio::spawn(tracing::Instrument::instrument(task, tracing::Span::current()))
 }
 
 struct Engine {
@@ -588,6 +638,14 @@ impl Engine {
 
         self.state.cycle();
         let marker_at_start = self.check_cancel_marker("at start");
+        // Every worker had already ended (a restart after the last route): straight to the end, whose final
+        // update carries the outputs; a partial update first would only spend the budget.
+        if !marker_at_start
+            && !cfg.once
+            && let Some(end) = self.state.completion()
+        {
+            return Ok(self.end(end).await);
+        }
         self.publish(None);
         if marker_at_start {
             // Left by an earlier logcopy that saw the cancel, or forged: EvalAI's answer decides before anything else.
@@ -671,14 +729,6 @@ impl Engine {
 
     /// The final flush: last cycle, final snapshot, the sinks' final work within its time budget.
     async fn end(mut self, end: End) -> End {
-        match &end {
-            End::Completed { finished: true, reason } => info!(reason, "all workers ended"),
-            End::Completed { finished: false, reason } => {
-                error!(reason, "all workers ended, the submission is incomplete")
-            }
-            End::Cancelled { reason } => info!(reason, "submission cancelled"),
-            End::Terminated | End::Once => {}
-        }
         if matches!(end, End::Cancelled { .. }) && !self.state.wrote_cancel {
             self.state.write_cancel_markers();
         }
@@ -689,6 +739,15 @@ impl Engine {
             error!("cannot write {}: {e}", Marker::LogcopyDone);
         }
         self.state.final_outputs(&end);
+        let end = self.state.final_verdict(end);
+        match &end {
+            End::Completed { finished: true, reason } => info!(reason, "all workers ended"),
+            End::Completed { finished: false, reason } => {
+                error!(reason, "all workers ended, the submission is incomplete")
+            }
+            End::Cancelled { reason } => info!(reason, "submission cancelled"),
+            End::Terminated | End::Once => {}
+        }
         self.publish(Some(end.clone()));
         let budget = match end {
             End::Terminated | End::Once => self.state.cfg.flush_budget,
@@ -724,5 +783,24 @@ async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) {
             s.recv().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+/// The first metric of a `results.json` whose value is not a finite number (NaN, Infinity), if any.
+fn non_finite_metric(results_json: &str) -> Option<String> {
+    let Ok(Value::Array(entries)) = crate::results::pyjson::parse(results_json.as_bytes()) else { return None };
+    entries.iter().find_map(|e| {
+        let acc = e.as_object()?.get("accuracies")?.as_object()?;
+        acc.iter().find(|(_, v)| matches!(v, Value::Float(f) if !f.is_finite())).map(|(k, _)| k.to_string())
+    })
+}
+
+/// Whether a worker's results hold a number that is not finite anywhere.
+fn has_non_finite(v: &Value) -> bool {
+    match v {
+        Value::Float(f) => !f.is_finite(),
+        Value::Array(a) => a.iter().any(has_non_finite),
+        Value::Object(o) => o.iter().any(|(_, v)| has_non_finite(v)),
+        _ => false,
     }
 }

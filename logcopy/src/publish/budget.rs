@@ -48,6 +48,14 @@ impl Budget {
         self.sent.push_back(now);
     }
 
+    /// Takes the whole window as spent at `now` (a sink that restarts knows nothing of what was sent before).
+    pub fn spend_all(&mut self, now: Instant) {
+        self.expire(now);
+        while self.sent.len() < self.per_window {
+            self.sent.push_back(now);
+        }
+    }
+
     /// The server said 429: nothing is sent before `until`.
     pub fn pause_until(&mut self, until: Instant) {
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
@@ -90,5 +98,15 @@ mod tests {
         b.pause_until(t0 + Duration::from_secs(5));
         assert_eq!(b.ready_at(t0, 1), t0 + Duration::from_secs(37), "a shorter pause does not cut a longer one");
         assert_eq!(b.ready_at(t0 + Duration::from_secs(40), 1), t0 + Duration::from_secs(40));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_waits_a_full_window() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(6);
+        b.spend(t0);
+        b.spend_all(t0 + Duration::from_secs(5));
+        assert_eq!(b.used(t0 + Duration::from_secs(5)), 6);
+        assert_eq!(b.ready_at(t0 + Duration::from_secs(5), 2), t0 + Duration::from_secs(65));
     }
 }

@@ -1,23 +1,31 @@
 //! Publishing to EvalAI within its request budget, without ever undoing a cancel.
 //!
 //! Replaces the GET + PUT pair that upstream's logcopy runs every 10 s with curl (12 requests a minute, failures
-//! ignored, a cancel overwritten by the PUT that follows it). Here:
-//! - a status GET every `--status-period` notices a cancel;
+//! ignored, a cancel overwritten by the PUT that follows it). EvalAI has no state machine: its partial update, its
+//! PATCH to `running` and its final `update_submission` all overwrite the status whatever it is
+//! (`apps/jobs/views.py`). So here:
+//! - every write (partial PUT, start PATCH, final PUT), each retry included, directly follows its own status GET,
+//!   with room in the budget for both reserved before the GET ([`EvalAiSink::guarded`]). A partial PUT or a PATCH
+//!   is dropped when that GET says `cancelled`; a final update is then CANCELLED, whatever the run decided. Once
+//!   cancelled or finished elsewhere, no partial PUT is sent again;
 //! - a new result is sent when its content changes, at once when the budget allows, otherwise coalesced so that
-//!   only the newest is sent; the same payload is never sent twice;
-//! - every partial PUT directly follows its own status GET, because EvalAI has no state machine and a PUT would
-//!   turn `cancelled` back into `partially_evaluated`. The periodic GET is not reused even when only a second old:
-//!   a cancel made in that second would be undone (the issue allows reusing a GET up to 2 s old; the cancel-race
-//!   test shows why we do not). Once cancelled or finished, no partial PUT is sent again;
-//! - every request counts against the budget ([`Budget`]), retries included; a 429 pauses all requests until its
-//!   Retry-After; 5xx, timeouts and broken connections are retried with full-jitter backoff; 401/403 are an
-//!   operator error (a bad token), logged and never read as a cancel;
-//! - at start, a submission still `submitted`, `queued` or `resuming` with no `started_at` is marked `running`
-//!   (upstream never does, so EvalAI shows no start or execution time); a restart that finds it running does not.
+//!   only the newest is sent; the same payload is never sent twice. Pairs are paced at least `120 / rpm` s apart,
+//!   so the budget is spread over the minute instead of spent in a burst and then waited for;
+//! - any GET counts as the periodic status check (every `--status-period`, 20 s by default), and while a change
+//!   waits the periodic GET never takes one of the last two free slots;
+//! - every request counts against the budget ([`Budget`]), retries and timed-out ones included (a request that
+//!   timed out may have reached EvalAI and counted there); a 429 pauses every request until its Retry-After
+//!   (at most [`MAX_RETRY_AFTER`]); 5xx, timeouts and broken connections are retried with full-jitter backoff;
+//!   401/403 are an operator error (a bad token), logged and never read as a cancel; a redirect is never followed
+//!   (reqwest would turn a PUT into a GET and drop the token), it is reported with its Location;
+//! - response bodies are read up to [`MAX_RESPONSE_BYTES`];
+//! - at start, a submission `submitted` or `queued` is marked `running` (EvalAI's re-run copies the original row,
+//!   `started_at` included, so the start time cannot decide it), and a `resuming` one only while it has no
+//!   `started_at` (a resumed submission keeps its id and its real start).
 
 use super::budget::Budget;
 use super::retry::RetryPolicy;
-use super::{End, Outputs, Sink, SinkEvent, Snapshot};
+use super::{End, FinalDecision, Outputs, Sink, SinkEvent, Snapshot};
 use crate::config::Secret;
 use serde::Serialize;
 use std::future::Future;
@@ -26,6 +34,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
+
+/// The longest pause a 429's Retry-After can impose (EvalAI's own window is 60 s).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The most of a response body that is read; the rest is dropped with the connection. EvalAI's answers here are
+/// a few KiB (the submission object, a success line, an error page).
+pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -52,10 +67,12 @@ pub struct Request {
     pub body: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Response {
     pub status: u16,
     pub retry_after: Option<Duration>,
+    /// The `Location` of a redirect, credentials removed.
+    pub location: Option<String>,
     pub body: String,
 }
 
@@ -75,7 +92,27 @@ pub trait Transport: Send + Sync + 'static {
     fn send(&self, req: &Request) -> impl Future<Output = Result<Response, TransportError>> + Send;
 }
 
-/// The real EvalAI over HTTPS: `Authorization: Bearer <token>`, JSON bodies, a timeout per request.
+impl<T: Transport> Transport for Arc<T> {
+    fn send(&self, req: &Request) -> impl Future<Output = Result<Response, TransportError>> + Send {
+        (**self).send(req)
+    }
+}
+
+/// `scheme://host[:port]/path` of a URL, without the `user:password@` part, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(end);
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{tail}")
+        }
+        None => url.rsplit_once('@').map_or(url, |(_, h)| h).to_string(),
+    }
+}
+
+/// The real EvalAI over HTTPS: `Authorization: Bearer <token>`, JSON bodies, a timeout per request, no redirects
+/// followed, bodies capped.
 pub struct HttpTransport {
     client: reqwest::Client,
     base: String,
@@ -87,10 +124,25 @@ impl HttpTransport {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
+            // EvalAI's nginx answers http:// with a 301; following it turns a PUT into a GET and drops the token.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("logcopy/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(HttpTransport { client, base: base.trim_end_matches('/').to_string(), token })
     }
+}
+
+/// Reads at most `cap` bytes of a body; the rest is never read (the connection is dropped with the response).
+async fn read_capped(resp: &mut reqwest::Response, cap: usize) -> reqwest::Result<String> {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = cap - buf.len();
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if chunk.len() >= room {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 impl Transport for HttpTransport {
@@ -110,7 +162,8 @@ impl Transport for HttpTransport {
             rb = rb.header("Content-Type", "application/json").body(body.clone());
         }
         let classify = |e: reqwest::Error| {
-            // The token is in a header, never in the URL, so the error's text cannot leak it.
+            // Without the URL: it may carry credentials (`http://user:pass@host`). The token is in a header.
+            let e = e.without_url();
             if e.is_timeout() {
                 TransportError::Timeout
             } else if e.is_connect() {
@@ -119,17 +172,25 @@ impl Transport for HttpTransport {
                 TransportError::Io(e.to_string())
             }
         };
-        let resp = rb.send().await.map_err(classify)?;
+        let mut resp = rb.send().await.map_err(classify)?;
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("Retry-After")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = resp.text().await.map_err(classify)?;
-        Ok(Response { status, retry_after, body })
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let retry_after = header("Retry-After").and_then(parse_retry_after);
+        let location =
+            header("Location").map(|l| redact_url(l).chars().filter(|c| !c.is_control()).take(200).collect());
+        let body = read_capped(&mut resp, MAX_RESPONSE_BYTES).await.map_err(classify)?;
+        Ok(Response { status, retry_after, location, body })
     }
+}
+
+/// `Retry-After` in seconds (DRF sends whole seconds), clamped to [`MAX_RETRY_AFTER`]; any digit string parses,
+/// however long.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs = v.parse::<u64>().unwrap_or(u64::MAX);
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 /// A submission status as EvalAI returns it (lower case).
@@ -144,6 +205,20 @@ impl Status {
     pub fn is_terminal(&self) -> bool {
         matches!(self.status.as_str(), "cancelled" | "finished" | "failed" | "archived")
     }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.status == "cancelled"
+    }
+
+    /// Whether the start PATCH to `running` is due: a fresh or re-run submission (`submitted`, `queued`: a re-run
+    /// inherits the original's `started_at`, so it cannot decide), or a resumed one that never got a start time.
+    pub fn wants_start(&self) -> bool {
+        match self.status.as_str() {
+            "submitted" | "queued" => true,
+            "resuming" => !self.started,
+            _ => false,
+        }
+    }
 }
 
 /// Why a request failed for good (after retries, or at once for 4xx).
@@ -153,8 +228,19 @@ pub enum RequestError {
     Auth { status: u16, detail: String },
     #[error("EvalAI rejected the request ({status}): {detail}")]
     Rejected { status: u16, detail: String },
+    #[error(
+        "EvalAI answered {status} with a redirect to {location}; redirects are not followed: set EVALAI_API_SERVER \
+         to the address EvalAI serves (operator error)"
+    )]
+    Redirect { status: u16, location: String },
     #[error("EvalAI unavailable after {attempts} attempts: {last}")]
     Unavailable { attempts: usize, last: String },
+}
+
+/// One attempt's failure: worth another attempt, or final.
+enum AttemptError {
+    Retry(String),
+    Fatal(RequestError),
 }
 
 /// The reason EvalAI gives in an error body: `error`, `detail`, field errors, or HTML (cut short).
@@ -163,10 +249,10 @@ fn detail(body: &str) -> String {
         Ok(serde_json::Value::Object(o)) => {
             for k in ["error", "detail"] {
                 if let Some(serde_json::Value::String(s)) = o.get(k) {
-                    return s.clone();
+                    return s.chars().take(300).collect();
                 }
             }
-            serde_json::Value::Object(o).to_string()
+            serde_json::Value::Object(o).to_string().chars().take(300).collect()
         }
         _ => {
             let text: String = body.chars().filter(|c| !c.is_control()).take(120).collect();
@@ -217,13 +303,26 @@ pub struct EvalAiSettings {
     pub retry: RetryPolicy,
 }
 
+impl EvalAiSettings {
+    /// The least time between two partial GET + PUT pairs: two requests' share of the minute.
+    pub fn pair_spacing(&self) -> Duration {
+        Duration::from_secs_f64(120.0 / f64::from(self.rpm.max(1)))
+    }
+}
+
+/// What the GET before a write decided.
+enum Guarded {
+    /// The write was sent and acknowledged.
+    Sent,
+    /// The GET's status made the write pointless (cancelled, final elsewhere, already started).
+    Skipped(Status),
+}
+
 /// The EvalAI sink: one task that owns the budget and every request of this submission.
 pub struct EvalAiSink<T: Transport> {
     transport: T,
     cfg: EvalAiSettings,
     budget: Budget,
-    /// The last status read and when.
-    status: Option<(Status, Instant)>,
     /// Digest of the last payload EvalAI acknowledged.
     sent: Option<u64>,
     /// Cancelled or finished: no more partial PUTs.
@@ -232,7 +331,11 @@ pub struct EvalAiSink<T: Transport> {
     not_before: Instant,
     /// When the next periodic status GET is due (set after every status attempt, failed ones too).
     next_status: Instant,
+    /// When the last partial pair started (pacing).
+    last_pair: Option<Instant>,
     failures: usize,
+    /// Where the final status that EvalAI was given is told (the DynamoDB record follows it).
+    decision: Option<FinalDecision>,
 }
 
 impl<T: Transport> EvalAiSink<T> {
@@ -242,13 +345,27 @@ impl<T: Transport> EvalAiSink<T> {
             transport,
             cfg,
             budget,
-            status: None,
             sent: None,
             terminal: false,
             not_before: Instant::now(),
             next_status: Instant::now(),
+            last_pair: None,
             failures: 0,
+            decision: None,
         }
+    }
+
+    /// Tells `decision` the final status sent to EvalAI (or, when EvalAI could not be reached, the run's own).
+    pub fn with_decision(mut self, decision: FinalDecision) -> Self {
+        self.decision = Some(decision);
+        self
+    }
+
+    /// A sink restarted after its predecessor died: nothing is known of what that one spent, so the whole budget
+    /// is taken as spent for a full window.
+    pub fn restarted(mut self) -> Self {
+        self.budget.spend_all(Instant::now());
+        self
     }
 
     fn submission_path(&self) -> String {
@@ -263,31 +380,44 @@ impl<T: Transport> EvalAiSink<T> {
         format!("/api/jobs/challenge/{}/update_submission/", self.cfg.challenge_id)
     }
 
-    /// Sends one request within the budget, retrying what is worth retrying.
+    /// One attempt within the budget: waits for a slot, spends it, sends, classifies the answer.
+    async fn attempt(&mut self, req: &Request) -> Result<Response, AttemptError> {
+        sleep_until(self.budget.ready_at(Instant::now(), 1)).await;
+        self.budget.spend(Instant::now());
+        match self.transport.send(req).await {
+            Ok(r) if (200..300).contains(&r.status) => Ok(r),
+            Ok(r) if r.status == 429 => {
+                let wait = r.retry_after.unwrap_or(Duration::from_secs(60)).min(MAX_RETRY_AFTER);
+                warn!(method = req.method.as_str(), path = %req.path, wait_s = wait.as_secs(), "EvalAI throttled us (429); pausing every request");
+                self.budget.pause_until(Instant::now() + wait);
+                Err(AttemptError::Retry(format!("429 {}", detail(&r.body))))
+            }
+            Ok(r) if r.status == 401 || r.status == 403 => {
+                Err(AttemptError::Fatal(RequestError::Auth { status: r.status, detail: detail(&r.body) }))
+            }
+            Ok(r) if (300..400).contains(&r.status) => Err(AttemptError::Fatal(RequestError::Redirect {
+                status: r.status,
+                location: r.location.unwrap_or_else(|| "(no Location)".into()),
+            })),
+            Ok(r) if r.status < 500 => {
+                Err(AttemptError::Fatal(RequestError::Rejected { status: r.status, detail: detail(&r.body) }))
+            }
+            Ok(r) => Err(AttemptError::Retry(format!("{} {}", r.status, detail(&r.body)))),
+            Err(e) => Err(AttemptError::Retry(e.to_string())),
+        }
+    }
+
+    /// Sends one request within the budget, retrying what is worth retrying (GETs: a write goes through
+    /// [`Self::guarded`]).
     async fn request(&mut self, req: Request) -> Result<Response, RequestError> {
         let mut delays = self.cfg.retry.delays();
         let mut attempts = 0;
         loop {
-            let at = self.budget.ready_at(Instant::now(), 1);
-            sleep_until(at).await;
-            self.budget.spend(Instant::now());
             attempts += 1;
-            let failure = match self.transport.send(&req).await {
-                Ok(r) if (200..300).contains(&r.status) => return Ok(r),
-                Ok(r) if r.status == 429 => {
-                    let wait = r.retry_after.unwrap_or(Duration::from_secs(60));
-                    warn!(method = req.method.as_str(), path = %req.path, wait_s = wait.as_secs(), "EvalAI throttled us (429); pausing every request");
-                    self.budget.pause_until(Instant::now() + wait);
-                    format!("429 {}", detail(&r.body))
-                }
-                Ok(r) if r.status == 401 || r.status == 403 => {
-                    return Err(RequestError::Auth { status: r.status, detail: detail(&r.body) });
-                }
-                Ok(r) if r.status < 500 => {
-                    return Err(RequestError::Rejected { status: r.status, detail: detail(&r.body) });
-                }
-                Ok(r) => format!("{} {}", r.status, detail(&r.body)),
-                Err(e) => e.to_string(),
+            let failure = match self.attempt(&req).await {
+                Ok(r) => return Ok(r),
+                Err(AttemptError::Fatal(e)) => return Err(e),
+                Err(AttemptError::Retry(f)) => f,
             };
             match delays.next() {
                 Some(d) => {
@@ -299,21 +429,20 @@ impl<T: Transport> EvalAiSink<T> {
         }
     }
 
-    /// GETs the submission's status.
+    /// One status GET attempt; the next periodic GET is a period after it, whatever its outcome.
+    async fn status_attempt(&mut self) -> Result<Status, AttemptError> {
+        let req = Request { method: Method::Get, path: self.submission_path(), body: None };
+        let resp = self.attempt(&req).await;
+        self.next_status = Instant::now() + self.cfg.status_period;
+        parse_status(&resp?).map_err(AttemptError::Fatal)
+    }
+
+    /// GETs the submission's status, retrying.
     async fn fetch_status(&mut self) -> Result<Status, RequestError> {
         let req = Request { method: Method::Get, path: self.submission_path(), body: None };
         let resp = self.request(req).await;
         self.next_status = Instant::now() + self.cfg.status_period;
-        let resp = resp?;
-        let v: serde_json::Value = serde_json::from_str(&resp.body).map_err(|e| RequestError::Rejected {
-            status: resp.status,
-            detail: format!("the submission is not JSON: {e}"),
-        })?;
-        let status = v.get("status").and_then(|s| s.as_str()).unwrap_or("").to_lowercase();
-        let started = v.get("started_at").is_some_and(|s| !s.is_null());
-        let st = Status { status, started };
-        self.status = Some((st.clone(), Instant::now()));
-        Ok(st)
+        parse_status(&resp?)
     }
 
     /// GETs the status and acts on it; `false` when it could not be read.
@@ -331,7 +460,7 @@ impl<T: Transport> EvalAiSink<T> {
     }
 
     async fn observe(&mut self, st: &Status, events: &mpsc::Sender<SinkEvent>) {
-        if st.status == "cancelled" && !self.terminal {
+        if st.is_cancelled() && !self.terminal {
             info!("EvalAI reports the submission cancelled");
             self.terminal = true;
             let _ = events.send(SinkEvent::Cancelled).await;
@@ -339,44 +468,75 @@ impl<T: Transport> EvalAiSink<T> {
             warn!(status = %st.status, "EvalAI reports a final status set elsewhere; no more partial updates");
             self.terminal = true;
         }
-        if st.status != "cancelled" {
+        if !st.is_cancelled() {
             let _ = events.send(SinkEvent::Status { status: st.status.clone() }).await;
         }
     }
 
-    fn next_status_due(&self) -> Instant {
-        self.next_status
+    /// A write that must not undo a decision made on EvalAI: each attempt, retries included, is a status GET
+    /// followed at once by the write that `write` builds from that status (`None`: skip it). Room for both
+    /// requests is reserved before the GET, so nothing of ours comes between them.
+    async fn guarded(
+        &mut self,
+        what: &'static str,
+        events: &mpsc::Sender<SinkEvent>,
+        mut write: impl FnMut(&Status) -> Option<Request>,
+    ) -> Result<Guarded, RequestError> {
+        let mut delays = self.cfg.retry.delays();
+        let mut attempts = 0;
+        loop {
+            sleep_until(self.budget.ready_at(Instant::now(), 2)).await;
+            attempts += 1;
+            let failure = match self.status_attempt().await {
+                Ok(st) => {
+                    self.observe(&st, events).await;
+                    match write(&st) {
+                        None => return Ok(Guarded::Skipped(st)),
+                        Some(req) => match self.attempt(&req).await {
+                            Ok(_) => return Ok(Guarded::Sent),
+                            Err(AttemptError::Fatal(e)) => return Err(e),
+                            Err(AttemptError::Retry(f)) => f,
+                        },
+                    }
+                }
+                Err(AttemptError::Fatal(e)) => return Err(e),
+                Err(AttemptError::Retry(f)) => f,
+            };
+            match delays.next() {
+                Some(d) => {
+                    debug!(request = what, error = %failure, retry_in_ms = d.as_millis() as u64, "EvalAI request failed; retrying with a new status GET");
+                    tokio::time::sleep(d).await;
+                }
+                None => return Err(RequestError::Unavailable { attempts, last: failure }),
+            }
+        }
     }
 
-    /// Start: read the status; mark a fresh submission `running` right after that GET.
+    /// Start: mark the submission `running` when its status says it has not started (PATCH right after a GET).
     async fn start(&mut self, events: &mpsc::Sender<SinkEvent>) {
-        if !self.refresh(events).await || !self.cfg.start_patch || self.terminal {
-            return;
-        }
-        let Some((st, _)) = &self.status else { return };
-        if !matches!(st.status.as_str(), "submitted" | "queued" | "resuming") || st.started {
-            debug!(status = %st.status, started = st.started, "not marking the submission running");
+        if !self.cfg.start_patch {
+            self.refresh(events).await;
             return;
         }
         let body =
             serde_json::to_string(&StartPatch { submission: self.cfg.submission_id, submission_status: "running" })
                 .unwrap_or_default();
-        let req = Request { method: Method::Patch, path: self.partial_path(), body: Some(body) };
-        match self.request(req).await {
-            Ok(_) => info!("marked the submission running on EvalAI (its start time is now set)"),
+        let path = self.partial_path();
+        let patch = |st: &Status| {
+            st.wants_start().then(|| Request { method: Method::Patch, path: path.clone(), body: Some(body.clone()) })
+        };
+        match self.guarded("start PATCH", events, patch).await {
+            Ok(Guarded::Sent) => info!("marked the submission running on EvalAI (its start time is now set)"),
+            Ok(Guarded::Skipped(st)) => {
+                debug!(status = %st.status, started = st.started, "not marking the submission running")
+            }
             Err(e) => log_failure("start PATCH", &e),
         }
     }
 
     /// One partial update: a status GET right before it, then the PUT unless the GET says stop.
     async fn publish(&mut self, seq: u64, outputs: &Outputs, events: &mpsc::Sender<SinkEvent>) {
-        if !self.refresh(events).await {
-            self.back_off();
-            return;
-        }
-        if self.terminal {
-            return;
-        }
+        self.last_pair = Some(Instant::now());
         let body = serde_json::to_string(&PartialUpdate {
             submission: self.cfg.submission_id,
             submission_status: "PARTIALLY_EVALUATED",
@@ -387,13 +547,19 @@ impl<T: Transport> EvalAiSink<T> {
             metadata: &outputs.merged,
         })
         .unwrap_or_default();
-        let req = Request { method: Method::Put, path: self.partial_path(), body: Some(body) };
-        match self.request(req).await {
-            Ok(_) => {
+        let path = self.partial_path();
+        let put = |st: &Status| {
+            (!st.is_terminal()).then(|| Request { method: Method::Put, path: path.clone(), body: Some(body.clone()) })
+        };
+        match self.guarded("partial PUT", events, put).await {
+            Ok(Guarded::Sent) => {
                 self.sent = Some(outputs.digest());
                 self.failures = 0;
                 info!(seq, "partial results published to EvalAI");
                 let _ = events.send(SinkEvent::Published { seq }).await;
+            }
+            Ok(Guarded::Skipped(st)) => {
+                debug!(status = %st.status, "partial PUT dropped: the submission is final on EvalAI")
             }
             Err(e) => {
                 log_failure("partial PUT", &e);
@@ -409,67 +575,123 @@ impl<T: Transport> EvalAiSink<T> {
     }
 
     fn wants_publish(&self, snap: &Snapshot) -> bool {
-        !self.terminal && snap.outputs.as_ref().is_some_and(|o| Some(o.digest()) != self.sent)
+        !self.terminal && snap.outputs.as_ref().is_some_and(|o| o.refused.is_none() && Some(o.digest()) != self.sent)
     }
 
-    /// The terminal update (post-run step): PUT update_submission, then GET until EvalAI shows it (5 tries).
-    async fn send_final_status(&mut self, status: &'static str, outputs: Option<&Outputs>, reason: &str) {
-        let empty = Outputs { merged: String::new(), results: String::new(), stdout: String::new() };
+    /// The terminal update (post-run step): each try is a status GET, the PUT of update_submission (CANCELLED when
+    /// that GET says cancelled: a cancel is final), then a GET that checks EvalAI shows it; 5 tries.
+    async fn send_final_status(
+        &mut self,
+        proposed: &'static str,
+        outputs: Option<&Outputs>,
+        reason: &str,
+        events: &mpsc::Sender<SinkEvent>,
+    ) {
+        let empty = Outputs::default();
         let o = outputs.unwrap_or(&empty);
-        let body = serde_json::to_string(&FinalUpdate {
-            submission: self.cfg.submission_id.to_string(),
-            challenge_phase: self.cfg.track_id.to_string(),
-            submission_status: status,
-            result: &o.results,
-            stdout: &o.stdout,
-            stderr: "",
-            environment_log: "",
-            metadata: &o.merged,
-        })
-        .unwrap_or_default();
+        let path = self.final_path();
+        let (submission, phase) = (self.cfg.submission_id.to_string(), self.cfg.track_id.to_string());
+        let mut decided = proposed;
         for attempt in 1..=5 {
-            let req = Request { method: Method::Put, path: self.final_path(), body: Some(body.clone()) };
-            if let Err(e) = self.request(req).await {
+            let mut chosen = proposed;
+            let put = |st: &Status| {
+                chosen = if st.is_cancelled() { "CANCELLED" } else { proposed };
+                let body = serde_json::to_string(&FinalUpdate {
+                    submission: submission.clone(),
+                    challenge_phase: phase.clone(),
+                    submission_status: chosen,
+                    result: &o.results,
+                    stdout: &o.stdout,
+                    stderr: "",
+                    environment_log: "",
+                    metadata: &o.merged,
+                })
+                .unwrap_or_default();
+                Some(Request { method: Method::Put, path: path.clone(), body: Some(body) })
+            };
+            let outcome = self.guarded("final status PUT", events, put).await;
+            if chosen != proposed {
+                warn!(run = proposed, sent = chosen, "EvalAI says the submission is cancelled: a cancel is final");
+            }
+            decided = chosen;
+            if let Err(e) = outcome {
                 log_failure("final status PUT", &e);
-                if matches!(e, RequestError::Auth { .. } | RequestError::Rejected { .. }) {
-                    return;
+                if matches!(
+                    e,
+                    RequestError::Auth { .. } | RequestError::Rejected { .. } | RequestError::Redirect { .. }
+                ) {
+                    break;
                 }
                 continue;
             }
+            self.decide(chosen);
             match self.fetch_status().await {
-                Ok(st) if st.status.eq_ignore_ascii_case(status) => {
-                    info!(status, reason, "final status set on EvalAI");
+                Ok(st) if st.status.eq_ignore_ascii_case(chosen) => {
+                    info!(status = chosen, reason, "final status set on EvalAI");
                     return;
                 }
-                Ok(st) => warn!(attempt, want = status, got = %st.status, "EvalAI does not show the final status yet"),
+                Ok(st) => warn!(attempt, want = chosen, got = %st.status, "EvalAI does not show the final status yet"),
                 Err(e) => log_failure("final status check", &e),
             }
         }
-        error!(status, "could not confirm the final status on EvalAI after 5 tries");
+        self.decide(decided);
+        error!(status = decided, "could not confirm the final status on EvalAI after 5 tries");
+    }
+
+    fn decide(&self, status: &'static str) {
+        if let Some(d) = &self.decision {
+            d.send_replace(Some(status));
+        }
     }
 
     async fn finish(&mut self, snap: &Snapshot, end: &End, events: &mpsc::Sender<SinkEvent>) {
-        if !matches!(end, End::Cancelled { .. })
+        let final_status = if self.cfg.final_status { end.final_status() } else { None };
+        // With a final status to send, the final PUT carries the newest outputs: a partial PUT first would only
+        // spend the budget.
+        if final_status.is_none()
+            && !matches!(end, End::Cancelled { .. })
             && let Some(o) = snap.outputs.clone()
             && self.wants_publish(snap)
         {
             self.publish(snap.seq, &o, events).await;
         }
-        if self.cfg.final_status
-            && let Some(status) = end.final_status()
-        {
+        if let Some(status) = final_status {
             let reason = match end {
                 End::Completed { reason, .. } | End::Cancelled { reason } => reason.as_str(),
                 _ => "",
             };
-            self.send_final_status(status, snap.outputs.as_deref(), reason).await;
+            self.send_final_status(status, snap.outputs.as_deref(), reason, events).await;
         }
     }
+
+    /// When the next partial pair may go: paced, within the budget, after any backoff.
+    fn pair_at(&mut self, now: Instant) -> Instant {
+        let paced = self.last_pair.map_or(now, |t| t + self.cfg.pair_spacing());
+        paced.max(self.not_before).max(self.budget.ready_at(now, 2))
+    }
+
+    /// When the periodic status GET may go while a change waits: never with fewer than three free slots, so the
+    /// waiting pair keeps its two. `None` when the budget is too small for that (the pair's GET checks instead).
+    fn waiting_status_at(&mut self, now: Instant) -> Option<Instant> {
+        (self.cfg.rpm >= 3).then(|| self.next_status.max(self.budget.ready_at(now, 3)))
+    }
+}
+
+fn parse_status(resp: &Response) -> Result<Status, RequestError> {
+    let v: serde_json::Value = serde_json::from_str(&resp.body).map_err(|e| RequestError::Rejected {
+        status: resp.status,
+        detail: format!("the submission is not JSON: {e}"),
+    })?;
+    let status = v.get("status").and_then(|s| s.as_str()).unwrap_or("").to_lowercase();
+    let started = v.get("started_at").is_some_and(|s| !s.is_null());
+    Ok(Status { status, started })
 }
 
 fn log_failure(what: &str, e: &RequestError) {
     match e {
-        RequestError::Auth { .. } => error!(request = what, error = %e, "EvalAI request refused"),
+        RequestError::Auth { .. } | RequestError::Redirect { .. } => {
+            error!(request = what, error = %e, "EvalAI request refused")
+        }
         _ => warn!(request = what, error = %e, "EvalAI request failed"),
     }
 }
@@ -493,31 +715,269 @@ impl<T: Transport> Sink for EvalAiSink<T> {
                 verifying = true;
                 self.next_status = Instant::now();
             }
-            if self.wants_publish(&snap) && Instant::now() >= self.not_before {
-                // Room for the GET and the PUT together.
-                let at = self.budget.ready_at(Instant::now(), 2);
-                if at <= Instant::now() {
+            let now = Instant::now();
+            if self.wants_publish(&snap) {
+                let pair_at = self.pair_at(now);
+                if pair_at <= now {
                     if let Some(o) = snap.outputs.clone() {
                         self.publish(snap.seq, &o, &events).await;
                     }
                     continue;
                 }
-                // Wait for the budget; a newer snapshot meanwhile replaces this one (coalescing).
+                // Wait for the pair's turn; a newer snapshot meanwhile replaces this one (coalescing).
+                let status_at = self.waiting_status_at(now);
                 tokio::select! {
-                    _ = sleep_until(at) => {}
+                    _ = sleep_until(pair_at) => {}
                     r = snapshots.changed() => if r.is_err() { return },
-                    _ = sleep_until(self.next_status_due()) => { self.refresh(&events).await; }
+                    _ = async { sleep_until(status_at.unwrap_or(now)).await }, if status_at.is_some_and(|t| t < pair_at) => {
+                        self.refresh(&events).await;
+                    }
                 }
                 continue;
             }
-            let retry_at = if self.wants_publish(&snap) { Some(self.not_before) } else { None };
-            // The periodic GET waits for the budget too, but a new snapshot (or the end) still wakes us.
-            let status_at = self.next_status_due().max(self.budget.ready_at(Instant::now(), 1));
+            // Idle: the periodic GET waits for the budget too, but a new snapshot (or the end) still wakes us.
+            let status_at = self.next_status.max(self.budget.ready_at(now, 1));
             tokio::select! {
                 r = snapshots.changed() => if r.is_err() { return },
                 _ = sleep_until(status_at) => { self.refresh(&events).await; }
-                _ = async { sleep_until(retry_at.unwrap_or_else(Instant::now)).await }, if retry_at.is_some() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sim::{Fault, Seen, SimEvalAi};
+    use super::*;
+
+    fn settings(rpm: u32, final_status: bool) -> EvalAiSettings {
+        EvalAiSettings {
+            challenge_id: 1,
+            submission_id: 2,
+            track_id: 3,
+            rpm,
+            status_period: Duration::from_secs(20),
+            start_patch: true,
+            final_status,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    fn outputs(tag: &str) -> Arc<Outputs> {
+        Arc::new(Outputs { merged: tag.into(), results: "[]".into(), stdout: tag.into(), refused: None })
+    }
+
+    /// A sink on `sim`, its snapshot sender, its events and the decision it reports.
+    struct Run {
+        sim: Arc<SimEvalAi>,
+        snaps: watch::Sender<Arc<Snapshot>>,
+        events: mpsc::Receiver<SinkEvent>,
+        decision: FinalDecision,
+        task: tokio::task::JoinHandle<()>,
+        seq: u64,
+    }
+
+    impl Run {
+        fn start(sim: SimEvalAi, cfg: EvalAiSettings) -> Run {
+            let sim = Arc::new(sim);
+            let (snaps, rx) = watch::channel(Arc::new(Snapshot::default()));
+            let (tx, events) = mpsc::channel(1024);
+            let decision: FinalDecision = Arc::new(watch::channel(None).0);
+            let sink = EvalAiSink::new(sim.clone(), cfg).with_decision(decision.clone());
+            let task = tokio::spawn(sink.run(rx, tx));
+            Run { sim, snaps, events, decision, task, seq: 0 }
+        }
+
+        fn send(&mut self, outputs: Option<Arc<Outputs>>, end: Option<End>) {
+            self.seq += 1;
+            let snap = Snapshot { seq: self.seq, outputs, end, verify_cancel: false };
+            self.snaps.send_replace(Arc::new(snap));
+        }
+
+        async fn end(mut self, end: End) -> (Vec<Seen>, Option<&'static str>, Vec<SinkEvent>) {
+            let outputs = self.snaps.borrow().outputs.clone();
+            self.send(outputs, Some(end));
+            self.task.await.unwrap();
+            let mut events = Vec::new();
+            while let Ok(e) = self.events.try_recv() {
+                events.push(e);
+            }
+            (self.sim.log(), *self.decision.borrow(), events)
+        }
+    }
+
+    /// Every write is the request right after a status GET, with no more than the model's latency between them.
+    fn assert_every_write_follows_its_own_get(log: &[Seen]) {
+        for (i, w) in log.iter().enumerate().filter(|(_, r)| r.is_write()) {
+            let get = i.checked_sub(1).map(|j| &log[j]);
+            assert!(
+                get.is_some_and(|g| g.method == Method::Get && w.at - g.at <= Duration::from_millis(100)),
+                "write #{i} {:?} does not directly follow a GET: {log:#?}",
+                w.method
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancel_during_retries_is_never_undone() {
+        // The PUT meets a 500, then a timeout that the server applied, then a 429: and the participant cancels
+        // on the web UI while the sink backs off after each one. No write may follow any of those cancels.
+        for fault in [
+            Fault::Status(500, None),
+            Fault::Timeout { after: Duration::from_secs(20), applied: true },
+            Fault::Status(429, Some(Duration::from_secs(7))),
+        ] {
+            let sim = SimEvalAi::new("running", true);
+            sim.fault(Some(Method::Put), fault.clone());
+            let mut run = Run::start(sim, settings(6, true));
+            run.send(Some(outputs("a")), None);
+            // Let the faulted PUT happen, then cancel before the retry.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let faulted = run.sim.log().iter().rposition(|r| r.fault.is_some());
+            assert!(faulted.is_some(), "{fault:?}: the PUT met its fault: {:#?}", run.sim.log());
+            run.sim.set_status("cancelled");
+            let cancelled_at = Instant::now();
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            let (log, decision, events) =
+                run.end(End::Completed { finished: true, reason: "every worker finished".into() }).await;
+            let late: Vec<&Seen> = log.iter().filter(|r| r.at > cancelled_at && r.is_partial_put()).collect();
+            assert!(late.is_empty(), "{fault:?}: partial PUTs after the cancel: {late:#?}");
+            assert!(log.iter().all(|r| r.method != Method::Patch), "{fault:?}: no PATCH on a running submission");
+            let finals: Vec<&Seen> = log.iter().filter(|r| r.is_final_put()).collect();
+            assert_eq!(finals.len(), 1, "{fault:?}: one final PUT: {log:#?}");
+            assert_eq!(finals[0].status.as_deref(), Some("cancelled"), "{fault:?}: a cancel is final");
+            assert_eq!(decision, Some("CANCELLED"), "{fault:?}: the DynamoDB record is told CANCELLED");
+            assert_eq!(run_status(&log), "cancelled");
+            assert!(events.contains(&SinkEvent::Cancelled), "{fault:?}: the daemon is told of the cancel");
+            assert_every_write_follows_its_own_get(&log);
+        }
+    }
+
+    /// The last status the model's log implies (what the final GET saw).
+    fn run_status(log: &[Seen]) -> &str {
+        log.iter().rev().find_map(|r| r.status.as_deref()).unwrap_or("")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_attempt_of_a_write_is_a_fresh_get_and_put() {
+        let sim = SimEvalAi::new("submitted", false);
+        sim.fault(Some(Method::Patch), Fault::Status(502, None));
+        sim.fault(Some(Method::Put), Fault::Timeout { after: Duration::from_secs(20), applied: false });
+        sim.fault(Some(Method::Put), Fault::Status(503, None));
+        let mut run = Run::start(sim, settings(6, false));
+        run.send(Some(outputs("a")), None);
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        let log = run.sim.log();
+        let writes: Vec<(Method, bool)> =
+            log.iter().filter(|r| r.is_write()).map(|r| (r.method, r.fault.is_some())).collect();
+        assert_eq!(
+            writes,
+            [
+                (Method::Patch, true),
+                (Method::Patch, false),
+                (Method::Put, true),
+                (Method::Put, true),
+                (Method::Put, false)
+            ],
+            "{log:#?}"
+        );
+        assert_every_write_follows_its_own_get(&log);
+        assert_eq!(run.sim.status(), "partially_evaluated");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn final_status_sends_no_partial_put_first() {
+        let mut run = Run::start(SimEvalAi::new("submitted", false), settings(6, true));
+        run.send(Some(outputs("a")), Some(End::Completed { finished: true, reason: "done".into() }));
+        let (log, decision, _) = run.end(End::Completed { finished: true, reason: "done".into() }).await;
+        let kinds: Vec<String> =
+            log.iter().map(|r| format!("{} {}", r.method.as_str(), r.status.as_deref().unwrap_or(""))).collect();
+        assert_eq!(kinds, ["GET ", "PATCH running", "GET ", "PUT finished", "GET "], "{log:#?}");
+        assert!(log.iter().all(|r| !r.is_partial_put()));
+        assert_eq!(decision, Some("FINISHED"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_final_put_that_evalai_refuses_is_not_retried_and_the_run_decides() {
+        let sim = SimEvalAi::new("running", true);
+        sim.fault(Some(Method::Put), Fault::Status(400, None));
+        let run = Run::start(sim, settings(6, true));
+        let (log, decision, _) = run.end(End::Completed { finished: false, reason: "worker 2 failed".into() }).await;
+        assert_eq!(log.iter().filter(|r| r.is_final_put()).count(), 1, "a 400 is final: {log:#?}");
+        assert_eq!(decision, Some("FAILED"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_start_patch_follows_the_status_not_started_at() {
+        // (status, started_at set, PATCH expected): a re-run is `submitted` or `queued` with the original's start.
+        let cases = [
+            ("submitted", true, true),
+            ("queued", true, true),
+            ("submitted", false, true),
+            ("resuming", false, true),
+            ("resuming", true, false),
+            ("running", true, false),
+            ("partially_evaluated", true, false),
+            ("cancelled", false, false),
+        ];
+        for (status, started, patch) in cases {
+            let run = Run::start(SimEvalAi::new(status, started), settings(6, false));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (log, _, _) = run.end(End::Terminated).await;
+            let patches = log.iter().filter(|r| r.method == Method::Patch).count();
+            assert_eq!(patches, usize::from(patch), "{status} (started_at set: {started}): {log:#?}");
+            assert_every_write_follows_its_own_get(&log);
+        }
+    }
+
+    #[test]
+    fn retry_after_is_clamped_and_never_overflows() {
+        assert_eq!(parse_retry_after("18446744073709551615"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("99999999999999999999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("99999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("37"), Some(Duration::from_secs(37)));
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after(""), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_retry_after_pauses_at_most_the_clamp() {
+        let sim = SimEvalAi::new("running", true);
+        sim.fault(Some(Method::Put), Fault::Status(429, parse_retry_after("18446744073709551615")));
+        let mut run = Run::start(sim, settings(6, false));
+        run.send(Some(outputs("a")), None);
+        tokio::time::sleep(Duration::from_secs(400)).await;
+        let log = run.sim.log();
+        let t429 = log.iter().find(|r| r.fault.is_some()).expect("the 429").at;
+        let next = log.iter().find(|r| r.at > t429).expect("requests go on after the pause").at;
+        assert!(next - t429 >= MAX_RETRY_AFTER && next - t429 < MAX_RETRY_AFTER + Duration::from_secs(10));
+        assert!(log.iter().any(|r| r.is_partial_put() && r.fault.is_none()), "the update went through: {log:#?}");
+        assert!(!run.task.is_finished(), "the sink lives on");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pairs_are_paced_and_the_idle_minute_is_status_gets_only() {
+        let mut run = Run::start(SimEvalAi::new("running", true), settings(6, false));
+        let t0 = Instant::now();
+        // Churn: a change every 5 s for 10 minutes.
+        for k in 0..120 {
+            run.send(Some(outputs(&format!("v{k}"))), None);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let busy_end = Instant::now();
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let log = run.sim.log();
+        for (i, r) in log.iter().enumerate() {
+            let in_window = log[i..].iter().take_while(|s| s.at < r.at + Duration::from_secs(60)).count();
+            assert!(in_window <= 6, "more than 6 requests in the minute from {:?}", r.at - t0);
+        }
+        let puts: Vec<Instant> = log.iter().filter(|r| r.is_partial_put()).map(|r| r.at).collect();
+        assert!(puts.windows(2).all(|w| w[1] - w[0] >= Duration::from_secs(20)), "pairs at least 20 s apart");
+        assert!(puts.len() >= 29, "the budget is used: {} PUTs in 10 minutes", puts.len());
+        // The last minute: no change, so status GETs alone, one every 20 s.
+        let idle: Vec<&Seen> = log.iter().filter(|r| r.at > busy_end + Duration::from_secs(60)).collect();
+        assert!(idle.iter().all(|r| r.method == Method::Get), "{idle:#?}");
+        assert_eq!(idle.len(), 3, "one status GET every 20 s: {idle:#?}");
     }
 }

@@ -3,8 +3,14 @@
 //! and answered by a small in-process model of the submission, so the whole code path of the real client runs
 //! (budget, status checks, PATCH, PUTs, final status) without a network.
 //!
-//! A cancel, as a participant makes it on EvalAI's web UI: create the file `OUT/evalai-cancel` (any content). From
-//! then on the local submission's status is `cancelled`, which is final, as on EvalAI.
+//! The model behaves as EvalAI does (`apps/jobs/views.py`): no state machine. A status GET answers the stored
+//! status; a partial PUT, a PATCH or a final PUT sets the status it carries, whatever the current one (a partial
+//! PUT after a cancel turns it back into `partially_evaluated`, as on EvalAI, which is the race logcopy's guarded
+//! writes close); a status the endpoint does not accept is a 400 `Sorry, submission status is invalid`.
+//!
+//! A cancel, as a participant makes it on EvalAI's web UI: create the file `OUT/evalai-cancel` (any content). It is
+//! read once, at the next request: the submission becomes `cancelled` and the file is renamed
+//! `evalai-cancel.applied`, so a later write can overwrite the cancel exactly as on EvalAI.
 
 use super::evalai::{Method, Request, Response, Transport, TransportError};
 use std::io::Write;
@@ -25,6 +31,20 @@ struct LocalState {
 
 /// The file whose existence cancels the local submission.
 pub const CANCEL_FILE: &str = "evalai-cancel";
+/// What the cancel file is renamed to once applied.
+pub const CANCEL_APPLIED: &str = "evalai-cancel.applied";
+
+/// The statuses each endpoint accepts (after lower-casing), as EvalAI's views check them.
+fn accepted(method: Method, path: &str) -> &'static [&'static str] {
+    let partial = path.contains("/update_partially_evaluated_submission/");
+    match (method, partial) {
+        (Method::Put, true) => &["failed", "cancelled", "finished", "partially_evaluated"],
+        (Method::Put, false) => &["failed", "cancelled", "finished"],
+        (Method::Patch, true) => &["running", "partially_evaluated", "finished"],
+        (Method::Patch, false) => &["queued", "running"],
+        (Method::Get, _) => &[],
+    }
+}
 
 impl LocalTransport {
     /// Requests go to `out/evalai-requests.jsonl` (created with its folder).
@@ -59,34 +79,35 @@ impl LocalTransport {
 }
 
 fn ok(body: serde_json::Value) -> Response {
-    Response { status: 200, retry_after: None, body: body.to_string() }
+    Response { status: 200, body: body.to_string(), ..Response::default() }
 }
 
 impl Transport for LocalTransport {
     async fn send(&self, req: &Request) -> Result<Response, TransportError> {
         self.record(req).map_err(|e| TransportError::Io(format!("{}: {e}", self.path.display())))?;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // The participant's cancel on the web UI: applied once, then it is an ordinary stored status.
+        if std::fs::symlink_metadata(&self.cancel).is_ok() {
+            st.status = "cancelled".into();
+            let _ = std::fs::rename(&self.cancel, self.cancel.with_file_name(CANCEL_APPLIED));
+        }
+        if req.method == Method::Get {
+            return Ok(ok(serde_json::json!({"status": st.status, "started_at": st.started_at})));
+        }
         let body: serde_json::Value =
             req.body.as_deref().and_then(|b| serde_json::from_str(b).ok()).unwrap_or(serde_json::Value::Null);
         let new_status = body.get("submission_status").and_then(|s| s.as_str()).map(str::to_lowercase);
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.status != "cancelled" && std::fs::symlink_metadata(&self.cancel).is_ok() {
-            st.status = "cancelled".into();
-        }
-        Ok(match req.method {
-            Method::Get => ok(serde_json::json!({"status": st.status, "started_at": st.started_at})),
-            Method::Patch => {
-                if let Some(s) = new_status.filter(|_| st.status != "cancelled") {
-                    st.status = s;
-                    st.started_at.get_or_insert_with(|| "local".into());
-                }
-                ok(serde_json::json!({"status": st.status, "started_at": st.started_at}))
-            }
-            Method::Put => {
-                if let Some(s) = new_status.filter(|_| st.status != "cancelled") {
-                    st.status = s;
-                }
-                ok(serde_json::json!({"success": "Submission result has been successfully updated"}))
-            }
+        let Some(status) = new_status.filter(|s| accepted(req.method, &req.path).contains(&s.as_str())) else {
+            let body = serde_json::json!({"error": "Sorry, submission status is invalid"});
+            return Ok(Response { status: 400, body: body.to_string(), ..Response::default() });
+        };
+        let started = status == "running" || status == "queued";
+        st.status = status;
+        Ok(if req.method == Method::Patch && started {
+            st.started_at = Some("local".into());
+            ok(serde_json::json!({"status": st.status, "started_at": st.started_at}))
+        } else {
+            ok(serde_json::json!({"success": "Submission result has been successfully updated"}))
         })
     }
 }
@@ -105,8 +126,16 @@ mod tests {
         v["status"].as_str().unwrap().to_string()
     }
 
+    fn partial(status: &str) -> Request {
+        Request {
+            method: Method::Put,
+            path: "/api/jobs/challenges/1/update_partially_evaluated_submission/".into(),
+            body: Some(format!(r#"{{"submission_status":"{status}"}}"#)),
+        }
+    }
+
     #[tokio::test]
-    async fn the_cancel_file_cancels_for_good() {
+    async fn a_cancel_is_a_stored_status_as_on_evalai() {
         let dir = std::env::temp_dir().join(format!("logcopy-local-cancel-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let t = LocalTransport::new(&dir).unwrap();
@@ -114,13 +143,22 @@ mod tests {
         assert_eq!(status(&t).await, "running");
         std::fs::write(dir.join(CANCEL_FILE), b"").unwrap();
         assert_eq!(status(&t).await, "cancelled");
-        // Neither a partial PUT nor a PATCH brings it back, as on EvalAI.
-        t.send(&req(Method::Put, Some(r#"{"submission_status":"partially_evaluated"}"#))).await.unwrap();
-        t.send(&req(Method::Patch, Some(r#"{"submission_status":"running"}"#))).await.unwrap();
-        std::fs::remove_file(dir.join(CANCEL_FILE)).unwrap();
-        assert_eq!(status(&t).await, "cancelled");
+        assert!(!dir.join(CANCEL_FILE).exists(), "the cancel file is read once");
+        assert!(dir.join(CANCEL_APPLIED).exists(), "and kept as applied");
+        assert_eq!(status(&t).await, "cancelled", "the status stays until a write changes it");
+        // EvalAI has no state machine: a partial PUT after the cancel turns it back (the race logcopy avoids).
+        let r = t.send(&partial("PARTIALLY_EVALUATED")).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(status(&t).await, "partially_evaluated");
+        // A status the endpoint does not take is a 400, and changes nothing.
+        let r = t.send(&partial("running")).await.unwrap();
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("Sorry, submission status is invalid"));
+        let r = t.send(&req(Method::Patch, Some(r#"{"submission_status":"paused"}"#))).await.unwrap();
+        assert_eq!(r.status, 400);
+        assert_eq!(status(&t).await, "partially_evaluated");
         let lines = std::fs::read_to_string(t.requests_file()).unwrap();
-        assert_eq!(lines.lines().count(), 6);
+        assert_eq!(lines.lines().count(), 9);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

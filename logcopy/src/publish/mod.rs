@@ -1,10 +1,11 @@
-//! The outward edges of the daemon: EvalAI now, S3 and DynamoDB next, each a [`Sink`].
+//! The outward edges of the daemon: EvalAI, S3 and DynamoDB, each a [`Sink`].
 //!
 //! The run loop publishes a [`Snapshot`] (the newest outputs and whether the run is ending) on a `watch`
 //! channel. Each sink runs as its own task and always works on the newest snapshot, so a slow or failing remote
 //! never blocks the volume, and updates that pile up while a remote is away coalesce into the latest one. When
 //! the snapshot says the run ends, each sink does its final work and returns; the loop waits for them within a
-//! time budget.
+//! time budget. A sink that dies before that (a panic, or a return before the end) is logged and started again
+//! ([`spawn_supervised`]), so no edge can go quiet while the daemon runs on.
 
 pub mod budget;
 pub mod evalai;
@@ -12,15 +13,19 @@ pub mod local;
 pub mod record;
 pub mod retry;
 pub mod s3sync;
+pub mod sim;
 pub mod store;
 pub mod table;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info};
 
 /// What logcopy publishes: the merged file and the three EvalAI files, as written on the volume.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outputs {
     /// The merged results file (also `metadata.json`).
     pub merged: String,
@@ -28,6 +33,9 @@ pub struct Outputs {
     pub results: String,
     /// `stdout.txt`.
     pub stdout: String,
+    /// Why EvalAI would refuse these outputs as a partial update (a non-finite metric: EvalAI answers 400), so
+    /// none is sent; `None` when they can be sent.
+    pub refused: Option<String>,
 }
 
 impl Outputs {
@@ -65,6 +73,10 @@ impl End {
     }
 }
 
+/// The final status that EvalAI was given, which the DynamoDB record follows (EvalAI may have turned the run's
+/// own decision into CANCELLED: a cancel is final). `None` until it is decided.
+pub type FinalDecision = Arc<watch::Sender<Option<&'static str>>>;
+
 /// The state every sink works from.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -100,4 +112,104 @@ pub trait Sink: Send + 'static {
         snapshots: watch::Receiver<Arc<Snapshot>>,
         events: mpsc::Sender<SinkEvent>,
     ) -> impl Future<Output = ()> + Send;
+}
+
+/// Aborts the task when dropped: a supervised sink's task ends with its supervisor.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs a sink made by `make` as a task and starts a new one (`make(true)`) whenever it dies before its work is
+/// done: a panic, or a return while the run has not ended and the daemon still listens. Each restart is logged
+/// as an error and waits a little longer (1 s more each time, at most 30 s). Aborting the returned task stops the
+/// sink too.
+pub fn spawn_supervised<S: Sink>(
+    mut make: impl FnMut(bool) -> S + Send + 'static,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    events: mpsc::Sender<SinkEvent>,
+) -> JoinHandle<()> {
+    let task = async move {
+        let mut restarts: u32 = 0;
+        loop {
+            let sink = make(restarts > 0);
+            let name = sink.name();
+            let mut inner = AbortOnDrop(tokio::spawn(sink.run(snapshots.clone(), events.clone())));
+            let why = match (&mut inner.0).await {
+                Ok(()) if snapshots.borrow().end.is_some() || snapshots.has_changed().is_err() => {
+                    info!(sink = name, "sink finished");
+                    return;
+                }
+                Ok(()) => "it returned before the run ended".to_string(),
+                Err(e) if e.is_panic() => {
+                    let p = e.into_panic();
+                    let msg =
+                        p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+                    format!("it panicked: {}", msg.unwrap_or_else(|| "(no message)".into()))
+                }
+                Err(_) => return,
+            };
+            restarts += 1;
+            error!(sink = name, restarts, "the sink died ({why}); starting it again");
+            tokio::time::sleep(Duration::from_secs(u64::from(restarts.min(30)))).await;
+        }
+    };
+    tokio::spawn(tracing::Instrument::instrument(task, tracing::Span::current()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Panics on its first life, returns early on its second, and does its work on its third.
+    struct Fragile {
+        life: u32,
+        done: Arc<AtomicU32>,
+    }
+
+    impl Sink for Fragile {
+        fn name(&self) -> &'static str {
+            "fragile"
+        }
+
+        async fn run(self, mut snapshots: watch::Receiver<Arc<Snapshot>>, _events: mpsc::Sender<SinkEvent>) {
+            match self.life {
+                0 => panic!("overflow when adding duration to instant"),
+                1 => {}
+                _ => {
+                    let _ = snapshots.wait_for(|s| s.end.is_some()).await;
+                    self.done.store(self.life, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_sink_is_started_again_until_its_work_is_done() {
+        let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let (ev_tx, _ev_rx) = mpsc::channel(4);
+        let done = Arc::new(AtomicU32::new(0));
+        let lives = Arc::new(AtomicU32::new(0));
+        let (d, l) = (done.clone(), lives.clone());
+        let task = spawn_supervised(
+            move |restarted| {
+                let life = l.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(restarted, life > 0, "make(true) on every restart");
+                Fragile { life, done: d.clone() }
+            },
+            snap_rx,
+            ev_tx,
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(lives.load(Ordering::SeqCst), 3, "a panic and an early return each start a new sink");
+        assert_eq!(done.load(Ordering::SeqCst), 0);
+        snap_tx.send_replace(Arc::new(Snapshot { end: Some(End::Terminated), ..Snapshot::default() }));
+        task.await.unwrap();
+        assert_eq!(done.load(Ordering::SeqCst), 2, "the third sink did the final work");
+        assert_eq!(lives.load(Ordering::SeqCst), 3, "a sink that finished is not started again");
+    }
 }

@@ -5,7 +5,9 @@
 //! `-`, so a restarted logcopy keeps the first real start time (upstream overwrites it on every restart).
 //! With `--final-status`, at the end (the post-run Lambda's DynamoDB part): the final status, `end_time` and the
 //! 15 metrics as strings (`-` unless FINISHED). Upstream reads `agent_blocked` from a wrong key and always writes
-//! `-`; we write the real value.
+//! `-`; we write the real value. The final status is the one EvalAI was given ([`super::FinalDecision`]): a cancel on
+//! EvalAI turns the run's FINISHED or FAILED into CANCELLED there, and here too. The record waits for that
+//! decision up to `decision_wait`, writes what it has, and writes again if a later decision differs.
 
 use super::table::{Condition, ItemKey, ItemStore, Updated, now_utc};
 use super::{End, Outputs, Sink, SinkEvent, Snapshot};
@@ -55,11 +57,29 @@ pub struct RecordSink<T: ItemStore> {
     results_url: String,
     final_status: bool,
     retry_every: Duration,
+    decision: Option<(watch::Receiver<Option<&'static str>>, Duration)>,
 }
 
 impl<T: ItemStore> RecordSink<T> {
     pub fn new(table: T, key: ItemKey, results_url: String, final_status: bool, retry_every: Duration) -> Self {
-        RecordSink { table, key, results_url, final_status, retry_every }
+        RecordSink { table, key, results_url, final_status, retry_every, decision: None }
+    }
+
+    /// Follow the final status EvalAI was given (a receiver of the [`super::FinalDecision`]: holding the sender would keep
+    /// the record waiting for a change that never comes), waiting for it at most `wait` before writing the run's own.
+    pub fn following(mut self, decision: watch::Receiver<Option<&'static str>>, wait: Duration) -> Self {
+        self.decision = Some((decision, wait));
+        self
+    }
+
+    /// The final record, retried a few times.
+    async fn finish_retried(&self, status: &str, outputs: Option<&Outputs>) {
+        for _ in 0..3 {
+            if self.finish(status, outputs).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// The start update; `false` when DynamoDB could not be reached (retried later).
@@ -119,14 +139,25 @@ impl<T: ItemStore> Sink for RecordSink<T> {
             let end = snapshots.borrow_and_update().end.clone();
             if let Some(end) = end {
                 if self.final_status
-                    && let Some(status) = End::final_status(&end)
+                    && let Some(proposed) = End::final_status(&end)
                 {
                     let outputs = snapshots.borrow().outputs.clone();
-                    for _ in 0..3 {
-                        if self.finish(status, outputs.as_deref()).await {
-                            break;
+                    let Some((mut decided, wait)) = self.decision.clone() else {
+                        self.finish_retried(proposed, outputs.as_deref()).await;
+                        return;
+                    };
+                    let mut status = proposed;
+                    if let Ok(Ok(d)) = tokio::time::timeout(wait, decided.wait_for(Option::is_some)).await {
+                        status = d.unwrap_or(proposed);
+                    }
+                    self.finish_retried(status, outputs.as_deref()).await;
+                    // EvalAI answered after the wait: its final status still wins.
+                    while decided.changed().await.is_ok() {
+                        let now = *decided.borrow_and_update();
+                        if let Some(s) = now.filter(|s| *s != status) {
+                            status = s;
+                            self.finish_retried(status, outputs.as_deref()).await;
                         }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
                 return;

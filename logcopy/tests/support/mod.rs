@@ -347,7 +347,7 @@ impl Record {
 pub struct FakeOpts {
     /// The submission's status at start (`submitted`, `running`, ...).
     pub status: String,
-    /// Requests per throttle window per token, and the window (seconds).
+    /// Requests per throttle window per host user (every token of the test is that user), and the window (seconds).
     pub rate: u32,
     pub window: f64,
 }
