@@ -105,9 +105,9 @@ pub enum Repair {
     RestoredLastGood { moved_aside: PathBuf },
     /// The checkpoint was missing and the last good copy was put in its place.
     RestoredMissing,
-    /// `progress[0]` lowered from `from` to `to` so that the evaluator resumes at route index
-    /// `resumes_at`, the first one without a record (or the one recorded as a simulation crash);
-    /// `cleared_crashed`: `entry_status` was `Crashed` and is now `Started`.
+    /// `progress[0]` lowered from `from` to `to` (or kept, `from == to`, when only the status changed) so that
+    /// the evaluator resumes at route index `resumes_at`, the first one without a record (or the one recorded as
+    /// a simulation crash); `cleared_crashed`: `entry_status` was `Crashed` and is now `Started`.
     ProgressRepaired { from: i64, to: i64, cleared_crashed: bool, resumes_at: i64 },
 }
 
@@ -121,9 +121,16 @@ impl fmt::Display for Repair {
             ),
             Repair::RestoredMissing => write!(f, "the checkpoint was missing: restored the last good copy"),
             Repair::ProgressRepaired { from, to, cleared_crashed, resumes_at } => {
-                write!(f, "checkpoint progress[0] lowered from {from} to {to}")?;
-                if *cleared_crashed {
-                    write!(f, " and entry_status Crashed set to Started")?;
+                // A status change alone (the crash record of a route moved past) keeps progress[0].
+                match (from == to, cleared_crashed) {
+                    (true, true) => {
+                        write!(f, "checkpoint entry_status Crashed set to Started (progress[0] stays {to})")?
+                    }
+                    (false, true) => write!(
+                        f,
+                        "checkpoint progress[0] lowered from {from} to {to} and entry_status Crashed set to Started"
+                    )?,
+                    (_, false) => write!(f, "checkpoint progress[0] lowered from {from} to {to}")?,
                 }
                 write!(
                     f,
@@ -303,9 +310,12 @@ impl Guard {
 /// How `--route-retries` moved past a route that crashed the simulator too often.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteSkip {
-    /// The evaluator had recorded the crash (`Failed - Simulation crashed`, `entry_status` `Crashed`, which makes
-    /// it repeat the route): `entry_status` set to `Started`, so that it resumes after the route.
-    ClearedCrashed { route_id: String, kept: PathBuf },
+    /// The route has the last record: the evaluator's record of the crash (see [`crash_record`]; `Crashed` makes
+    /// it repeat the route), or the record of an earlier run of the route that it was running again (the first
+    /// write of a resumed run, `Started` with `progress[0]` at the record). The record stays as it is;
+    /// `entry_status` is `Started` (`cleared_crashed`: it was `Crashed`) and `progress[0]` is `index + 1`, so that
+    /// the evaluator resumes after the route.
+    KeptRecord { route_id: String, index: usize, status: String, cleared_crashed: bool, kept: PathBuf },
     /// The evaluator had recorded nothing for the route: the record it writes for a simulation crash was added at
     /// the route's index, and `progress[0]` set past it.
     AddedRecord { route_id: String, index: usize, kept: PathBuf },
@@ -314,10 +324,12 @@ pub enum RouteSkip {
 impl fmt::Display for RouteSkip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RouteSkip::ClearedCrashed { route_id, kept } => write!(
+            RouteSkip::KeptRecord { route_id, index, status, cleared_crashed, kept } => write!(
                 f,
-                "moved past {route_id}: its \"Failed - Simulation crashed\" record stays, entry_status Crashed set to \
-                 Started so that the evaluator resumes after it (previous checkpoint kept as {})",
+                "moved past {route_id}: its record at index {index} (status {status:?}) stays, {}progress[0] set to {} \
+                 so that the evaluator resumes after it (previous checkpoint kept as {})",
+                if *cleared_crashed { "entry_status Crashed set to Started and " } else { "" },
+                index + 1,
                 kept.display()
             ),
             RouteSkip::AddedRecord { route_id, index, kept } => write!(
@@ -340,50 +352,79 @@ pub fn read_results(path: &Path) -> Result<Option<Value>, CheckpointError> {
 }
 
 /// The route the last attempt was on when the simulator crashed, read from the checkpoint: `Some((route_id,
-/// recorded))` where `recorded` says the evaluator wrote the crash (its trailing record, `entry_status`
-/// `Crashed`); when it wrote nothing, the route is `running` (the evaluator's last "Preparing" line), if known.
+/// recorded))` where `recorded` says the evaluator wrote the crash (its record, [`crash_record`], under
+/// `entry_status` `Crashed`); when it wrote nothing, the route is `running` (the evaluator's last "Preparing"
+/// line), if known.
 pub fn crashed_route(results: &Value, running: Option<&str>) -> Option<(String, bool)> {
-    let cp = &results["_checkpoint"];
-    let records = cp["records"].as_array()?;
-    let aligned = records.iter().enumerate().take_while(|(i, r)| r["index"].as_u64() == Some(*i as u64)).count();
-    let crashed = results["entry_status"].as_str() == Some("Crashed");
-    if crashed
-        && aligned > 0
-        && records[aligned - 1]["status"].as_str().is_some_and(|s| s.contains(SIMULATION_CRASHED))
-        && let Some(id) = records[aligned - 1]["route_id"].as_str()
+    // Under `Started` a crash record is an earlier attempt's, kept by the resumed run until it replaces it.
+    if results["entry_status"].as_str() == Some("Crashed")
+        && let Some(at) = crash_record(results)
+        && let Some(id) = results["_checkpoint"]["records"][at]["route_id"].as_str()
     {
         return Some((id.to_string(), true));
     }
     running.map(|id| (id.to_string(), false))
 }
 
+/// The leading run of records whose `index` equals their position. The evaluator writes each record at its
+/// route's position, so these are the records its resume check (`route_id` against the route list, position by
+/// position) accepts; a record after a gap sits at another route's position and makes it give up.
+fn aligned_len(records: &[Value]) -> usize {
+    records.iter().enumerate().take_while(|(i, r)| r["index"].as_u64() == Some(*i as u64)).count()
+}
+
+/// The position of the evaluator's record of a simulation crash, when it is the last aligned record. Under
+/// `Crashed` it is known by position: the evaluator writes `Crashed`, the crashed route's record and
+/// `progress[0]` one past it in the same dump, and that record's status can name whatever ended the route first
+/// (`compute_route_statistics` lets a timeout, blocked or deviation event overwrite the failure message, and a
+/// completed route reads `Completed`). Otherwise by its status ("Failed - Simulation crashed"), which a resumed
+/// run keeps under `Started` until it runs the route again.
+fn crash_record(results: &Value) -> Option<usize> {
+    let cp = &results["_checkpoint"];
+    let records = cp["records"].as_array()?;
+    let last = aligned_len(records).checked_sub(1)?;
+    let by_position = results["entry_status"].as_str() == Some("Crashed")
+        && progress_pair(cp).is_some_and(|(done, _)| usize::try_from(done) == Ok(last + 1));
+    let by_status = records[last]["status"].as_str().is_some_and(|s| s.contains(SIMULATION_CRASHED));
+    (by_position || by_status).then_some(last)
+}
+
 /// Moves the checkpoint past `route_id`, which crashed the simulator too often (see [`RouteSkip`]). The previous
 /// file is kept beside it (`<name>.before-skip-<route_id>`) and the new one written atomically. `Ok(None)` when
 /// the file is not in a shape this can change safely (then nothing is written): the route is not the crashed
-/// one at the resume point, the records are not aligned, or the route would pass the total.
+/// one at the resume point, the records are not aligned, the status is neither `Started` nor `Crashed`, or the
+/// route would pass the total.
 pub fn skip_route(path: &Path, route_id: &str) -> Result<Option<RouteSkip>, CheckpointError> {
     let bytes = match read_file(path)? {
         ReadOutcome::Bytes(b) => b,
         _ => return Ok(None),
     };
     let Ok(mut value) = parse_results(&bytes) else { return Ok(None) };
-    let Some((_, total)) = progress_pair(&value["_checkpoint"]) else { return Ok(None) };
+    let Some((done, total)) = progress_pair(&value["_checkpoint"]) else { return Ok(None) };
     let records = value["_checkpoint"]["records"].as_array().cloned().unwrap_or_default();
-    if records.iter().enumerate().any(|(i, r)| r["index"].as_u64() != Some(i as u64)) {
+    let n = records.len();
+    let entry_status = value["entry_status"].as_str().unwrap_or_default().to_string();
+    if aligned_len(&records) != n || !matches!(entry_status.as_str(), "Started" | "Crashed") {
         return Ok(None);
     }
-    let n = records.len();
-    let last_is_the_crash = records.last().is_some_and(|r| {
-        r["route_id"].as_str() == Some(route_id) && r["status"].as_str().is_some_and(|s| s.contains(SIMULATION_CRASHED))
-    });
+    // The route's record is last, and the evaluator would run the route again: it is the crash record, or the
+    // first write of a run resumed at it (which crashed again before writing anything else).
+    let last_is_the_route = records.last().is_some_and(|r| r["route_id"].as_str() == Some(route_id))
+        && (crash_record(&value) == Some(n - 1) || (entry_status == "Started" && usize::try_from(done) == Ok(n - 1)));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let safe_id: String =
         route_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect();
     let kept = path.with_file_name(format!("{name}.before-skip-{safe_id}"));
-    let skip = if last_is_the_crash && value["entry_status"].as_str() == Some("Crashed") {
+    let skip = if last_is_the_route {
         value["entry_status"] = Value::from("Started");
         value["_checkpoint"]["progress"][0] = Value::from(n);
-        RouteSkip::ClearedCrashed { route_id: route_id.to_string(), kept: kept.clone() }
+        RouteSkip::KeptRecord {
+            route_id: route_id.to_string(),
+            index: n - 1,
+            status: records[n - 1]["status"].as_str().unwrap_or_default().to_string(),
+            cleared_crashed: entry_status == "Crashed",
+            kept: kept.clone(),
+        }
     } else if !records.iter().any(|r| r["route_id"].as_str() == Some(route_id)) && (n as i64) < total {
         // The record `StatisticsManager` writes for a route whose simulation crashed before it could score:
         // the RouteRecord shape of the spec (2.2), every infraction list empty, zero scores, no length.
@@ -402,9 +443,7 @@ pub fn skip_route(path: &Path, route_id: &str) -> Result<Option<RouteSkip>, Chec
             records.push(record);
         }
         value["_checkpoint"]["progress"][0] = Value::from(n + 1);
-        if value["entry_status"].as_str() == Some("Crashed") {
-            value["entry_status"] = Value::from("Started");
-        }
+        value["entry_status"] = Value::from("Started");
         RouteSkip::AddedRecord { route_id: route_id.to_string(), index: n, kept: kept.clone() }
     } else {
         return Ok(None);
@@ -426,7 +465,7 @@ pub struct ProgressPlan {
 
 /// The route index at which the 2.0 evaluator resumes, as `RouteIndexer.validate_and_resume` computes it
 /// (branch `leaderboard-2.0`, `leaderboard/utils/route_indexer.py`), leaving out the route-id check
-/// that can only make it give up:
+/// that can only make it give up ([`plan_progress`] keeps that check within the aligned records):
 ///
 /// ```python
 /// check_index = 0
@@ -458,18 +497,21 @@ pub fn evaluator_resume_index(progress0: i64, records: usize, crashed: bool) -> 
 /// `compute_route_statistics` write `records[config.index]`, and each record's `index` field is that
 /// position). Let `C` be the length of the leading run of records whose `index` equals their position
 /// (all of them, in a file the evaluator finished writing). The route to resume at is
-/// * `C - 1` when record `C - 1` says "Simulation crashed": upstream's own crash path (route status
-///   `Failed - Simulation crashed`, `entry_status` `Crashed`, `progress[0] = C`) repeats it, as intended,
-///   since the crash was not the agent's;
+/// * `C - 1` when record `C - 1` is the evaluator's record of a simulation crash ([`crash_record`]: under
+///   `Crashed` with `progress[0] = C`, whatever its status says, or a status that says "Simulation crashed"):
+///   upstream's own crash path repeats it, as intended, since the crash was not the agent's;
 /// * `C` otherwise: the first route without a record.
 ///
-/// The change, using [`evaluator_resume_index`] (`R` = number of records, `C <= R`):
+/// Nothing changes when the evaluator already resumes at the target and its route-id check reads aligned
+/// records only (`min(progress[0], R) <= C`, `R` = number of records). With records beyond `C` and
+/// `progress[0] > C` it would compare one of them with another route's id and give up, emptying the file, even
+/// where the resume index would come out right. Otherwise, using [`evaluator_resume_index`] (`C <= R`):
 /// * `entry_status` is not `Crashed`: `progress[0] = target` (`<= R`, so no fallback) resumes at `target`.
 /// * `Crashed` and record `C - 1` is the crash: `progress[0] = C` resumes at `C - 1`.
-/// * `Crashed` otherwise (the crash was not recorded): no `progress[0]` works (`C + 1` falls back or runs
-///   into unaligned records), so `entry_status` becomes `Started`, what the evaluator itself writes
-///   during a run and at the start of every resumed one (`eligible` is `false` for both), and
-///   `progress[0] = C`.
+/// * `Crashed` otherwise (the crash was not recorded, or its record is that of a route `--route-retries`
+///   moved past): no `progress[0]` works (`C + 1` falls back or runs into unaligned records), so
+///   `entry_status` becomes `Started`, what the evaluator itself writes during a run and at the start of
+///   every resumed one (`eligible` is `false` for both), and `progress[0] = C`.
 ///
 /// Only lowering is done (`progress[0]` never rises): with `progress[0] <= C` the evaluator checks the
 /// route ids of records it wrote itself at their own positions, a subset of what it checks today, so
@@ -495,13 +537,13 @@ pub fn plan_progress_skipping(results: &Value, skipped: &BTreeSet<String>) -> Op
         return None;
     }
     let crashed = results["entry_status"].as_str() == Some("Crashed");
-    let aligned = records.iter().enumerate().take_while(|(i, r)| r["index"].as_u64() == Some(*i as u64)).count();
-    let crash_last = aligned > 0
-        && records[aligned - 1]["status"].as_str().is_some_and(|s| s.contains(SIMULATION_CRASHED))
-        && !records[aligned - 1]["route_id"].as_str().is_some_and(|id| skipped.contains(id));
-    let aligned = i64::try_from(aligned).ok()?;
+    let crash_last = crash_record(results)
+        .is_some_and(|at| !records[at]["route_id"].as_str().is_some_and(|id| skipped.contains(id)));
+    let aligned = i64::try_from(aligned_len(records)).ok()?;
     let target = if crash_last { aligned - 1 } else { aligned };
-    if evaluator_resume_index(from, records.len(), crashed) == target {
+    // The records the route-id check reads: up to `progress[0]`, or all of them before its fallback.
+    let checked = from.min(i64::try_from(records.len()).ok()?);
+    if evaluator_resume_index(from, records.len(), crashed) == target && checked <= aligned {
         return None;
     }
     let (to, cleared_crashed) = match (crashed, crash_last) {
@@ -737,6 +779,13 @@ mod tests {
     /// A finished worker: `Finished`, `progress [2, 2]`, a global record.
     const FINISHED: &str =
         include_str!("../../fixtures/results/lb2.0/simulation_crashed/inputs/partial_agent_results1.json");
+    /// Worker 2 of the recorded finished volume: `Started`, `progress [5, 5]`, five records, the last one
+    /// (RouteScenario_9) `Failed - Agent got blocked`.
+    const ALL_ROUTES: &str = include_str!("../../fixtures/volumes/lb2.0-finished/agent/agent2/agent_results.json");
+    /// Worker 2 resumed at index 1 of records 0-2, route 1 crashed with nothing recorded: `Crashed`,
+    /// `progress [2, 5]`, the records of routes 5 and 7 at positions 0 and 1.
+    const GAP_AFTER_RESUME: &str =
+        include_str!("../../fixtures/checkpoints/lb2.0-crash-unrecorded-after-mid-resume.json");
 
     struct TempDir(PathBuf);
 
@@ -772,6 +821,43 @@ mod tests {
         let old = format!("\"progress\": [\n            {from},");
         assert!(text.contains(&old));
         text.replacen(&old, &format!("\"progress\": [\n            {to},"), 1)
+    }
+
+    fn with_status(text: &str, from: &str, to: &str) -> String {
+        let old = format!("\"entry_status\": \"{from}\"");
+        assert!(text.contains(&old));
+        text.replacen(&old, &format!("\"entry_status\": \"{to}\""), 1)
+    }
+
+    /// The route list of worker 2 in the volumes: routes 5-9, one repetition.
+    fn worker2_routes() -> Vec<String> {
+        (5..10).map(|id| format!("RouteScenario_{id}_rep0")).collect()
+    }
+
+    /// `RouteIndexer.validate_and_resume` (branch `leaderboard-2.0`) with its route-id check, which
+    /// [`evaluator_resume_index`] leaves out: `None` where the evaluator gives up and starts over, emptying the file.
+    fn evaluator_resume(results: &Value, routes: &[String]) -> Option<i64> {
+        let entry_status = results["entry_status"].as_str().filter(|s| !s.is_empty() && *s != "Invalid")?;
+        let (done, total) = progress_pair(&results["_checkpoint"])?;
+        if usize::try_from(total).ok()? != routes.len() {
+            return None;
+        }
+        let records = results["_checkpoint"]["records"].as_array()?;
+        let (mut check, mut resume) = (0, done);
+        while check < resume {
+            let at = usize::try_from(check).ok()?;
+            match (routes.get(at), records.get(at)) {
+                (Some(id), Some(record)) if record["route_id"].as_str() == Some(id.as_str()) => check += 1,
+                (Some(_), Some(_)) => return None,
+                // Python's IndexError: a route or a record past the end.
+                _ => resume = (check - 1).max(0),
+            }
+        }
+        Some(if entry_status == "Crashed" { (resume - 1).max(0) } else { resume.max(0) })
+    }
+
+    fn parse(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
     }
 
     #[test]
@@ -1055,5 +1141,123 @@ mod tests {
         std::fs::write(&p, "").unwrap();
         assert_eq!(summarize(&p).unwrap(), None);
         assert!(!exists_with_data(&p));
+    }
+
+    #[test]
+    fn route_retries_move_past_a_crash_record_kept_by_the_resumed_run() {
+        // Issue 17, item 1. The crash of route 2 was recorded (`Crashed`, `progress [3, 5]`); the resumed run wrote
+        // `Started`, `progress [2, 5]`, the crash record still last, then crashed again while loading route 2.
+        let routes = worker2_routes();
+        let state = with_status(&with_progress(CRASH_RECORDED, "3", "2"), "Crashed", "Started");
+        let before = parse(&state);
+        assert_eq!(evaluator_resume(&before, &routes), Some(2), "the evaluator would run route 2 again");
+        // Not the evaluator's record of this attempt's crash: counted from the log's route, not as recorded.
+        assert_eq!(crashed_route(&before, Some("RouteScenario_7_rep0")), Some(("RouteScenario_7_rep0".into(), false)));
+        let d = TempDir::new("skip-started");
+        std::fs::write(d.file(), &state).unwrap();
+        // A route with an earlier record that is not the last: nothing to move past safely.
+        assert_eq!(skip_route(&d.file(), "RouteScenario_6_rep0").unwrap(), None);
+        assert_eq!(std::fs::read_to_string(d.file()).unwrap(), state);
+
+        let skip = skip_route(&d.file(), "RouteScenario_7_rep0").unwrap();
+        let after = parse(&std::fs::read_to_string(d.file()).unwrap());
+        assert_eq!(after["entry_status"], "Started");
+        assert_eq!(after["_checkpoint"]["progress"], serde_json::json!([3, 5]));
+        assert_eq!(evaluator_resume(&after, &routes), Some(3), "the evaluator resumes after route 2");
+        // Everything else, the crash record included, is what the evaluator wrote.
+        let mut expected = before.clone();
+        expected["_checkpoint"]["progress"][0] = Value::from(3);
+        assert_eq!(after, expected);
+        let kept = d.0.join("agent_results.json.before-skip-RouteScenario_7_rep0");
+        assert_eq!(std::fs::read_to_string(kept).unwrap(), state);
+        assert!(
+            matches!(&skip, Some(RouteSkip::KeptRecord { index: 2, cleared_crashed: false, status, .. })
+                if status == "Failed - Simulation crashed"),
+            "{skip:?}"
+        );
+        let line = skip.unwrap().to_string();
+        assert!(line.contains("progress[0] set to 3") && !line.contains("entry_status Crashed"), "{line}");
+        // The next resume leaves it alone.
+        let skipped = BTreeSet::from(["RouteScenario_7_rep0".to_string()]);
+        assert_eq!(plan_progress_skipping(&after, &skipped), None);
+    }
+
+    #[test]
+    fn a_crash_record_is_known_by_its_position_not_its_status() {
+        // Issue 17, item 2. Route 4 (RouteScenario_9) got blocked, then the simulator crashed: the evaluator's crash
+        // record says "Failed - Agent got blocked" (the event's message overwrote "Simulation crashed"), under
+        // `Crashed`, `progress [5, 5]`. The evaluator repeats the route, as upstream intends.
+        let routes = worker2_routes();
+        let crashed = with_status(ALL_ROUTES, "Started", "Crashed");
+        let v = parse(&crashed);
+        assert_eq!(evaluator_resume(&v, &routes), Some(4));
+        assert_eq!(plan_progress(&v), None, "the crash is recorded: nothing to repair");
+        let d = TempDir::new("crash-by-position");
+        std::fs::write(d.file(), &crashed).unwrap();
+        assert_eq!(Guard::new(&d.file()).prepare_resume().unwrap(), []);
+        assert_eq!(std::fs::read_to_string(d.file()).unwrap(), crashed);
+        assert_eq!(crashed_route(&v, None), Some(("RouteScenario_9_rep0".into(), true)));
+
+        // Moved past by `--route-retries`: the record stays, the evaluator goes on after it (here: finishes).
+        let skip = skip_route(&d.file(), "RouteScenario_9_rep0").unwrap();
+        assert!(
+            matches!(&skip, Some(RouteSkip::KeptRecord { index: 4, cleared_crashed: true, status, .. })
+                if status == "Failed - Agent got blocked"),
+            "{skip:?}"
+        );
+        let after = parse(&std::fs::read_to_string(d.file()).unwrap());
+        assert_eq!(after, parse(ALL_ROUTES));
+        assert_eq!(evaluator_resume(&after, &routes), Some(5));
+
+        // The same record under the resumed run's first write (`Started`, `progress [4, 5]`), which then crashed
+        // while loading: the evaluator runs route 4 again; moving past it keeps the record too.
+        let first_write = with_progress(ALL_ROUTES, "5", "4");
+        assert_eq!(plan_progress(&parse(&first_write)), None);
+        std::fs::write(d.file(), &first_write).unwrap();
+        assert!(matches!(
+            skip_route(&d.file(), "RouteScenario_9_rep0").unwrap(),
+            Some(RouteSkip::KeptRecord { index: 4, cleared_crashed: false, .. })
+        ));
+        assert_eq!(parse(&std::fs::read_to_string(d.file()).unwrap()), parse(ALL_ROUTES));
+
+        // A crash record of a route already moved past (a last good copy from before the skip put back): only
+        // the status changes, and the log line says so instead of "lowered from 5 to 5".
+        std::fs::write(d.file(), &crashed).unwrap();
+        let skipped = BTreeSet::from(["RouteScenario_9_rep0".to_string()]);
+        let repairs = Guard::new(&d.file()).prepare_resume_skipping(&skipped).unwrap();
+        assert_eq!(repairs, [Repair::ProgressRepaired { from: 5, to: 5, cleared_crashed: true, resumes_at: 5 }]);
+        let line = repairs[0].to_string();
+        assert!(!line.contains("lowered"), "{line}");
+        assert!(line.contains("entry_status Crashed set to Started (progress[0] stays 5)"), "{line}");
+        assert_eq!(std::fs::read_to_string(d.file()).unwrap(), ALL_ROUTES);
+    }
+
+    #[test]
+    fn records_beyond_the_aligned_ones_are_never_checked() {
+        // Issue 17, item 4. Records 0 and 2 at positions 0 and 1, `Crashed`, `progress [2, 5]`: the evaluator
+        // would resume at 1 (2, one back), the right route, but its route-id check reads position 1 (route 7's
+        // record where route 6's belongs) and gives up, emptying the file.
+        let routes = worker2_routes();
+        let v = parse(GAP_AFTER_RESUME);
+        assert_eq!(evaluator_resume_index(2, 2, true), 1);
+        assert_eq!(evaluator_resume(&v, &routes), None);
+        let plan = plan_progress(&v);
+        assert_eq!(plan, Some(ProgressPlan { from: 2, to: 1, cleared_crashed: true, resumes_at: 1 }));
+        let d = TempDir::new("gap");
+        std::fs::write(d.file(), GAP_AFTER_RESUME).unwrap();
+        Guard::new(&d.file()).prepare_resume().unwrap();
+        let text = std::fs::read_to_string(d.file()).unwrap();
+        assert_eq!(text, with_status(&with_progress(GAP_AFTER_RESUME, "2", "1"), "Crashed", "Started"));
+        assert_eq!(evaluator_resume(&parse(&text), &routes), Some(1));
+
+        // The same records under `Started` with `progress [3, 5]`: the fallback (max(2 - 1, 0) = 1) lands right
+        // too, after the check has read position 1.
+        let started = with_status(&with_progress(GAP_AFTER_RESUME, "2", "3"), "Crashed", "Started");
+        assert_eq!(evaluator_resume_index(3, 2, false), 1);
+        assert_eq!(evaluator_resume(&parse(&started), &routes), None);
+        let plan = plan_progress(&parse(&started)).unwrap();
+        assert_eq!((plan.to, plan.cleared_crashed, plan.resumes_at), (1, false, 1));
+        let lowered = patch_text(&started, &plan).unwrap();
+        assert_eq!(evaluator_resume(&parse(&lowered), &routes), Some(1));
     }
 }
