@@ -4,6 +4,7 @@
 
 use crate::results::Version;
 use crate::results::file::DEFAULT_MAX_BYTES;
+use crate::routes::RoutePlan;
 use clap::{Args, ValueEnum};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -83,6 +84,14 @@ pub struct RunArgs {
     /// Number of worker pairs.
     #[arg(long = "workers", env = "SUBMISSION_WORKERS", default_value = "4")]
     pub workers: String,
+    /// Routes in all (ids 0..N-1), split among the workers as upstream's ROUTES_SUBSET. With it, a worker is
+    /// complete only when every route it was given has a record, and records of routes it was not given are left
+    /// out of the merge. Without it, a worker's own progress decides (upstream's rule).
+    #[arg(long, env = "ROUTE_COUNT")]
+    pub route_count: Option<String>,
+    /// Runs of every route (the evaluators' --repetitions).
+    #[arg(long, env = "REPETITIONS", default_value = "1")]
+    pub repetitions: String,
     /// The logs volume's root.
     #[arg(long, env = "LOGS_DIR", default_value = "/logs")]
     pub logs: PathBuf,
@@ -278,6 +287,8 @@ pub struct RunConfig {
     pub logs_period: Duration,
     pub version: Version,
     pub workers: u32,
+    /// The routes each worker was given (`--route-count`); `None`: each worker's own progress decides.
+    pub routes: Option<RoutePlan>,
     pub logs: PathBuf,
     pub results_pattern: String,
     pub merged_path: PathBuf,
@@ -383,6 +394,31 @@ fn volume_path(setting: &'static str, s: &str) -> Result<PathBuf, ConfigError> {
     Ok(p.to_path_buf())
 }
 
+/// The merged file must stay out of every worker's reach: written into a worker's folder (or over its results
+/// file, or its supervisor's last good copy) it is read back as that worker's checkpoint and every merge feeds
+/// the next.
+fn merged_path(s: &str, results_pattern: &str, workers: u32) -> Result<PathBuf, ConfigError> {
+    const SETTING: &str = "--merged-path / MERGED_PATH";
+    let merged = volume_path(SETTING, s)?;
+    // The folder of the results file is the worker's own when its path names the worker.
+    let per_worker_folder = Path::new(results_pattern).parent().is_some_and(|p| p.to_string_lossy().contains("{i}"));
+    for i in 1..=workers {
+        let results = PathBuf::from(results_pattern.replace("{i}", &i.to_string()));
+        let folder = results.parent().filter(|_| per_worker_folder);
+        let why = if merged == results || merged == supervisor::checkpoint::last_good_path(&results) {
+            format!("is worker {i}'s results file {} (or its last good copy)", results.display())
+        } else if results.starts_with(&merged) {
+            format!("is a folder holding worker {i}'s results file {}", results.display())
+        } else if let Some(folder) = folder.filter(|f| merged.starts_with(f)) {
+            format!("is inside worker {i}'s folder {}", folder.display())
+        } else {
+            continue;
+        };
+        return Err(bad(SETTING, format!("{s:?} {why}: the merged file would be read back as the worker's results")));
+    }
+    Ok(merged)
+}
+
 impl RunArgs {
     /// Validates the flags into a [`RunConfig`].
     pub fn validate(self) -> Result<RunConfig, ConfigError> {
@@ -426,6 +462,16 @@ impl RunArgs {
             return Err(bad("--results-pattern / RESULTS_PATTERN", format!("{:?} has no {{i}}", self.results_pattern)));
         }
         volume_path("--results-pattern / RESULTS_PATTERN", &self.results_pattern)?;
+        let workers = number("--workers / SUBMISSION_WORKERS", &self.workers, 1, 1024)?;
+        let repetitions = number("--repetitions / REPETITIONS", &self.repetitions, 1, 1000)?;
+        let routes = match self.route_count.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(n) => Some(RoutePlan {
+                routes: number("--route-count / ROUTE_COUNT", n, 1, 1_000_000)?,
+                repetitions,
+                workers,
+            }),
+        };
         let team_id = match self.team_id {
             Some(t) if !t.trim().is_empty() => t.trim().to_string(),
             _ if local => "local".to_string(),
@@ -439,10 +485,11 @@ impl RunArgs {
             evalai,
             logs_period: duration("--logs-period / LOGS_PERIOD", &self.logs_period, Duration::from_millis(100))?,
             version,
-            workers: number("--workers / SUBMISSION_WORKERS", &self.workers, 1, 1024)?,
+            workers,
+            routes,
             logs: self.logs,
+            merged_path: merged_path(&self.merged_path, &self.results_pattern, workers)?,
             results_pattern: self.results_pattern,
-            merged_path: volume_path("--merged-path / MERGED_PATH", &self.merged_path)?,
             // A partial update takes a GET and a PUT: fewer than 2 a minute could never send one.
             evalai_rpm: number("--evalai-rpm / EVALAI_RPM", &self.evalai_rpm, 2, 60)?,
             status_period: duration(
@@ -474,7 +521,7 @@ impl RunArgs {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use clap::Parser;
 
@@ -484,7 +531,8 @@ mod tests {
         run: RunArgs,
     }
 
-    fn parse(args: &[&str]) -> Result<RunConfig, ConfigError> {
+    /// `logcopy run`'s flags parsed and validated (also for the daemon's tests).
+    pub(crate) fn parse(args: &[&str]) -> Result<RunConfig, ConfigError> {
         T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).unwrap().run.validate()
     }
 
@@ -552,6 +600,44 @@ mod tests {
         allowed.push("--allow-insecure-evalai");
         assert!(parse(&allowed).is_ok());
         assert!(parse(&args("ftp://eval.ai")).is_err());
+    }
+
+    #[test]
+    fn the_merged_file_stays_out_of_the_workers_folders() {
+        for inside in ["agent/agent1/merged.json", "agent/agent3/agent_results.json", "agent/agent4/x/y.json", "agent"]
+        {
+            let e = parse(&["--local", "/tmp/x", "--merged-path", inside]).unwrap_err();
+            assert_eq!(e.setting, "--merged-path / MERGED_PATH", "{inside}");
+        }
+        let e = parse(&["--local", "/tmp/x", "--merged-path", "agent/agent2/./agent_results.json"]).unwrap_err();
+        assert!(e.reason.contains("worker 2's results file"), "{e}");
+        // Generation 2: the workers share agent/; only their files and the supervisor's copies are theirs.
+        let gen2 = ["--local", "/tmp/x", "--results-pattern", "agent/partial_agent_results{i}.json"];
+        for theirs in ["agent/partial_agent_results2.json", "agent/.partial_agent_results1.json.last-good"] {
+            let e = parse(&[&gen2[..], &["--merged-path", theirs]].concat()).unwrap_err();
+            assert_eq!(e.setting, "--merged-path / MERGED_PATH", "{theirs}");
+        }
+        let ok = parse(&[&gen2[..], &["--merged-path", "agent/agent_results.json"]].concat()).unwrap();
+        assert_eq!(ok.merged_path, Path::new("agent/agent_results.json"));
+        // Worker 5 does not exist with 4 workers; the default is fine.
+        assert!(parse(&["--local", "/tmp/x", "--merged-path", "agent/agent5/merged.json"]).is_ok());
+        assert_eq!(parse(&["--local", "/tmp/x"]).unwrap().merged_path, Path::new("agent/agent_results.json"));
+    }
+
+    #[test]
+    fn route_count_and_repetitions() {
+        let cfg = parse(&["--local", "/tmp/x"]).unwrap();
+        assert_eq!(cfg.routes, None);
+        let cfg = parse(&["--local", "/tmp/x", "--route-count", "20", "--repetitions", "3", "--workers", "2"]).unwrap();
+        assert_eq!(cfg.routes, Some(RoutePlan { routes: 20, repetitions: 3, workers: 2 }));
+        for (args, setting) in [
+            (["--route-count", "0", "--repetitions", "1"], "--route-count / ROUTE_COUNT"),
+            (["--route-count", "x", "--repetitions", "1"], "--route-count / ROUTE_COUNT"),
+            (["--route-count", "20", "--repetitions", "0"], "--repetitions / REPETITIONS"),
+        ] {
+            let e = parse(&[&["--local", "/tmp/x"][..], &args].concat()).unwrap_err();
+            assert_eq!(e.setting, setting, "{args:?}");
+        }
     }
 
     #[test]

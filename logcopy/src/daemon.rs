@@ -30,9 +30,10 @@ use crate::results::file::{self, Loaded};
 use crate::results::model::route_sort_key;
 use crate::results::pyjson::Value;
 use crate::results::{self, Input, Version, evalai};
+use crate::routes::{Assigned, Missing, SHOWN};
 use crate::volume::watch::{Debounce, watch};
 use crate::volume::{FileStamp, Layout, atomic_write};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use supervisor::markers::{Marker, Role, StatusSet, WorkerId};
@@ -60,6 +61,8 @@ struct Worker {
     good: Option<Value>,
     /// The last problem logged, so each is logged once.
     problem: Option<String>,
+    /// The routes it was given (`--route-count`); `None`: its own progress decides.
+    assigned: Option<Assigned>,
 }
 
 impl Worker {
@@ -134,8 +137,35 @@ impl Worker {
         Some((records, total))
     }
 
-    fn is_complete(&self) -> bool {
-        matches!(self.progress(), Some((done, total)) if total > 0 && done as i64 >= total)
+    /// `Ok` when the worker has recorded what it had to, else what it lacks. With the routes it was given: each has a
+    /// record (records of other routes do not count), and, as without them, its progress is complete, so that the
+    /// merge can compute the global record. Without: its progress alone, upstream's rule.
+    fn verdict(&self, version: Version) -> Result<(), String> {
+        let progress = self.progress();
+        let Some(a) = &self.assigned else {
+            return match progress {
+                Some((done, total)) if total > 0 && done as i64 >= total => Ok(()),
+                Some((done, total)) => Err(format!("ended with {done} of {total} routes recorded")),
+                None => Err("ended without a results file".into()),
+            };
+        };
+        if a.is_empty() {
+            return Ok(());
+        }
+        let Some((records, total)) = progress else {
+            return Err(format!("ended without a results file (its routes: {})", a.describe()));
+        };
+        let ids = self.route_ids();
+        let lacking = a.missing(version, ids.iter().map(String::as_str), &mut Missing::default());
+        if lacking > 0 {
+            let (runs, routes) = (a.runs(), a.describe());
+            return Err(format!("ended with {} of the {runs} routes it was given ({routes}) recorded", runs - lacking));
+        }
+        let outside = ids.iter().filter(|id| !a.contains(version, id)).count();
+        if total <= 0 || ((records - outside) as i64) < total {
+            return Err(format!("recorded the {} routes it was given, but its progress counts {total}", a.runs()));
+        }
+        Ok(())
     }
 
     fn route_ids(&self) -> Vec<String> {
@@ -156,7 +186,7 @@ impl Worker {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum WorkerEnd {
     Complete,
-    Incomplete { recorded: usize, total: Option<i64> },
+    Incomplete { reason: String },
     Failed { side: Role },
 }
 
@@ -191,8 +221,22 @@ impl State {
                 stamp: None,
                 good: None,
                 problem: None,
+                assigned: cfg.routes.map(|plan| plan.assigned(id)),
             })
             .collect();
+        match cfg.routes {
+            None => warn!(
+                "no --route-count / ROUTE_COUNT: a worker counts as complete when its own progress says so \
+                 (upstream's rule), which its evaluator can misreport"
+            ),
+            Some(plan) if plan.routes < plan.workers => warn!(
+                routes = plan.routes,
+                workers = plan.workers,
+                "fewer routes than workers: {} workers are given no route and count as complete once they end",
+                plan.workers - plan.routes
+            ),
+            Some(_) => {}
+        }
         State {
             version: cfg.version,
             layout,
@@ -256,6 +300,7 @@ impl State {
                 self.cfg.version
             }
         };
+        let inputs = self.keep_assigned_routes(inputs);
         let merged = match results::merge(self.version, &inputs) {
             Ok(m) => m,
             Err(f) => {
@@ -299,6 +344,32 @@ impl State {
         self.write_outputs(&outputs);
         self.outputs = Some(Arc::new(outputs));
         true
+    }
+
+    /// Leaves the records of routes a worker was not given out of its input, so that they are never merged over
+    /// another worker's routes; each such drop is logged once, with the file and the route ids.
+    fn keep_assigned_routes(&mut self, mut inputs: Vec<Input>) -> Vec<Input> {
+        let mut drops = Vec::new();
+        for (w, input) in self.workers.iter().filter(|w| w.good.is_some()).zip(&mut inputs) {
+            let Some(a) = &w.assigned else { continue };
+            let Some((kept, dropped)) = a.drop_outside(self.version, &input.data) else { continue };
+            input.data = kept;
+            let shown = dropped.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+            let more = dropped.len().saturating_sub(SHOWN);
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            drops.push(format!(
+                "{}: {} record(s) of routes that worker {} was not given (its routes: {}) left out of the merge: \
+                 {shown}{more}",
+                w.rel,
+                dropped.len(),
+                w.id,
+                a.describe()
+            ));
+        }
+        for m in drops {
+            self.log_once(m, |m| warn!("{m}"));
+        }
+        inputs
     }
 
     /// Writes the four output files (only those whose bytes changed), each atomically.
@@ -345,11 +416,9 @@ impl State {
         if !(self.markers.is_done(Role::Agent, id) && self.markers.is_done(Role::Simulator, id)) {
             return None;
         }
-        Some(if w.is_complete() {
-            WorkerEnd::Complete
-        } else {
-            let (recorded, total) = w.progress().map_or((0, None), |(d, t)| (d, Some(t)));
-            WorkerEnd::Incomplete { recorded, total }
+        Some(match w.verdict(self.version) {
+            Ok(()) => WorkerEnd::Complete,
+            Err(reason) => WorkerEnd::Incomplete { reason },
         })
     }
 
@@ -363,10 +432,7 @@ impl State {
                     let marker = Marker::Failed { role: side, worker: WorkerId(w.id) };
                     problems.push(format!("worker {} failed ({marker})", w.id));
                 }
-                WorkerEnd::Incomplete { recorded, total } => problems.push(match total {
-                    Some(t) => format!("worker {} ended with {recorded} of {t} routes recorded", w.id),
-                    None => format!("worker {} ended without a results file", w.id),
-                }),
+                WorkerEnd::Incomplete { reason } => problems.push(format!("worker {} {reason}", w.id)),
             }
         }
         Some(if problems.is_empty() {
@@ -376,32 +442,54 @@ impl State {
         })
     }
 
-    /// Route ids of the submission with no result. A worker without a results file is assumed to have as many
-    /// routes as the others (upstream splits the routes evenly), so its routes are listed too.
-    fn missing_routes(&self) -> Vec<String> {
+    /// Route ids of the submission with no result: at most [`SHOWN`] named, and how many in all. With the routes
+    /// each worker was given, those without a record. Without them, the routes that the workers' progress totals
+    /// add up to (a worker without a results file is assumed to have as many routes as the others, as upstream
+    /// splits them evenly). The work is bounded by the records present, never by a progress total, which the
+    /// participant's evaluator writes.
+    fn missing_routes(&self) -> Missing {
+        let mut out = Missing::default();
+        if self.cfg.routes.is_some() {
+            for w in &self.workers {
+                if let Some(a) = &w.assigned {
+                    a.missing(self.version, w.route_ids().iter().map(String::as_str), &mut out);
+                }
+            }
+            return out;
+        }
         let totals: Vec<Option<i64>> = self.workers.iter().map(|w| w.progress().map(|(_, t)| t)).collect();
-        let known: Vec<i64> = totals.iter().flatten().copied().collect();
-        let Some(&typical) = known.iter().max() else { return Vec::new() };
-        let total: i64 = totals.iter().map(|t| t.unwrap_or(typical)).sum();
+        let Some(typical) = totals.iter().flatten().copied().max() else { return out };
+        let total: u128 = totals.iter().map(|t| u128::try_from(t.unwrap_or(typical)).unwrap_or(0)).sum();
         let ids: Vec<String> = self.workers.iter().flat_map(Worker::route_ids).collect();
-        let keys: BTreeSet<(i64, i64)> = ids.iter().filter_map(|id| route_sort_key(self.version, id)).collect();
+        let keys: HashSet<(u128, u128)> = ids
+            .iter()
+            .filter_map(|id| route_sort_key(self.version, id))
+            .filter_map(|(r, k)| Some((u128::try_from(r).ok()?, u128::try_from(k).ok()?)))
+            .collect();
         let reps = match self.version {
-            Version::V2 => keys.iter().map(|k| k.1).max().map_or(1, |m| m + 1).max(1),
+            Version::V2 => keys.iter().map(|k| k.1 + 1).max().unwrap_or(1),
             Version::V1 => 1,
         };
         let routes = total / reps;
-        let mut missing = Vec::new();
-        for r in 0..routes.min(100_000) {
+        let present = keys.iter().filter(|(r, k)| *r < routes && *k < reps).count() as u128;
+        out.count = routes * reps - present;
+        // Each step either meets a record or names a route, so this ends after at most records + SHOWN steps.
+        let mut named = 0u128;
+        'walk: for r in 0..routes {
             for k in 0..reps {
+                if out.full() || named == out.count {
+                    break 'walk;
+                }
                 if !keys.contains(&(r, k)) {
-                    missing.push(match self.version {
+                    named += 1;
+                    out.name(|| match self.version {
                         Version::V2 => format!("RouteScenario_{r}_rep{k}"),
                         Version::V1 => format!("RouteScenario_{r}"),
                     });
                 }
             }
         }
-        missing
+        out
     }
 
     fn cancel_marker(&self) -> bool {
@@ -451,11 +539,13 @@ impl State {
         {
             let missing = self.missing_routes();
             let mut note = format!("\nThe submission ended incomplete: {reason}.\n");
-            if !missing.is_empty() {
-                let shown: Vec<&str> = missing.iter().take(50).map(String::as_str).collect();
-                let more = if missing.len() > 50 { format!(" and {} more", missing.len() - 50) } else { String::new() };
-                note.push_str(&format!("Routes with no result: {}{more}.\n", shown.join(", ")));
-                error!(missing = missing.len(), routes = %shown.join(","), "routes with no result");
+            if missing.count > 0 {
+                let shown = missing.names.join(", ");
+                let more = missing.count - missing.names.len() as u128;
+                let more =
+                    if more > 0 { format!(" and {more} more ({} in all)", missing.count) } else { String::new() };
+                note.push_str(&format!("Routes with no result: {shown}{more}.\n"));
+                error!(missing = %missing.count, routes = %shown, "routes with no result");
             }
             let with_note = Outputs { stdout: format!("{}{note}", o.stdout), ..(**o).clone() };
             self.write_outputs(&with_note);
@@ -802,5 +892,106 @@ fn has_non_finite(v: &Value) -> bool {
         Value::Array(a) => a.iter().any(has_non_finite),
         Value::Object(o) => o.iter().any(|(_, v)| has_non_finite(v)),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(args: &[&str]) -> State {
+        let base = ["--local", "/nonexistent", "--logs", "/nonexistent"];
+        State::new(crate::config::tests::parse(&[&base[..], args].concat()).unwrap())
+    }
+
+    /// A worker file with these route ids and this progress.
+    fn file(ids: &[String], progress: [i64; 2]) -> Value {
+        let recs: Vec<String> = ids.iter().map(|id| format!(r#"{{"route_id": "{id}"}}"#)).collect();
+        let text = format!(
+            r#"{{"_checkpoint": {{"global_record": {{}}, "progress": [{}, {}], "records": [{}]}}, "entry_status": "Started"}}"#,
+            progress[0],
+            progress[1],
+            recs.join(", ")
+        );
+        crate::results::pyjson::parse(text.as_bytes()).unwrap()
+    }
+
+    fn names(ids: impl IntoIterator<Item = u64>) -> Vec<String> {
+        ids.into_iter().map(|i| format!("RouteScenario_{i}_rep0")).collect()
+    }
+
+    #[test]
+    fn a_worker_is_judged_by_the_routes_it_was_given() {
+        let mut s = state(&["--route-count", "20"]);
+        let w = &mut s.workers[1]; // routes 5-9
+        assert_eq!(w.verdict(Version::V2), Err("ended without a results file (its routes: 5-9)".into()));
+        w.good = Some(file(&names(5..10), [5, 5]));
+        assert_eq!(w.verdict(Version::V2), Ok(()));
+        // Route 7 dropped, progress [4, 4]: upstream's rule would call it complete.
+        w.good = Some(file(&names([5, 6, 8, 9]), [4, 4]));
+        assert_eq!(w.verdict(Version::V2), Err("ended with 4 of the 5 routes it was given (5-9) recorded".into()));
+        // Route 7 replaced by another worker's route 12: it does not count.
+        w.good = Some(file(&names([5, 6, 8, 9, 12]), [5, 5]));
+        assert!(w.verdict(Version::V2).unwrap_err().contains("4 of the 5"));
+        // Every route, and one of another worker's (left out of the merge): complete when the progress agrees.
+        w.good = Some(file(&names([5, 6, 7, 8, 9, 12]), [5, 5]));
+        assert_eq!(w.verdict(Version::V2), Ok(()));
+        w.good = Some(file(&names([5, 6, 7, 8, 9, 12]), [6, 6]));
+        assert_eq!(w.verdict(Version::V2), Err("recorded the 5 routes it was given, but its progress counts 6".into()));
+        w.good = Some(file(&names(5..10), [5, i64::MAX]));
+        assert!(w.verdict(Version::V2).unwrap_err().contains("progress counts 9223372036854775807"));
+        // Without --route-count: upstream's rule, the worker's own progress.
+        let mut s = state(&[]);
+        let w = &mut s.workers[1];
+        w.good = Some(file(&names([5, 6, 8, 9]), [4, 4]));
+        assert_eq!(w.verdict(Version::V2), Ok(()));
+        w.good = Some(file(&names([5, 6, 8, 9]), [4, 5]));
+        assert_eq!(w.verdict(Version::V2), Err("ended with 4 of 5 routes recorded".into()));
+    }
+
+    #[test]
+    fn repetitions_and_leaderboard_1_0_names() {
+        let mut s = state(&["--route-count", "8", "--repetitions", "2", "--workers", "2"]);
+        let w = &mut s.workers[0]; // routes 0-3, twice
+        let runs: Vec<String> = (0..4).flat_map(|i| (0..2).map(move |r| format!("RouteScenario_{i}_rep{r}"))).collect();
+        w.good = Some(file(&runs, [8, 8]));
+        assert_eq!(w.verdict(Version::V2), Ok(()));
+        w.good = Some(file(&runs[..7], [7, 7]));
+        assert!(w.verdict(Version::V2).unwrap_err().contains("7 of the 8"));
+        // 1.0 names both repetitions of a route alike: each name needs two records.
+        let v1: Vec<String> =
+            (0..4).flat_map(|i| [format!("RouteScenario_{i}"), format!("RouteScenario_{i}")]).collect();
+        w.good = Some(file(&v1, [8, 8]));
+        assert_eq!(w.verdict(Version::V1), Ok(()));
+        w.good = Some(file(&v1[1..], [7, 7]));
+        assert!(w.verdict(Version::V1).unwrap_err().contains("7 of the 8"));
+    }
+
+    #[test]
+    fn a_worker_given_no_route_is_complete_once_it_ends() {
+        let s = state(&["--route-count", "2", "--workers", "4"]);
+        let given: Vec<String> = s.workers.iter().map(|w| w.assigned.unwrap().describe()).collect();
+        assert_eq!(given, ["0-0", "none", "1-1", "none"]);
+        assert_eq!(s.workers[1].verdict(Version::V2), Ok(()));
+        assert!(s.workers[0].verdict(Version::V2).is_err());
+    }
+
+    #[test]
+    fn the_missing_list_is_bounded_and_never_overflows() {
+        // No --route-count: the totals decide; a hostile one neither overflows nor makes the work large.
+        let mut s = state(&[]);
+        s.workers[0].good = Some(file(&names([0]), [1, i64::MAX]));
+        s.workers[1].good = Some(file(&names([1_000_000_000]), [1, -7]));
+        let m = s.missing_routes();
+        assert_eq!(m.names.len(), SHOWN);
+        assert_eq!(m.names[0], "RouteScenario_1_rep0");
+        // Worker 1's total, worker 2's (negative: none), workers 3 and 4 assumed like the largest; 2 routes are there.
+        assert_eq!(m.count, 3 * i64::MAX as u128 - 2);
+        // With it: the routes each worker was given.
+        let mut s = state(&["--route-count", "1000000", "--repetitions", "1000"]);
+        s.workers[0].good = Some(file(&names([0]), [1, i64::MAX]));
+        let m = s.missing_routes();
+        assert_eq!((m.names.len(), m.count), (SHOWN, 1_000_000 * 1000 - 1));
+        assert_eq!(m.names[0], "RouteScenario_0_rep1");
     }
 }

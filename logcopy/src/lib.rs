@@ -11,4 +11,5 @@ pub mod logging;
 pub mod publish;
 pub mod restore;
 pub mod results;
+pub mod routes;
 pub mod volume;
