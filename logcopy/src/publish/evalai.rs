@@ -11,8 +11,8 @@
 //! - a new result is sent when its content changes, at once when the budget allows, otherwise coalesced so that
 //!   only the newest is sent; the same payload is never sent twice. Pairs are paced at least `120 / rpm` s apart,
 //!   so the budget is spread over the minute instead of spent in a burst and then waited for;
-//! - any GET counts as the periodic status check (every `--status-period`, 20 s by default), and while a change
-//!   waits the periodic GET never takes one of the last two free slots;
+//! - any GET counts as the periodic status check (every `--status-period`, 20 s by default), and the periodic GET
+//!   never takes one of the last two free slots, which stay for the pair of a change, waiting or to come;
 //! - every request counts against the budget ([`Budget`]), retries and timed-out ones included (a request that
 //!   timed out may have reached EvalAI and counted there); a 429 pauses every request until its Retry-After
 //!   (at most [`MAX_RETRY_AFTER`]); 5xx, timeouts and broken connections are retried with full-jitter backoff;
@@ -670,10 +670,11 @@ impl<T: Transport> EvalAiSink<T> {
         paced.max(self.not_before).max(self.budget.ready_at(now, 2))
     }
 
-    /// When the periodic status GET may go while a change waits: never with fewer than three free slots, so the
-    /// waiting pair keeps its two. `None` when the budget is too small for that (the pair's GET checks instead).
-    fn waiting_status_at(&mut self, now: Instant) -> Option<Instant> {
-        (self.cfg.rpm >= 3).then(|| self.next_status.max(self.budget.ready_at(now, 3)))
+    /// When the periodic status GET may go: when it is due and three slots are free, so that two stay for a GET +
+    /// PUT pair, whether a change waits now or comes next (with a smaller budget: when the window is empty). A
+    /// GET deferred so is not missed: the pair's own GET checks the status too.
+    fn status_at(&mut self, now: Instant) -> Instant {
+        self.next_status.max(self.budget.ready_at(now, 3))
     }
 }
 
@@ -725,18 +726,16 @@ impl<T: Transport> Sink for EvalAiSink<T> {
                     continue;
                 }
                 // Wait for the pair's turn; a newer snapshot meanwhile replaces this one (coalescing).
-                let status_at = self.waiting_status_at(now);
+                let status_at = self.status_at(now);
                 tokio::select! {
                     _ = sleep_until(pair_at) => {}
                     r = snapshots.changed() => if r.is_err() { return },
-                    _ = async { sleep_until(status_at.unwrap_or(now)).await }, if status_at.is_some_and(|t| t < pair_at) => {
-                        self.refresh(&events).await;
-                    }
+                    _ = sleep_until(status_at), if status_at < pair_at => { self.refresh(&events).await; }
                 }
                 continue;
             }
             // Idle: the periodic GET waits for the budget too, but a new snapshot (or the end) still wakes us.
-            let status_at = self.next_status.max(self.budget.ready_at(now, 1));
+            let status_at = self.status_at(now);
             tokio::select! {
                 r = snapshots.changed() => if r.is_err() { return },
                 _ = sleep_until(status_at) => { self.refresh(&events).await; }
