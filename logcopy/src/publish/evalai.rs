@@ -956,6 +956,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn changes_30_s_or_more_apart_find_their_two_slots() {
+        // Gaps of 30 to 45 s: with a status GET due every 20 s, two idle GETs in a long gap would leave one slot.
+        let mut run = Run::start(SimEvalAi::new("running", true), settings(6, false));
+        let mut changes = Vec::new();
+        for k in 0..60u64 {
+            run.send(Some(outputs(&format!("v{k}"))), None);
+            changes.push((format!("v{k}"), Instant::now()));
+            tokio::time::sleep(Duration::from_secs(30 + (k * 7) % 16)).await;
+        }
+        let log = run.sim.log();
+        for (tag, at) in changes {
+            let put = log.iter().find(|r| r.is_partial_put() && r.metadata.as_deref() == Some(tag.as_str()));
+            let put = put.unwrap_or_else(|| panic!("{tag} was never sent: {log:#?}"));
+            assert!(put.at - at < Duration::from_secs(1), "{tag} waited {:?} for its slots", put.at - at);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn pairs_are_paced_and_the_idle_minute_is_status_gets_only() {
         let mut run = Run::start(SimEvalAi::new("running", true), settings(6, false));
         let t0 = Instant::now();

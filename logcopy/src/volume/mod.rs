@@ -34,7 +34,9 @@ pub struct WriteError {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, flushed, then renamed over it.
-/// A symlink at `path` is replaced, never followed.
+/// A symlink at `path` is replaced, never followed. Anything else that is not a regular file (a device such as
+/// `/dev/null`, a FIFO, a folder) is refused, never replaced: as root, a rename over `/dev/null` would turn it
+/// into a regular file that every later `>/dev/null` fills.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     let err = |source| WriteError { path: path.to_path_buf(), source };
     let dir = match path.parent() {
@@ -42,6 +44,11 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         _ => Path::new("."),
     };
     let name = path.file_name().ok_or_else(|| err(std::io::Error::other("the path has no file name")))?;
+    if let Ok(m) = std::fs::symlink_metadata(path)
+        && !(m.is_file() || m.file_type().is_symlink())
+    {
+        return Err(err(std::io::Error::other("is not a regular file; refusing to replace it")));
+    }
     let mut tmp_name = std::ffi::OsString::from(TEMP_PREFIX);
     tmp_name.push(name);
     tmp_name.push(format!(".{}", std::process::id()));
@@ -154,5 +161,26 @@ mod tests {
         assert!(leftovers.is_empty());
         let e = atomic_write(&d.join("no-such-dir/x.json"), b"x").unwrap_err();
         assert!(e.to_string().contains("no-such-dir/x.json"), "{e}");
+    }
+
+    #[test]
+    fn never_replaces_a_device_a_fifo_or_a_folder() {
+        use std::os::unix::fs::FileTypeExt;
+        let d = std::env::temp_dir().join(format!("logcopy-vol-special-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("folder")).unwrap();
+        let fifo = d.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for (path, is) in [(fifo.as_path(), "fifo"), (&d.join("folder"), "folder"), (Path::new("/dev/null"), "device")]
+        {
+            let e = atomic_write(path, b"x").unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{is}: {e}");
+        }
+        let m = std::fs::symlink_metadata("/dev/null").unwrap();
+        assert!(m.file_type().is_char_device(), "/dev/null is still a device");
+        assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "the fifo is still a fifo");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
