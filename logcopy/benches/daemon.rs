@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p logcopy --bench daemon` runs, in about two minutes, one `logcopy run` (the release binary, as
 //! a child process) against the local EvalAI double `fixtures/bin/fake-evalai`, and prints what it measured.
-//! Nothing is asserted: the figures are for reading (and for the README), the goals are printed beside them.
+//! Nothing is asserted: the figures are for reading (and for docs/benchmarks.md), the goals are printed beside them.
 //!
 //! 1. **Volume.** A generation 1 `logs` volume in a scratch folder: a copy of `fixtures/volumes/lb2.0-mid-run`
 //!    (4 workers, 20 routes, worker *i* runs routes `5*(i-1)..5*i-1`; workers 1-3 have results, worker 3 is done),

@@ -5,7 +5,7 @@
 //! (`CARGO_BIN_EXE_logcopy`, as a child process) against a local `moto_server` (the harness of
 //! `tests/storage.rs`, `tests/support/moto.rs`: `.venv/bin/moto_server` or `MOTO_SERVER`, on a free 127.0.0.1
 //! port, its request recorder on) and prints what it measured. Nothing is asserted: the figures are for reading
-//! (and for the README), the goals are printed beside them.
+//! (and for docs/benchmarks.md), the goals are printed beside them.
 //!
 //! 1. **Volume.** A copy of `fixtures/volumes/lb2.0-mid-run` (4 workers, real 2.0 results files) in a scratch
 //!    folder, plus 2,000 small log files (200 to 600 bytes each) spread over `agent/agent<i>/logs/` and

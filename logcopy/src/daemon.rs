@@ -3,7 +3,7 @@
 //! Replaces the 10 s polling loop of upstream's `run_logcopy.sh`. One task owns the volume: it reacts to file
 //! events (debounced) and to a periodic rescan, re-reads a worker's results file only when it changed, keeps
 //! the last good parse of a file caught half-written, merges, and writes the merged file and EvalAI's three
-//! files atomically. It hands each new result to the sinks (EvalAI; S3 and DynamoDB next) through a `watch`
+//! files atomically. It hands each new result to the sinks (EvalAI, S3, DynamoDB) through a `watch`
 //! channel and decides when the run ends:
 //! - every worker has ended (both done markers, or a `.failed` marker): final merge and publish, `logcopy.done`;
 //! - EvalAI reports the submission cancelled: cancel markers for every worker, final flush, no partial PUT;
