@@ -5,7 +5,7 @@
 use crate::results::Version;
 use crate::results::file::DEFAULT_MAX_BYTES;
 use crate::routes::RoutePlan;
-use clap::{Args, ValueEnum};
+use clap::{ArgAction, Args, ValueEnum};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -45,18 +45,20 @@ pub enum LogFormat {
     Json,
 }
 
-/// The flags of `logcopy run`, as clap parses them (strings where we validate ourselves).
+/// The flags of `logcopy run`, typed by clap's value parsers (each error names the flag, its environment variable and
+/// the reason, see [`describe_clap_error`]); what depends on several flags is checked by [`RunArgs::validate`], which
+/// reports every problem at once.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// EvalAI challenge id (digits).
-    #[arg(long, env = "CHALLENGE_ID")]
-    pub challenge_id: Option<String>,
+    #[arg(long, env = "CHALLENGE_ID", value_parser = evalai_id)]
+    pub challenge_id: Option<EvalAiId>,
     /// EvalAI submission id (digits).
-    #[arg(long, env = "SUBMISSION_ID")]
-    pub submission_id: Option<String>,
+    #[arg(long, env = "SUBMISSION_ID", value_parser = evalai_id)]
+    pub submission_id: Option<EvalAiId>,
     /// EvalAI challenge phase id, the track (digits).
-    #[arg(long, env = "TRACK_ID")]
-    pub track_id: Option<String>,
+    #[arg(long, env = "TRACK_ID", value_parser = evalai_id)]
+    pub track_id: Option<EvalAiId>,
     /// EvalAI participant team id (the DynamoDB partition key).
     #[arg(long, env = "TEAM_ID")]
     pub team_id: Option<String>,
@@ -73,25 +75,27 @@ pub struct RunArgs {
     pub evalai_api_server: Option<String>,
     /// Accept a plain http:// EvalAI server that is not loopback (an in-cluster fake, a staging server): the token
     /// then travels unencrypted.
-    #[arg(long, env = "ALLOW_INSECURE_EVALAI")]
+    #[arg(long, env = "ALLOW_INSECURE_EVALAI", action = ArgAction::Set, num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_parser = boolean, value_name = "BOOL")]
     pub allow_insecure_evalai: bool,
     /// Full rescan period, the fallback for lost file events (seconds, or with a unit: 500ms, 10s, 2m).
-    #[arg(long, env = "LOGS_PERIOD", default_value = "10")]
-    pub logs_period: String,
+    #[arg(long, env = "LOGS_PERIOD", default_value = "10", value_parser = period)]
+    pub logs_period: Duration,
     /// Leaderboard version while the workers' files carry none (1.0 or 2.0).
     #[arg(long, env = "LEADERBOARD_VERSION", default_value = "2.0")]
-    pub leaderboard_version: String,
+    pub leaderboard_version: Version,
     /// Number of worker pairs.
-    #[arg(long = "workers", env = "SUBMISSION_WORKERS", default_value = "4")]
-    pub workers: String,
+    #[arg(long = "workers", env = "SUBMISSION_WORKERS", default_value = "4",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
     /// Routes in all (ids 0..N-1), split among the workers as upstream's ROUTES_SUBSET. With it, a worker is
     /// complete only when every route it was given has a record, and records of routes it was not given are left
     /// out of the merge. Without it, a worker's own progress decides (upstream's rule).
-    #[arg(long, env = "ROUTE_COUNT")]
-    pub route_count: Option<String>,
+    #[arg(long, env = "ROUTE_COUNT", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub route_count: Option<u32>,
     /// Runs of every route (the evaluators' --repetitions).
-    #[arg(long, env = "REPETITIONS", default_value = "1")]
-    pub repetitions: String,
+    #[arg(long, env = "REPETITIONS", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repetitions: u32,
     /// The logs volume's root.
     #[arg(long, env = "LOGS_DIR", default_value = "/logs")]
     pub logs: PathBuf,
@@ -103,33 +107,36 @@ pub struct RunArgs {
     #[arg(long, env = "MERGED_PATH", default_value = "agent/agent_results.json")]
     pub merged_path: String,
     /// Most EvalAI requests a minute for this submission (status GETs, PUTs and retries together).
-    #[arg(long, env = "EVALAI_RPM", default_value = "6")]
-    pub evalai_rpm: String,
+    /// A GET + PUT pair needs 2: fewer than 2 a minute could never send an update.
+    #[arg(long, env = "EVALAI_RPM", default_value = "6", value_parser = clap::value_parser!(u32).range(2..=60))]
+    pub evalai_rpm: u32,
     /// Period of the EvalAI status GET, which notices a cancel (any GET counts: the one before each PUT too).
-    #[arg(long, env = "STATUS_PERIOD", default_value = "20")]
-    pub status_period: String,
+    #[arg(long, env = "STATUS_PERIOD", default_value = "20", value_parser = period)]
+    pub status_period: Duration,
     /// Do not mark a fresh submission `running` on EvalAI at start (PATCH).
-    #[arg(long, env = "NO_START_PATCH")]
+    #[arg(long, env = "NO_START_PATCH", action = ArgAction::Set, num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_parser = boolean, value_name = "BOOL")]
     pub no_start_patch: bool,
     /// At the end, also send EvalAI's terminal status (FINISHED, FAILED or CANCELLED), as the post-run step does.
-    #[arg(long, env = "FINAL_STATUS")]
+    #[arg(long, env = "FINAL_STATUS", action = ArgAction::Set, num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_parser = boolean, value_name = "BOOL")]
     pub final_status: bool,
     /// Time allowed for the last flush after SIGTERM or SIGINT (Kubernetes' grace period is 30 s).
-    #[arg(long, env = "FLUSH_BUDGET", default_value = "20")]
-    pub flush_budget: String,
+    #[arg(long, env = "FLUSH_BUDGET", default_value = "20", value_parser = span)]
+    pub flush_budget: Duration,
     /// Time allowed for the final EvalAI update at a normal end (completion or cancel).
-    #[arg(long, env = "FINAL_TIMEOUT", default_value = "300")]
-    pub final_timeout: String,
+    #[arg(long, env = "FINAL_TIMEOUT", default_value = "300", value_parser = span)]
+    pub final_timeout: Duration,
     /// Trailing-edge debounce of file events (at most this long after the first event of a burst).
-    #[arg(long, env = "DEBOUNCE", default_value = "250ms")]
-    pub debounce: String,
+    #[arg(long, env = "DEBOUNCE", default_value = "250ms", value_parser = span)]
+    pub debounce: Duration,
     /// Timeout of one EvalAI request.
-    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "20")]
-    pub request_timeout: String,
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "20", value_parser = period)]
+    pub request_timeout: Duration,
     /// Timeout of one S3 or DynamoDB request attempt (the SDK retries a timed-out attempt; a failed upload is
     /// retried at the next sync).
-    #[arg(long, env = "STORAGE_TIMEOUT", default_value = "60")]
-    pub storage_timeout: String,
+    #[arg(long, env = "STORAGE_TIMEOUT", default_value = "60", value_parser = period)]
+    pub storage_timeout: Duration,
     /// Log format on stdout (the volume's logcopy/logcopy.log gets the same).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -205,18 +212,21 @@ pub struct RestoreArgs {
     #[arg(long, env = "LOGS_DIR", default_value = "/logs")]
     pub logs: PathBuf,
     /// EvalAI submission id: the S3 prefix.
-    #[arg(long, env = "SUBMISSION_ID")]
-    pub submission_id: Option<String>,
+    #[arg(long, env = "SUBMISSION_ID", value_parser = evalai_id)]
+    pub submission_id: Option<EvalAiId>,
     /// Number of worker pairs (folders agent/agent1..N on a fresh volume).
-    #[arg(long = "workers", env = "SUBMISSION_WORKERS", default_value = "4")]
-    pub workers: String,
-    /// Set (non-empty) on a resumed submission: restore the volume from S3.
+    #[arg(long = "workers", env = "SUBMISSION_WORKERS", default_value = "4",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// Set (non-empty) on a resumed submission: restore the volume from S3. Any non-empty value, `0` included,
+    /// means resume: upstream's meaning, which the pre-run step relies on.
     #[arg(long, env = "RESUME")]
     pub resume: Option<String>,
     /// Keep the participant's code out of the shared folders (with `supervisor agent --run-as`): containers-status,
     /// logcopy, evalai, simulator and agent become 2775 (group: the pod's fsGroup, which the supervisors, the
     /// simulator's user and logcopy have and the evaluator's user does not); only agent/agentN stays 0777.
-    #[arg(long, env = "PRIVATE_STATUS")]
+    #[arg(long, env = "PRIVATE_STATUS", action = ArgAction::Set, num_args = 0..=1, default_value = "false",
+          default_missing_value = "true", value_parser = boolean, value_name = "BOOL")]
     pub private_status: bool,
     /// Embedded local sinks: restore from OUT/s3/ instead of S3.
     #[arg(long, value_name = "OUT")]
@@ -255,8 +265,8 @@ impl RestoreArgs {
         Ok(RestoreConfig {
             private_status: self.private_status,
             logs: self.logs,
-            submission_id: id("--submission-id / SUBMISSION_ID", self.submission_id.as_deref(), local.then_some(1))?,
-            workers: number("--workers / SUBMISSION_WORKERS", &self.workers, 1, 1024)?,
+            submission_id: required("--submission-id / SUBMISSION_ID", self.submission_id, local.then_some(1))?,
+            workers: self.workers,
             resume: self.resume.is_some_and(|r| !r.trim().is_empty()),
             storage,
         })
@@ -312,42 +322,63 @@ pub struct RunConfig {
 #[error("{setting}: {reason}")]
 pub struct ConfigError {
     /// The flag and its environment variable, e.g. `--submission-id / SUBMISSION_ID`.
-    pub setting: &'static str,
+    pub setting: String,
     pub reason: String,
 }
 
-fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { setting, reason: reason.into() }
+fn bad(setting: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { setting: setting.to_string(), reason: reason.into() }
 }
 
 /// Parses `10`, `1.5`, `250ms`, `10s` or `2m` (shared with the supervisor).
 pub use supervisor::duration::parse as parse_duration;
 
-fn duration(setting: &'static str, s: &str, min: Duration) -> Result<Duration, ConfigError> {
-    let d =
-        parse_duration(s).ok_or_else(|| bad(setting, format!("{s:?} is not a duration (e.g. 10, 250ms, 10s, 2m)")))?;
+fn duration_at_least(s: &str, min: Duration) -> Result<Duration, String> {
+    let d = parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (e.g. 10, 250ms, 10s, 2m)"))?;
     if d < min {
-        return Err(bad(setting, format!("{s:?} is below the minimum of {min:?}")));
+        return Err(format!("{s:?} is below the minimum of {min:?}"));
     }
     Ok(d)
 }
 
-fn id(setting: &'static str, v: Option<&str>, local_default: Option<u64>) -> Result<u64, ConfigError> {
-    match v {
-        None | Some("") => local_default.ok_or_else(|| bad(setting, "is required")),
-        Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse().map_err(|_| bad(setting, format!("{s:?} is too large")))
-        }
-        Some(s) => Err(bad(setting, format!("{s:?} is not an EvalAI id (decimal digits)"))),
-    }
+/// A duration (clap value parser).
+fn span(s: &str) -> Result<Duration, String> {
+    duration_at_least(s, Duration::ZERO)
 }
 
-fn number(setting: &'static str, s: &str, min: u32, max: u32) -> Result<u32, ConfigError> {
-    let n: u32 = s.trim().parse().map_err(|_| bad(setting, format!("{s:?} is not a whole number")))?;
-    if !(min..=max).contains(&n) {
-        return Err(bad(setting, format!("{n} is outside {min}..={max}")));
+/// A period or a timeout: at least 100 ms (clap value parser).
+fn period(s: &str) -> Result<Duration, String> {
+    duration_at_least(s, Duration::from_millis(100))
+}
+
+/// An EvalAI id as given: decimal digits, or empty (a manifest's unset variable), which is no id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvalAiId(Option<u64>);
+
+/// An EvalAI id (clap value parser).
+fn evalai_id(s: &str) -> Result<EvalAiId, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(EvalAiId(None));
     }
-    Ok(n)
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?} is not an EvalAI id (decimal digits)"));
+    }
+    s.parse().map(|n| EvalAiId(Some(n))).map_err(|_| format!("{s:?} is too large"))
+}
+
+/// An id that a run with a remote edge must be given; local runs label with `local_default`.
+fn required(setting: &'static str, v: Option<EvalAiId>, local_default: Option<u64>) -> Result<u64, ConfigError> {
+    v.and_then(|v| v.0).or(local_default).ok_or_else(|| bad(setting, "is required"))
+}
+
+/// A boolean: 1/0, true/false, yes/no, on/off (any case); empty is false, as an unset variable (clap value parser).
+fn boolean(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" | "y" => Ok(true),
+        "" | "0" | "false" | "no" | "off" | "n" => Ok(false),
+        _ => Err(format!("{s:?} is not a boolean (1/0, true/false, yes/no, on/off)")),
+    }
 }
 
 /// The EvalAI base URL: https, or http to a loopback host (or anywhere with `allow_insecure`). The URL named in an
@@ -419,105 +450,165 @@ fn merged_path(s: &str, results_pattern: &str, workers: u32) -> Result<PathBuf, 
     Ok(merged)
 }
 
+/// Every configuration problem found, reported together (exit 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Collects problems instead of stopping at the first.
+#[derive(Default)]
+struct Collect(Vec<ConfigError>);
+
+impl Collect {
+    fn take<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
+        r.map_err(|e| self.0.push(e)).ok()
+    }
+}
+
 impl RunArgs {
-    /// Validates the flags into a [`RunConfig`].
-    pub fn validate(self) -> Result<RunConfig, ConfigError> {
+    /// Validates what depends on several flags into a [`RunConfig`]; every problem is reported, not the first.
+    pub fn validate(self) -> Result<RunConfig, ConfigErrors> {
+        let mut errors = Collect::default();
         let local_out = match (&self.local, &self.evalai_api_server) {
             (Some(out), _) => Some(out.clone()),
             (None, None) => Some(PathBuf::from(DEFAULT_LOCAL_OUT)),
             (None, Some(s)) if s.trim().is_empty() => Some(PathBuf::from(DEFAULT_LOCAL_OUT)),
             (None, Some(_)) => None,
         };
-        let storage = self.storage.validate(self.local.as_deref())?;
+        let storage = errors.take(self.storage.validate(self.local.as_deref()));
         // Only a run with nothing remote may go without the ids: they address EvalAI, S3 and DynamoDB.
-        let local = local_out.is_some() && matches!(storage, StorageTarget::Local { .. });
+        let local = local_out.is_some() && matches!(storage, Some(StorageTarget::Local { .. }));
         // Locally the ids only label the requests; in the cluster they address EvalAI and must be given.
         let default_id = local.then_some(1);
         let evalai = match local_out {
-            Some(out) => EvalAiTarget::Local { out },
+            Some(out) => Some(EvalAiTarget::Local { out }),
             None => {
                 let base = self.evalai_api_server.as_deref().unwrap_or_default().trim().trim_end_matches('/');
-                check_evalai_url(base, self.allow_insecure_evalai)?;
-                let token = match (&self.evalai_token, &self.evalai_token_file) {
-                    (_, Some(path)) => std::fs::read_to_string(path).map(|t| t.trim().to_string()).map_err(|e| {
-                        bad("--evalai-token-file / EVALAI_TOKEN_FILE", format!("{}: {e}", path.display()))
-                    })?,
-                    (Some(t), None) => t.trim().to_string(),
-                    (None, None) => String::new(),
-                };
-                if token.is_empty() || token.contains(char::is_whitespace) {
-                    return Err(bad(
-                        "--evalai-token / EVALAI_AUTH_TOKEN (or --evalai-token-file)",
-                        if token.is_empty() { "is required" } else { "holds whitespace inside the token" },
-                    ));
-                }
-                EvalAiTarget::Http { base: base.to_string(), token: Secret::new(token) }
+                let url = errors.take(check_evalai_url(base, self.allow_insecure_evalai));
+                let token = errors.take(self.token());
+                url.zip(token).map(|((), token)| EvalAiTarget::Http { base: base.to_string(), token })
             }
         };
-        let version: Version = self
-            .leaderboard_version
-            .parse()
-            .map_err(|e: String| bad("--leaderboard-version / LEADERBOARD_VERSION", e))?;
-        if !self.results_pattern.contains("{i}") {
-            return Err(bad("--results-pattern / RESULTS_PATTERN", format!("{:?} has no {{i}}", self.results_pattern)));
-        }
-        volume_path("--results-pattern / RESULTS_PATTERN", &self.results_pattern)?;
-        let workers = number("--workers / SUBMISSION_WORKERS", &self.workers, 1, 1024)?;
-        let repetitions = number("--repetitions / REPETITIONS", &self.repetitions, 1, 1000)?;
-        let routes = match self.route_count.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(n) => Some(RoutePlan {
-                routes: number("--route-count / ROUTE_COUNT", n, 1, 1_000_000)?,
-                repetitions,
-                workers,
-            }),
+        let pattern_ok = if self.results_pattern.contains("{i}") {
+            errors.take(volume_path("--results-pattern / RESULTS_PATTERN", &self.results_pattern)).is_some()
+        } else {
+            errors
+                .0
+                .push(bad("--results-pattern / RESULTS_PATTERN", format!("{:?} has no {{i}}", self.results_pattern)));
+            false
         };
-        let team_id = match self.team_id {
-            Some(t) if !t.trim().is_empty() => t.trim().to_string(),
-            _ if local => "local".to_string(),
-            _ => return Err(bad("--team-id / TEAM_ID", "is required")),
+        let merged = if pattern_ok {
+            errors.take(merged_path(&self.merged_path, &self.results_pattern, self.workers))
+        } else {
+            None
         };
+        let team_id = match &self.team_id {
+            Some(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            _ if local => Some("local".to_string()),
+            _ => errors.take(Err(bad("--team-id / TEAM_ID", "is required"))),
+        };
+        let challenge_id = errors.take(required("--challenge-id / CHALLENGE_ID", self.challenge_id, default_id));
+        let submission_id = errors.take(required("--submission-id / SUBMISSION_ID", self.submission_id, default_id));
+        let track_id = errors.take(required("--track-id / TRACK_ID", self.track_id, default_id));
+        let (
+            Some(storage),
+            Some(evalai),
+            Some(merged_path),
+            Some(team_id),
+            Some(challenge_id),
+            Some(submission_id),
+            Some(track_id),
+        ) = (storage, evalai, merged, team_id, challenge_id, submission_id, track_id)
+        else {
+            return Err(ConfigErrors(errors.0));
+        };
+        let routes =
+            self.route_count.map(|routes| RoutePlan { routes, repetitions: self.repetitions, workers: self.workers });
         Ok(RunConfig {
-            challenge_id: id("--challenge-id / CHALLENGE_ID", self.challenge_id.as_deref(), default_id)?,
-            submission_id: id("--submission-id / SUBMISSION_ID", self.submission_id.as_deref(), default_id)?,
-            track_id: id("--track-id / TRACK_ID", self.track_id.as_deref(), default_id)?,
+            challenge_id,
+            submission_id,
+            track_id,
             team_id,
             evalai,
-            logs_period: duration("--logs-period / LOGS_PERIOD", &self.logs_period, Duration::from_millis(100))?,
-            version,
-            workers,
+            logs_period: self.logs_period,
+            version: self.leaderboard_version,
+            workers: self.workers,
             routes,
             logs: self.logs,
-            merged_path: merged_path(&self.merged_path, &self.results_pattern, workers)?,
+            merged_path,
             results_pattern: self.results_pattern,
-            // A partial update takes a GET and a PUT: fewer than 2 a minute could never send one.
-            evalai_rpm: number("--evalai-rpm / EVALAI_RPM", &self.evalai_rpm, 2, 60)?,
-            status_period: duration(
-                "--status-period / STATUS_PERIOD",
-                &self.status_period,
-                Duration::from_millis(100),
-            )?,
+            evalai_rpm: self.evalai_rpm,
+            status_period: self.status_period,
             start_patch: !self.no_start_patch,
             final_status: self.final_status,
-            flush_budget: duration("--flush-budget / FLUSH_BUDGET", &self.flush_budget, Duration::ZERO)?,
-            final_timeout: duration("--final-timeout / FINAL_TIMEOUT", &self.final_timeout, Duration::ZERO)?,
-            debounce: duration("--debounce / DEBOUNCE", &self.debounce, Duration::ZERO)?,
-            request_timeout: duration(
-                "--request-timeout / REQUEST_TIMEOUT",
-                &self.request_timeout,
-                Duration::from_millis(100),
-            )?,
-            storage_timeout: duration(
-                "--storage-timeout / STORAGE_TIMEOUT",
-                &self.storage_timeout,
-                Duration::from_millis(100),
-            )?,
+            flush_budget: self.flush_budget,
+            final_timeout: self.final_timeout,
+            debounce: self.debounce,
+            request_timeout: self.request_timeout,
+            storage_timeout: self.storage_timeout,
             log_format: self.log_format,
             once: self.once,
             max_results_bytes: self.max_results_bytes,
             storage,
         })
     }
+
+    /// The host token, from its file or its flag.
+    fn token(&self) -> Result<Secret, ConfigError> {
+        let token = match (&self.evalai_token, &self.evalai_token_file) {
+            (_, Some(path)) => std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| bad("--evalai-token-file / EVALAI_TOKEN_FILE", format!("{}: {e}", path.display())))?,
+            (Some(t), None) => t.trim().to_string(),
+            (None, None) => String::new(),
+        };
+        if token.is_empty() || token.contains(char::is_whitespace) {
+            return Err(bad(
+                "--evalai-token / EVALAI_AUTH_TOKEN (or --evalai-token-file)",
+                if token.is_empty() { "is required" } else { "holds whitespace inside the token" },
+            ));
+        }
+        Ok(Secret::new(token))
+    }
+}
+
+/// A clap error in this program's one style, `--flag / ENV: reason` (the environment variable looked up in `cmd`),
+/// for a value that clap's parsers refused; `None` for usage errors (unknown flag, missing value), which keep
+/// clap's own message with the usage line.
+pub fn describe_clap_error(e: &clap::Error, cmd: &clap::Command) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        return None;
+    }
+    let ContextValue::String(arg) = e.get(ContextKind::InvalidArg)? else { return None };
+    let long = arg.split_whitespace().next()?.trim_start_matches("--");
+    let value = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v.clone(),
+        _ => String::new(),
+    };
+    let find = |c: &clap::Command| c.get_arguments().find(|a| a.get_long() == Some(long)).cloned();
+    let found = find(cmd).or_else(|| cmd.get_subcommands().find_map(find));
+    let env = found.as_ref().and_then(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned());
+    let setting = match env {
+        Some(env) => format!("--{long} / {env}"),
+        None => format!("--{long}"),
+    };
+    let reason =
+        std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_else(|| format!("{value:?} is not valid"));
+    Some(format!("{setting}: {reason}"))
 }
 
 #[cfg(test)]
@@ -531,9 +622,23 @@ pub(crate) mod tests {
         run: RunArgs,
     }
 
-    /// `logcopy run`'s flags parsed and validated (also for the daemon's tests).
+    /// `logcopy run`'s flags parsed and validated (also for the daemon's tests): the first problem, as the binary
+    /// words it.
     pub(crate) fn parse(args: &[&str]) -> Result<RunConfig, ConfigError> {
-        T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).unwrap().run.validate()
+        parse_all(args).map_err(|mut e| e.0.remove(0))
+    }
+
+    /// Every problem: clap's (one: clap stops at the first refused value) or the cross-flag check's.
+    fn parse_all(args: &[&str]) -> Result<RunConfig, ConfigErrors> {
+        use clap::CommandFactory;
+        match T::try_parse_from(std::iter::once("t").chain(args.iter().copied())) {
+            Ok(t) => t.run.validate(),
+            Err(e) => {
+                let text = describe_clap_error(&e, &T::command()).unwrap_or_else(|| panic!("a usage error: {e}"));
+                let (setting, reason) = text.split_once(": ").unwrap();
+                Err(ConfigErrors(vec![bad(setting, reason)]))
+            }
+        }
     }
 
     #[test]
@@ -575,6 +680,53 @@ pub(crate) mod tests {
         assert_eq!(e.setting, "--evalai-rpm / EVALAI_RPM");
         let e = parse(&["--evalai-api-server", "eval.ai", "--evalai-token", "t"]).unwrap_err();
         assert_eq!(e.setting, "--evalai-api-server / EVALAI_API_SERVER");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        // A cluster configuration (a server is set) missing its ids, its token and with a bad pattern.
+        let e =
+            parse_all(&["--evalai-api-server", "https://eval.ai", "--results-pattern", "agent/x.json"]).unwrap_err();
+        let settings: Vec<&str> = e.0.iter().map(|e| e.setting.as_str()).collect();
+        assert_eq!(
+            settings,
+            [
+                "--evalai-token / EVALAI_AUTH_TOKEN (or --evalai-token-file)",
+                "--results-pattern / RESULTS_PATTERN",
+                "--team-id / TEAM_ID",
+                "--challenge-id / CHALLENGE_ID",
+                "--submission-id / SUBMISSION_ID",
+                "--track-id / TRACK_ID",
+            ]
+        );
+        assert!(e.to_string().contains("--team-id / TEAM_ID: is required; --challenge-id / CHALLENGE_ID: is required"));
+    }
+
+    #[test]
+    fn typed_values_name_the_flag_the_variable_and_the_reason() {
+        let cases = [
+            (vec!["--challenge-id", "12a"], "--challenge-id / CHALLENGE_ID", "\"12a\" is not an EvalAI id"),
+            (vec!["--evalai-rpm", "61"], "--evalai-rpm / EVALAI_RPM", "61 is not in 2..=60"),
+            (vec!["--workers", "0"], "--workers / SUBMISSION_WORKERS", "0 is not in 1..=1024"),
+            (vec!["--status-period", "50ms"], "--status-period / STATUS_PERIOD", "below the minimum"),
+            (vec!["--final-status=maybe"], "--final-status / FINAL_STATUS", "is not a boolean"),
+            (vec!["--leaderboard-version", "3.0"], "--leaderboard-version / LEADERBOARD_VERSION", "3.0"),
+        ];
+        for (args, setting, reason) in cases {
+            let mut all = vec!["--local", "/tmp/x"];
+            all.extend(args);
+            let e = parse(&all).unwrap_err();
+            assert_eq!(e.setting, setting, "{all:?}");
+            assert!(e.reason.contains(reason), "{all:?}: {e}");
+        }
+        // Booleans: 1/0, true/false, yes/no, on/off; a bare switch is true; empty (an unset variable) is false.
+        for (v, want) in [("1", true), ("YES", true), ("on", true), ("0", false), ("false", false), ("", false)] {
+            let arg = format!("--final-status={v}");
+            assert_eq!(parse(&["--local", "/tmp/x", &arg]).unwrap().final_status, want, "{v:?}");
+        }
+        assert!(parse(&["--local", "/tmp/x", "--final-status"]).unwrap().final_status);
+        // An empty id is no id: fine locally, required in the cluster.
+        assert_eq!(parse(&["--local", "/tmp/x", "--challenge-id", ""]).unwrap().challenge_id, 1);
     }
 
     #[test]

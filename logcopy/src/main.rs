@@ -1,7 +1,22 @@
 //! The `logcopy` binary: parse the command line, run it, map the result to an exit code.
+//!
+//! Every configuration error reads `logcopy <command>: configuration error: --flag / ENV: reason` and exits 2, a
+//! value clap's parsers refused as much as a problem between flags that the command's own check finds; usage
+//! errors (an unknown flag, a missing value) keep clap's message and usage line, and exit 2 too.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use logcopy::cli::Cli;
 
 fn main() -> std::process::ExitCode {
-    logcopy::cli::run(logcopy::cli::Cli::parse())
+    match Cli::try_parse() {
+        Ok(cli) => logcopy::cli::run(cli),
+        Err(e) => match logcopy::config::describe_clap_error(&e, &Cli::command()) {
+            Some(problem) => {
+                let command = std::env::args().nth(1).filter(|c| !c.starts_with('-')).unwrap_or_default();
+                eprintln!("logcopy {command}: configuration error: {problem}");
+                std::process::ExitCode::from(2)
+            }
+            None => e.exit(),
+        },
+    }
 }
