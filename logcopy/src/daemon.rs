@@ -666,7 +666,7 @@ impl Engine {
                     self.state.write_cancel_markers();
                     return Some(Ok(()));
                 }
-                Ok(Some(SinkEvent::Status { status })) => return Some(Err(status)),
+                Ok(Some(SinkEvent::Status { status })) => return Some(Err(status.to_string())),
                 Ok(Some(SinkEvent::Published { .. })) => {}
                 Ok(None) | Err(_) => return None,
             }
@@ -798,7 +798,7 @@ impl Engine {
                         if let Some(found) = self.unverified_cancel.take() {
                             // The workers obey markers and have stopped on it: the evaluation cannot go on, and
                             // the submission was not cancelled. It ends FAILED with the true reason.
-                            let reason = forged_reason(found, &status);
+                            let reason = forged_reason(found, status.as_str());
                             error!("{reason}");
                             return Ok(self.end(End::Completed { finished: false, reason }).await);
                         }

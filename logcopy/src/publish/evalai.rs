@@ -25,7 +25,7 @@
 
 use super::budget::Budget;
 use super::retry::RetryPolicy;
-use super::{End, FinalDecision, Outputs, Sink, SinkEvent, Snapshot};
+use super::{End, FinalDecision, FinalStatus, Outputs, Sink, SinkEvent, Snapshot};
 use crate::config::Secret;
 use serde::Serialize;
 use std::future::Future;
@@ -193,29 +193,99 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
-/// A submission status as EvalAI returns it (lower case).
+/// `Submission.status` as EvalAI stores and returns it (`apps/jobs/models.py`, lower case); anything else is kept
+/// as `Other` (logged, treated as running).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmissionStatus {
+    Submitted,
+    Submitting,
+    Queued,
+    Running,
+    PartiallyEvaluated,
+    Finished,
+    Failed,
+    Cancelled,
+    Resuming,
+    Archived,
+    Other(String),
+}
+
+impl SubmissionStatus {
+    pub fn parse(s: &str) -> Self {
+        use SubmissionStatus::*;
+        match s.to_ascii_lowercase().as_str() {
+            "submitted" => Submitted,
+            "submitting" => Submitting,
+            "queued" => Queued,
+            "running" => Running,
+            "partially_evaluated" => PartiallyEvaluated,
+            "finished" => Finished,
+            "failed" => Failed,
+            "cancelled" => Cancelled,
+            "resuming" => Resuming,
+            "archived" => Archived,
+            _ => Other(s.chars().filter(|c| !c.is_control()).take(40).collect()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        use SubmissionStatus::*;
+        match self {
+            Submitted => "submitted",
+            Submitting => "submitting",
+            Queued => "queued",
+            Running => "running",
+            PartiallyEvaluated => "partially_evaluated",
+            Finished => "finished",
+            Failed => "failed",
+            Cancelled => "cancelled",
+            Resuming => "resuming",
+            Archived => "archived",
+            Other(s) => s,
+        }
+    }
+
+    /// Whether EvalAI shows `f` (the final PUT took).
+    pub fn is(&self, f: FinalStatus) -> bool {
+        matches!(
+            (self, f),
+            (SubmissionStatus::Finished, FinalStatus::Finished)
+                | (SubmissionStatus::Failed, FinalStatus::Failed)
+                | (SubmissionStatus::Cancelled, FinalStatus::Cancelled)
+        )
+    }
+}
+
+impl std::fmt::Display for SubmissionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status GET's answer: the status and whether `started_at` is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
-    pub status: String,
+    pub status: SubmissionStatus,
     pub started: bool,
 }
 
 impl Status {
     /// Statuses after which a partial PUT would overwrite a decision made elsewhere.
     pub fn is_terminal(&self) -> bool {
-        matches!(self.status.as_str(), "cancelled" | "finished" | "failed" | "archived")
+        use SubmissionStatus::*;
+        matches!(self.status, Cancelled | Finished | Failed | Archived)
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.status == "cancelled"
+        self.status == SubmissionStatus::Cancelled
     }
 
     /// Whether the start PATCH to `running` is due: a fresh or re-run submission (`submitted`, `queued`: a re-run
     /// inherits the original's `started_at`, so it cannot decide), or a resumed one that never got a start time.
     pub fn wants_start(&self) -> bool {
-        match self.status.as_str() {
-            "submitted" | "queued" => true,
-            "resuming" => !self.started,
+        match self.status {
+            SubmissionStatus::Submitted | SubmissionStatus::Queued => true,
+            SubmissionStatus::Resuming => !self.started,
             _ => false,
         }
     }
@@ -582,7 +652,7 @@ impl<T: Transport> EvalAiSink<T> {
     /// that GET says cancelled: a cancel is final), then a GET that checks EvalAI shows it; 5 tries.
     async fn send_final_status(
         &mut self,
-        proposed: &'static str,
+        proposed: FinalStatus,
         outputs: Option<&Outputs>,
         reason: &str,
         events: &mpsc::Sender<SinkEvent>,
@@ -595,11 +665,11 @@ impl<T: Transport> EvalAiSink<T> {
         for attempt in 1..=5 {
             let mut chosen = proposed;
             let put = |st: &Status| {
-                chosen = if st.is_cancelled() { "CANCELLED" } else { proposed };
+                chosen = if st.is_cancelled() { FinalStatus::Cancelled } else { proposed };
                 let body = serde_json::to_string(&FinalUpdate {
                     submission: submission.clone(),
                     challenge_phase: phase.clone(),
-                    submission_status: chosen,
+                    submission_status: chosen.as_str(),
                     result: &o.results,
                     stdout: &o.stdout,
                     stderr: "",
@@ -611,7 +681,7 @@ impl<T: Transport> EvalAiSink<T> {
             };
             let outcome = self.guarded("final status PUT", events, put).await;
             if chosen != proposed {
-                warn!(run = proposed, sent = chosen, "EvalAI says the submission is cancelled: a cancel is final");
+                warn!(run = %proposed, sent = %chosen, "EvalAI says the submission is cancelled: a cancel is final");
             }
             decided = chosen;
             if let Err(e) = outcome {
@@ -626,19 +696,19 @@ impl<T: Transport> EvalAiSink<T> {
             }
             self.decide(chosen);
             match self.fetch_status().await {
-                Ok(st) if st.status.eq_ignore_ascii_case(chosen) => {
-                    info!(status = chosen, reason, "final status set on EvalAI");
+                Ok(st) if st.status.is(chosen) => {
+                    info!(status = %chosen, reason, "final status set on EvalAI");
                     return;
                 }
-                Ok(st) => warn!(attempt, want = chosen, got = %st.status, "EvalAI does not show the final status yet"),
+                Ok(st) => warn!(attempt, want = %chosen, got = %st.status, "EvalAI does not show the final status yet"),
                 Err(e) => log_failure("final status check", &e),
             }
         }
         self.decide(decided);
-        error!(status = decided, "could not confirm the final status on EvalAI after 5 tries");
+        error!(status = %decided, "could not confirm the final status on EvalAI after 5 tries");
     }
 
-    fn decide(&self, status: &'static str) {
+    fn decide(&self, status: FinalStatus) {
         if let Some(d) = &self.decision {
             d.send_replace(Some(status));
         }
@@ -683,7 +753,7 @@ fn parse_status(resp: &Response) -> Result<Status, RequestError> {
         status: resp.status,
         detail: format!("the submission is not JSON: {e}"),
     })?;
-    let status = v.get("status").and_then(|s| s.as_str()).unwrap_or("").to_lowercase();
+    let status = SubmissionStatus::parse(v.get("status").and_then(|s| s.as_str()).unwrap_or(""));
     let started = v.get("started_at").is_some_and(|s| !s.is_null());
     Ok(Status { status, started })
 }
@@ -793,7 +863,7 @@ mod tests {
             self.snaps.send_replace(Arc::new(snap));
         }
 
-        async fn end(mut self, end: End) -> (Vec<Seen>, Option<&'static str>, Vec<SinkEvent>) {
+        async fn end(mut self, end: End) -> (Vec<Seen>, Option<FinalStatus>, Vec<SinkEvent>) {
             let outputs = self.snaps.borrow().outputs.clone();
             self.send(outputs, Some(end));
             self.task.await.unwrap();
@@ -845,7 +915,7 @@ mod tests {
             let finals: Vec<&Seen> = log.iter().filter(|r| r.is_final_put()).collect();
             assert_eq!(finals.len(), 1, "{fault:?}: one final PUT: {log:#?}");
             assert_eq!(finals[0].status.as_deref(), Some("cancelled"), "{fault:?}: a cancel is final");
-            assert_eq!(decision, Some("CANCELLED"), "{fault:?}: the DynamoDB record is told CANCELLED");
+            assert_eq!(decision, Some(FinalStatus::Cancelled), "{fault:?}: the DynamoDB record is told CANCELLED");
             assert_eq!(run_status(&log), "cancelled");
             assert!(events.contains(&SinkEvent::Cancelled), "{fault:?}: the daemon is told of the cancel");
             assert_every_write_follows_its_own_get(&log);
@@ -893,7 +963,7 @@ mod tests {
             log.iter().map(|r| format!("{} {}", r.method.as_str(), r.status.as_deref().unwrap_or(""))).collect();
         assert_eq!(kinds, ["GET ", "PATCH running", "GET ", "PUT finished", "GET "], "{log:#?}");
         assert!(log.iter().all(|r| !r.is_partial_put()));
-        assert_eq!(decision, Some("FINISHED"));
+        assert_eq!(decision, Some(FinalStatus::Finished));
     }
 
     #[tokio::test(start_paused = true)]
@@ -903,7 +973,7 @@ mod tests {
         let run = Run::start(sim, settings(6, true));
         let (log, decision, _) = run.end(End::Completed { finished: false, reason: "worker 2 failed".into() }).await;
         assert_eq!(log.iter().filter(|r| r.is_final_put()).count(), 1, "a 400 is final: {log:#?}");
-        assert_eq!(decision, Some("FAILED"));
+        assert_eq!(decision, Some(FinalStatus::Failed));
     }
 
     #[tokio::test(start_paused = true)]

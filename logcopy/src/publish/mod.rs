@@ -63,19 +63,44 @@ pub enum End {
 
 impl End {
     /// The status the post-run step would give EvalAI, where this end decides one.
-    pub fn final_status(&self) -> Option<&'static str> {
+    pub fn final_status(&self) -> Option<FinalStatus> {
         match self {
-            End::Completed { finished: true, .. } => Some("FINISHED"),
-            End::Completed { finished: false, .. } => Some("FAILED"),
-            End::Cancelled { .. } => Some("CANCELLED"),
+            End::Completed { finished: true, .. } => Some(FinalStatus::Finished),
+            End::Completed { finished: false, .. } => Some(FinalStatus::Failed),
+            End::Cancelled { .. } => Some(FinalStatus::Cancelled),
             End::Terminated | End::Once => None,
         }
     }
 }
 
+/// A terminal status as the post-run step sends it to EvalAI (`update_submission`) and writes it to DynamoDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalStatus {
+    Finished,
+    Failed,
+    Cancelled,
+}
+
+impl FinalStatus {
+    /// Upper case, as the post-run step writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinalStatus::Finished => "FINISHED",
+            FinalStatus::Failed => "FAILED",
+            FinalStatus::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+impl std::fmt::Display for FinalStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The final status that EvalAI was given, which the DynamoDB record follows (EvalAI may have turned the run's
 /// own decision into CANCELLED: a cancel is final). `None` until it is decided.
-pub type FinalDecision = Arc<watch::Sender<Option<&'static str>>>;
+pub type FinalDecision = Arc<watch::Sender<Option<FinalStatus>>>;
 
 /// The state every sink works from.
 #[derive(Debug, Clone, Default)]
@@ -99,7 +124,7 @@ pub enum SinkEvent {
     /// EvalAI acknowledged a partial update with the outputs of snapshot `seq`.
     Published { seq: u64 },
     /// A status GET read this status (not `cancelled`, which is [`SinkEvent::Cancelled`]).
-    Status { status: String },
+    Status { status: evalai::SubmissionStatus },
 }
 
 /// An outward edge: a task that follows the snapshots until the run ends.

@@ -10,7 +10,7 @@
 //! decision up to `decision_wait`, writes what it has, and writes again if a later decision differs.
 
 use super::table::{Condition, ItemKey, ItemStore, Updated, now_utc};
-use super::{End, Outputs, Sink, SinkEvent, Snapshot};
+use super::{End, FinalStatus, Outputs, Sink, SinkEvent, Snapshot};
 use crate::results::pyjson::{self, Value, py_str};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +57,7 @@ pub struct RecordSink<T: ItemStore> {
     results_url: String,
     final_status: bool,
     retry_every: Duration,
-    decision: Option<(watch::Receiver<Option<&'static str>>, Duration)>,
+    decision: Option<(watch::Receiver<Option<FinalStatus>>, Duration)>,
 }
 
 impl<T: ItemStore> RecordSink<T> {
@@ -67,13 +67,13 @@ impl<T: ItemStore> RecordSink<T> {
 
     /// Follow the final status EvalAI was given (a receiver of the [`super::FinalDecision`]: holding the sender would keep
     /// the record waiting for a change that never comes), waiting for it at most `wait` before writing the run's own.
-    pub fn following(mut self, decision: watch::Receiver<Option<&'static str>>, wait: Duration) -> Self {
+    pub fn following(mut self, decision: watch::Receiver<Option<FinalStatus>>, wait: Duration) -> Self {
         self.decision = Some((decision, wait));
         self
     }
 
     /// The final record, retried a few times.
-    async fn finish_retried(&self, status: &str, outputs: Option<&Outputs>) {
+    async fn finish_retried(&self, status: FinalStatus, outputs: Option<&Outputs>) {
         for _ in 0..3 {
             if self.finish(status, outputs).await {
                 return;
@@ -106,15 +106,15 @@ impl<T: ItemStore> RecordSink<T> {
     }
 
     /// The post-run record: final status, end time, metrics.
-    pub async fn finish(&self, status: &str, outputs: Option<&Outputs>) -> bool {
+    pub async fn finish(&self, status: FinalStatus, outputs: Option<&Outputs>) -> bool {
         let mut set = vec![("submission_status", status.to_string()), ("end_time", now_utc())];
-        let finished = status == "FINISHED";
+        let finished = status == FinalStatus::Finished;
         for (name, value) in metrics(outputs.map_or("", |o| o.results.as_str())) {
             set.push((name, if finished { value } else { "-".into() }));
         }
         match self.table.update(&self.key, &set, None).await {
             Ok(_) => {
-                info!(status, "final record written");
+                info!(%status, "final record written");
                 true
             }
             Err(e) => {
