@@ -26,7 +26,7 @@ pub enum Command {
     Simulator(SimulatorArgs),
     /// Run the leaderboard evaluator with run_leaderboard.sh's arguments and environment.
     #[command(after_help = AGENT_HELP)]
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Print the GPU index of a UUID (as get_gpu_device.sh), or list the GPUs.
     Gpu(GpuArgs),
 }
@@ -38,19 +38,15 @@ Paths:
   /home/carla/CarlaUE4/Saved/simulator-<worker>.log (upstream mounts the volume's simulator/ folder at
   /home/carla/CarlaUE4/Saved). CARLA itself reads DISPLAY and its X socket in /tmp/.X11-unix.";
 
-/// What `supervisor agent --help` adds after the flags: the environment that becomes the evaluator's arguments.
+/// What `supervisor agent --help` adds after the flags: how the evaluator is called, and the paths.
 const AGENT_HELP: &str = "\
-The evaluator's arguments and environment, from run_leaderboard.sh's variables (defaults in brackets):
-  --port=CARLA_PORT [2000] --traffic-manager-port=CARLA_PORT+10 --agent=TEAM_AGENT --agent-config=TEAM_CONFIG
-  --track=CHALLENGE_TRACK_CODENAME [SENSORS] --routes=ROUTES [/workspace/leaderboard/data/routes_testing.xml,
-  routes_qualifier.xml on a QUALIFIER track] --routes-subset=ROUTES_SUBSET --repetitions=REPETITIONS [1]
-  --resume=1 (after a crash, or when RESUME is set, or a results file with data exists) --checkpoint=CHECKPOINT_ENDPOINT
-  --record=RECORD_PATH [/home/carla/recorder] --debug-checkpoint=DEBUG_CHECKPOINT_ENDPOINT
-  [/workspace/leaderboard/live_results.txt] --debug=DEBUG_CHALLENGE [0].
-  CARLA_ROOT [/workspace/CARLA], SCENARIO_RUNNER_ROOT [/workspace/scenario_runner] and LEADERBOARD_ROOT
-  [/workspace/leaderboard] are exported with PYTHONPATH, as upstream; the evaluator's output (appended) goes to
-  --log-file, by default leaderboard.log beside the checkpoint (/tmp/agent/leaderboard.log).
-  NVIDIA_VISIBLE_DEVICES and NVIDIA_DRIVER_CAPABILITIES are the container runtime's, passed on.";
+The evaluator gets run_leaderboard.sh's arguments from the evaluator flags above: its port, traffic-manager-port
+(CARLA_PORT + 10), agent, agent-config, track, routes, routes-subset, repetitions, resume=1 (after a crash, or
+with RESUME, or when a results file with data exists), checkpoint, record, debug-checkpoint and debug arguments;
+and, exported with PYTHONPATH as upstream, CARLA_ROOT, SCENARIO_RUNNER_ROOT and LEADERBOARD_ROOT. An
+empty variable counts as unset (upstream's ${VAR:-default}). Its output (appended) goes to --log-file, by default
+leaderboard.log beside the checkpoint (/tmp/agent/leaderboard.log). NVIDIA_VISIBLE_DEVICES and
+NVIDIA_DRIVER_CAPABILITIES are the container runtime's, passed on.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RestartMode {
@@ -140,6 +136,8 @@ pub struct AgentArgs {
     /// participant's code can then no longer write the status folder. Off by default (as upstream).
     #[arg(long, env = "RUN_AS", value_name = "UID[:GID]")]
     pub run_as: Option<crate::child::RunAs>,
+    #[command(flatten, next_help_heading = "Evaluator (run_leaderboard.sh's variables)")]
+    pub evaluator: EvaluatorEnv,
     /// Move past a route after it crashed the simulator this many times (Leaderboard 2.0 repeats a route after
     /// every simulation crash, so one poison route would spend the whole attempt budget). The route keeps the
     /// evaluator's "Failed - Simulation crashed" record (zero scores if it recorded nothing). Off by default.
@@ -149,6 +147,111 @@ pub struct AgentArgs {
     /// ~/agent_sources.sh as upstream, then `python3 -u $LEADERBOARD_ROOT/leaderboard/leaderboard_evaluator.py`.
     #[arg(last = true)]
     pub command: Vec<OsString>,
+}
+
+/// run_leaderboard.sh's variables, which become the evaluator's arguments and environment. Each is a flag too; an
+/// empty variable counts as unset (upstream's `${VAR:-default}`), so the defaults live here, not in clap.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EvaluatorEnv {
+    /// CARLA's RPC port: --port (and --traffic-manager-port, 10 above it). Default 2000.
+    #[arg(long = "carla-port", env = "CARLA_PORT", value_name = "PORT")]
+    pub carla_port: Option<String>,
+    /// The participant's agent module: --agent.
+    #[arg(long = "team-agent", env = "TEAM_AGENT", value_name = "PATH")]
+    pub team_agent: Option<String>,
+    /// The agent's configuration: --agent-config.
+    #[arg(long = "team-config", env = "TEAM_CONFIG", value_name = "PATH")]
+    pub team_config: Option<String>,
+    /// The track: --track. Default SENSORS.
+    #[arg(long = "track-codename", env = "CHALLENGE_TRACK_CODENAME", value_name = "TRACK")]
+    pub track: Option<String>,
+    /// The routes file: --routes. Default /workspace/leaderboard/data/routes_testing.xml (routes_qualifier.xml on a
+    /// QUALIFIER track).
+    #[arg(long, env = "ROUTES", value_name = "FILE")]
+    pub routes: Option<String>,
+    /// This worker's routes, e.g. 0-4: --routes-subset.
+    #[arg(long = "routes-subset", env = "ROUTES_SUBSET", value_name = "RANGE")]
+    pub routes_subset: Option<String>,
+    /// Runs of every route: --repetitions. Default 1.
+    #[arg(long, env = "REPETITIONS", value_name = "N")]
+    pub repetitions: Option<String>,
+    /// Resume the evaluation (any non-empty value, as upstream): --resume=1 from the first attempt.
+    #[arg(long, env = "RESUME", value_name = "ANY")]
+    pub resume: Option<String>,
+    /// CARLA's recorder folder: --record. Default /home/carla/recorder.
+    #[arg(long = "record-path", env = "RECORD_PATH", value_name = "DIR")]
+    pub record_path: Option<String>,
+    /// The evaluator's --debug-checkpoint. Default /workspace/leaderboard/live_results.txt.
+    #[arg(long = "debug-checkpoint", env = "DEBUG_CHECKPOINT_ENDPOINT", value_name = "FILE")]
+    pub debug_checkpoint: Option<String>,
+    /// The evaluator's --debug. Default 0.
+    #[arg(long = "debug-challenge", env = "DEBUG_CHALLENGE", value_name = "LEVEL")]
+    pub debug_challenge: Option<String>,
+    /// Exported to the evaluator, with PYTHONPATH. Default /workspace/CARLA.
+    #[arg(long = "carla-root", env = "CARLA_ROOT", value_name = "DIR")]
+    pub carla_root: Option<String>,
+    /// Exported to the evaluator, with PYTHONPATH. Default /workspace/scenario_runner.
+    #[arg(long = "scenario-runner-root", env = "SCENARIO_RUNNER_ROOT", value_name = "DIR")]
+    pub scenario_runner_root: Option<String>,
+    /// Exported to the evaluator, with PYTHONPATH; the evaluator is LEADERBOARD_ROOT/leaderboard/
+    /// leaderboard_evaluator.py. Default /workspace/leaderboard.
+    #[arg(long = "leaderboard-root", env = "LEADERBOARD_ROOT", value_name = "DIR")]
+    pub leaderboard_root: Option<String>,
+}
+
+/// A value, or its default when unset or empty.
+fn or<'a>(v: &'a Option<String>, default: &'a str) -> &'a str {
+    v.as_deref().filter(|v| !v.is_empty()).unwrap_or(default)
+}
+
+impl EvaluatorEnv {
+    pub fn carla_port(&self) -> u32 {
+        or(&self.carla_port, "2000").parse().unwrap_or(2000)
+    }
+    pub fn team_agent(&self) -> &str {
+        or(&self.team_agent, "")
+    }
+    pub fn team_config(&self) -> &str {
+        or(&self.team_config, "")
+    }
+    pub fn track(&self) -> &str {
+        or(&self.track, "SENSORS")
+    }
+    pub fn routes(&self) -> &str {
+        let default = if self.track().contains("QUALIFIER") {
+            "/workspace/leaderboard/data/routes_qualifier.xml"
+        } else {
+            "/workspace/leaderboard/data/routes_testing.xml"
+        };
+        or(&self.routes, default)
+    }
+    pub fn routes_subset(&self) -> &str {
+        or(&self.routes_subset, "")
+    }
+    pub fn repetitions(&self) -> &str {
+        or(&self.repetitions, "1")
+    }
+    pub fn resume(&self) -> bool {
+        self.resume.as_deref().is_some_and(|r| !r.trim().is_empty())
+    }
+    pub fn record_path(&self) -> &str {
+        or(&self.record_path, "/home/carla/recorder")
+    }
+    pub fn debug_checkpoint(&self) -> &str {
+        or(&self.debug_checkpoint, "/workspace/leaderboard/live_results.txt")
+    }
+    pub fn debug_challenge(&self) -> &str {
+        or(&self.debug_challenge, "0")
+    }
+    pub fn carla_root(&self) -> &str {
+        or(&self.carla_root, "/workspace/CARLA")
+    }
+    pub fn scenario_runner_root(&self) -> &str {
+        or(&self.scenario_runner_root, "/workspace/scenario_runner")
+    }
+    pub fn leaderboard_root(&self) -> &str {
+        or(&self.leaderboard_root, "/workspace/leaderboard")
+    }
 }
 
 #[derive(Debug, Clone, Args)]

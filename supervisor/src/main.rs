@@ -72,6 +72,7 @@ fn main() -> ExitCode {
             }
             let mut agent = Agent::new(a.command.clone(), a.checkpoint.clone());
             agent.run_as = a.run_as;
+            agent.env = a.evaluator.clone();
             agent.route_retries = a.route_retries.map(|k| supervisor::role::agent::RouteRetries::new(&a.checkpoint, k));
             run(Role::Agent, worker, a.common, log, &mut agent)
         }

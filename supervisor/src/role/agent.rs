@@ -11,6 +11,7 @@
 use super::{Engine, Outcome, RoleSpec, WaitEnd};
 use crate::checkpoint::{self, Guard, Observed};
 use crate::child::{Child, RunAs, Spec};
+use crate::config::EvaluatorEnv;
 use crate::markers::{Attempt, Marker, Role, StatusSet};
 use crate::reaper::Exit;
 use std::collections::BTreeSet;
@@ -30,6 +31,8 @@ pub struct Agent {
     pub run_as: Option<RunAs>,
     /// `--route-retries`: simulation crashes per route, and the limit.
     pub route_retries: Option<RouteRetries>,
+    /// run_leaderboard.sh's variables.
+    pub env: EvaluatorEnv,
     guard: Guard,
     next_observe: Instant,
     /// The checkpoint's (length, mtime) at the last look: it is parsed only when that changed.
@@ -111,10 +114,6 @@ impl RouteRetries {
     }
 }
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
-}
-
 impl Agent {
     pub fn new(command: Vec<OsString>, checkpoint: PathBuf) -> Self {
         let guard = Guard::new(&checkpoint);
@@ -123,6 +122,7 @@ impl Agent {
             checkpoint,
             run_as: None,
             route_retries: None,
+            env: EvaluatorEnv::default(),
             guard,
             next_observe: Instant::now(),
             seen: None,
@@ -183,22 +183,17 @@ impl Agent {
 
     /// The evaluator's arguments, from run_leaderboard.sh's environment and defaults.
     pub fn evaluator_args(&self, resume: bool) -> Vec<OsString> {
-        let port: u32 = env_or("CARLA_PORT", "2000").parse().unwrap_or(2000);
-        let track = env_or("CHALLENGE_TRACK_CODENAME", "SENSORS");
-        let default_routes = if track.contains("QUALIFIER") {
-            "/workspace/leaderboard/data/routes_qualifier.xml"
-        } else {
-            "/workspace/leaderboard/data/routes_testing.xml"
-        };
+        let e = &self.env;
+        let port = e.carla_port();
         let mut args = vec![
             format!("--port={port}"),
             format!("--traffic-manager-port={}", port + 10),
-            format!("--agent={}", env_or("TEAM_AGENT", "")),
-            format!("--agent-config={}", env_or("TEAM_CONFIG", "")),
-            format!("--track={track}"),
-            format!("--routes={}", env_or("ROUTES", default_routes)),
-            format!("--routes-subset={}", env_or("ROUTES_SUBSET", "")),
-            format!("--repetitions={}", env_or("REPETITIONS", "1")),
+            format!("--agent={}", e.team_agent()),
+            format!("--agent-config={}", e.team_config()),
+            format!("--track={}", e.track()),
+            format!("--routes={}", e.routes()),
+            format!("--routes-subset={}", e.routes_subset()),
+            format!("--repetitions={}", e.repetitions()),
         ];
         // `type=bool`: any value, `0` included, means true. Pass `--resume=1` or nothing.
         if resume {
@@ -206,21 +201,20 @@ impl Agent {
         }
         args.extend([
             format!("--checkpoint={}", self.checkpoint.display()),
-            format!("--record={}", env_or("RECORD_PATH", "/home/carla/recorder")),
-            format!(
-                "--debug-checkpoint={}",
-                env_or("DEBUG_CHECKPOINT_ENDPOINT", "/workspace/leaderboard/live_results.txt")
-            ),
-            format!("--debug={}", env_or("DEBUG_CHALLENGE", "0")),
+            format!("--record={}", e.record_path()),
+            format!("--debug-checkpoint={}", e.debug_checkpoint()),
+            format!("--debug={}", e.debug_challenge()),
         ]);
         args.into_iter().map(OsString::from).collect()
     }
 
     /// PYTHONPATH and the roots, as run_leaderboard.sh exports them.
-    fn evaluator_env() -> Vec<(OsString, OsString)> {
-        let carla = env_or("CARLA_ROOT", "/workspace/CARLA");
-        let sr = env_or("SCENARIO_RUNNER_ROOT", "/workspace/scenario_runner");
-        let lb = env_or("LEADERBOARD_ROOT", "/workspace/leaderboard");
+    fn evaluator_env(&self) -> Vec<(OsString, OsString)> {
+        let (carla, sr, lb) = (
+            self.env.carla_root().to_string(),
+            self.env.scenario_runner_root().to_string(),
+            self.env.leaderboard_root().to_string(),
+        );
         let dist = PathBuf::from(&carla).join("PythonAPI/carla/dist");
         let egg = std::fs::read_dir(&dist)
             .ok()
@@ -300,17 +294,12 @@ impl RoleSpec for Agent {
     }
 
     fn spec(&mut self, _attempt: Attempt) -> Spec {
-        let resume = self.crashed_before
-            || checkpoint::exists_with_data(&self.checkpoint)
-            || std::env::var("RESUME").is_ok_and(|r| !r.trim().is_empty());
+        let resume = self.crashed_before || checkpoint::exists_with_data(&self.checkpoint) || self.env.resume();
         let args = self.evaluator_args(resume);
         let (program, mut all) = match self.command.split_first() {
             Some((p, rest)) => (p.clone(), rest.to_vec()),
             None => {
-                let evaluator = format!(
-                    "{}/leaderboard/leaderboard_evaluator.py",
-                    env_or("LEADERBOARD_ROOT", "/workspace/leaderboard")
-                );
+                let evaluator = format!("{}/leaderboard/leaderboard_evaluator.py", self.env.leaderboard_root());
                 let pre: Vec<OsString> = ["-c", DEFAULT_WRAPPER, "leaderboard", "python3", "-u", &evaluator]
                     .into_iter()
                     .map(OsString::from)
@@ -320,7 +309,7 @@ impl RoleSpec for Agent {
         };
         all.extend(args);
         self.next_observe = Instant::now();
-        let mut env = Self::evaluator_env();
+        let mut env = self.evaluator_env();
         if self.run_as.is_some() {
             // The evaluator's own home is not root's (unreadable to it): HOME=/tmp unless the pod sets one.
             if std::env::var_os("HOME").is_none_or(|h| h == "/root") {
