@@ -12,7 +12,7 @@ use super::{Engine, Outcome, RoleSpec, WaitEnd};
 use crate::checkpoint::{self, Guard, Observed};
 use crate::child::{Child, RunAs, Spec};
 use crate::config::EvaluatorEnv;
-use crate::markers::{Attempt, Marker, Role, StatusSet};
+use crate::markers::{Attempt, Marker, Role, StatusSet, WorkerId};
 use crate::reaper::Exit;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -368,5 +368,19 @@ impl RoleSpec for Agent {
             return Some(Outcome::Crash(format!("the simulator crashed in attempt {attempt}")));
         }
         None
+    }
+
+    fn after_done(&mut self, eng: &mut Engine, attempt: Attempt) {
+        // The simulator ends on our done marker: wait (at most --peer-wait) until it has, so that the pod does not
+        // see one container end while the other still runs.
+        let (peer, worker) = (Role::Simulator, eng.worker);
+        let limit = eng.common.peer_wait;
+        let _ = eng.wait_markers(limit, |s| {
+            s.is_done(peer, worker) || s.is_failed(peer, worker) || s.crashes(peer, worker).contains(&attempt)
+        });
+    }
+
+    fn end_for_failed_peer(&self, worker: WorkerId) -> Marker {
+        Marker::Failed { role: Role::Agent, worker }
     }
 }

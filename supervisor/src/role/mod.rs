@@ -63,6 +63,17 @@ pub trait RoleSpec {
     fn on_exit(&mut self, eng: &mut Engine, exit: Exit) -> Outcome;
     /// The peer's markers while the child runs (crash, done, failed are handled here).
     fn on_peer(&mut self, eng: &mut Engine, set: &StatusSet, attempt: Attempt) -> Option<Outcome>;
+    /// Whether this side ends (done) once its peer is done: the simulator serves the agent, and no one else.
+    fn ends_with_peer_done(&self) -> bool {
+        false
+    }
+    /// After writing this side's crash marker, before the next attempt (the simulator waits for the agent to see it).
+    fn after_crash(&mut self, _eng: &mut Engine, _attempt: Attempt) {}
+    /// After writing this side's done marker, before exiting (the agent waits for the simulator's end).
+    fn after_done(&mut self, _eng: &mut Engine, _attempt: Attempt) {}
+    /// This side's end when the peer ended for good: the agent cannot finish without a simulator (failed), the
+    /// simulator has nobody to serve (done).
+    fn end_for_failed_peer(&self, worker: WorkerId) -> Marker;
 }
 
 /// The state both roles share.
@@ -298,7 +309,7 @@ impl Engine {
         }
     }
 
-    fn crash_wait_for_peer(&mut self, attempt: Attempt) {
+    pub fn crash_wait_for_peer(&mut self, attempt: Attempt) {
         // The simulator waits until its agent has stopped too (its crash marker for this attempt, or an end), so a
         // new CARLA never serves an evaluator of the old attempt.
         let (peer, worker) = (self.peer(), self.worker);
@@ -355,9 +366,9 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
             return 0;
         }
         if set.is_failed(peer, worker) {
-            return end_for_peer(&eng);
+            return end_for_peer(&eng, spec);
         }
-        if role == Role::Simulator && set.is_done(peer, worker) {
+        if spec.ends_with_peer_done() && set.is_done(peer, worker) {
             eng.write(Marker::Done { role, worker });
             return 0;
         }
@@ -400,20 +411,11 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                 if eng.common.restart == RestartMode::Container {
                     return 1;
                 }
-                if role == Role::Simulator {
-                    eng.crash_wait_for_peer(attempt);
-                }
+                spec.after_crash(&mut eng, attempt);
             }
             Outcome::Done => {
                 eng.write(Marker::Done { role, worker });
-                if role == Role::Agent {
-                    let limit = eng.common.peer_wait;
-                    let _ = eng.wait_markers(limit, |s| {
-                        s.is_done(peer, worker)
-                            || s.is_failed(peer, worker)
-                            || s.crashes(peer, worker).contains(&attempt)
-                    });
-                }
+                spec.after_done(&mut eng, attempt);
                 return 0;
             }
             Outcome::Failed(reason) => {
@@ -421,7 +423,7 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                 eng.write(Marker::Failed { role, worker });
                 return 0;
             }
-            Outcome::PeerFailed => return end_for_peer(&eng),
+            Outcome::PeerFailed => return end_for_peer(&eng, spec),
             Outcome::Cancelled => {
                 eng.note("the submission is cancelled: stopped");
                 return 0;
@@ -434,14 +436,9 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
     }
 }
 
-/// The peer ended for good: the agent cannot finish without a simulator (failed), the simulator has nobody to
-/// serve (done).
-fn end_for_peer(eng: &Engine) -> i32 {
-    let (role, worker) = (eng.role, eng.worker);
-    eng.note(&format!("the {} ended for good", role.peer()));
-    match role {
-        Role::Agent => eng.write(Marker::Failed { role, worker }),
-        Role::Simulator => eng.write(Marker::Done { role, worker }),
-    }
+/// The peer ended for good: this side ends as its role says ([`RoleSpec::end_for_failed_peer`]).
+fn end_for_peer(eng: &Engine, spec: &dyn RoleSpec) -> i32 {
+    eng.note(&format!("the {} ended for good", eng.role.peer()));
+    eng.write(spec.end_for_failed_peer(eng.worker));
     0
 }

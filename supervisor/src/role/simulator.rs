@@ -6,7 +6,7 @@
 
 use super::{Engine, Outcome, RoleSpec};
 use crate::child::{Child, Spec};
-use crate::markers::{Attempt, Marker, Role, StatusSet};
+use crate::markers::{Attempt, Marker, Role, StatusSet, WorkerId};
 use crate::reaper::Exit;
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpStream};
@@ -106,5 +106,17 @@ impl RoleSpec for Simulator {
             return Some(Outcome::Crash(format!("the agent crashed in attempt {attempt}")));
         }
         None
+    }
+
+    fn ends_with_peer_done(&self) -> bool {
+        true
+    }
+
+    fn after_crash(&mut self, eng: &mut Engine, attempt: Attempt) {
+        eng.crash_wait_for_peer(attempt);
+    }
+
+    fn end_for_failed_peer(&self, worker: WorkerId) -> Marker {
+        Marker::Done { role: Role::Simulator, worker }
     }
 }
