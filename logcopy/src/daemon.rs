@@ -36,11 +36,12 @@ use crate::volume::{FileStamp, Layout, atomic_write};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use supervisor::markers::{Marker, Role, StatusSet, WorkerId};
 use tokio::sync::{mpsc, watch as watch_channel};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tracing::{error, info, warn};
+use volume::markers::{Marker, Role, StatusSet, WorkerId};
+use volume::results::RouteId;
 
 /// A setup failure that is the operator's to fix (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +92,7 @@ impl Worker {
             // Nothing good of our own yet (a fresh start, a restart) and the file caught half-written: the agent
             // supervisor's last good copy beside it is what the evaluator last wrote whole. Publishing less than
             // that would regress what EvalAI already shows.
-            let copy = supervisor::checkpoint::last_good_path(&self.path);
+            let copy = volume::layout::last_good_path(&self.path);
             if let Ok(Loaded::Data(v)) = file::load(&copy, max_bytes) {
                 warn!(
                     worker = self.id,
@@ -482,10 +483,9 @@ impl State {
                 }
                 if !keys.contains(&(r, k)) {
                     named += 1;
-                    out.name(|| match self.version {
-                        Version::V2 => format!("RouteScenario_{r}_rep{k}"),
-                        Version::V1 => format!("RouteScenario_{r}"),
-                    });
+                    // The walk stops after records + SHOWN steps: `r` and `k` stay far below u64::MAX.
+                    let (r, k) = (u64::try_from(r).unwrap_or(u64::MAX), u64::try_from(k).unwrap_or(u64::MAX));
+                    out.name(|| RouteId::of(self.version, r, k).to_string());
                 }
             }
         }
@@ -702,7 +702,7 @@ impl Engine {
 
     async fn run(mut self) -> Result<End, SetupError> {
         let cfg = self.state.cfg.clone();
-        for dir in [self.state.layout.evalai_dir(), self.state.layout.root.join("logcopy")] {
+        for dir in [self.state.layout.evalai_dir(), self.state.layout.root.join(volume::layout::LOGCOPY_DIR)] {
             if let Err(e) = std::fs::create_dir_all(&dir) {
                 warn!("cannot create {}: {e}", dir.display());
             }

@@ -48,7 +48,7 @@ use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use supervisor::markers::{Attempt, Marker, Role, WorkerId};
+use volume::markers::{Attempt, Marker, Role, WorkerId};
 
 const SUPERVISOR: &str = env!("CARGO_BIN_EXE_supervisor");
 const BENCH_COMMAND: &str = "cargo bench -p supervisor --bench latency";

@@ -50,31 +50,11 @@ pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// `FAILURE_MESSAGES["Simulation"]`'s route status suffix; the evaluator tests it with `in`.
 const SIMULATION_CRASHED: &str = "Simulation crashed";
 
-/// The 12 infraction lists of a Leaderboard 2.0 RouteRecord, in the order the evaluator writes them
-/// (`PENALTY_NAME_DICT` order plus `route_timeout`).
-pub const INFRACTIONS_V2: [&str; 12] = [
-    "collisions_layout",
-    "collisions_pedestrian",
-    "collisions_vehicle",
-    "red_light",
-    "stop_infraction",
-    "outside_route_lanes",
-    "min_speed_infractions",
-    "yield_emergency_vehicle_infractions",
-    "scenario_timeouts",
-    "route_dev",
-    "vehicle_blocked",
-    "route_timeout",
-];
+pub use volume::layout::last_good_path;
+use volume::layout::{before_skip_path, corrupt_path};
+use volume::results::INFRACTIONS_V2;
 
 /// Watches one worker's checkpoint and keeps its last good copy.
-/// Where the agent supervisor keeps the last good copy of a checkpoint: `.<name>.last-good` beside it. logcopy
-/// reads it when the checkpoint itself is caught half-written and it has no good parse of its own yet.
-pub fn last_good_path(checkpoint: &Path) -> PathBuf {
-    let name = checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    checkpoint.with_file_name(format!(".{name}.last-good"))
-}
-
 #[derive(Debug)]
 pub struct Guard {
     checkpoint: PathBuf,
@@ -289,12 +269,11 @@ impl Guard {
         // Write the copy first, so that the checkpoint is absent only between two renames.
         let tmp = write_temp(&self.checkpoint, good)?;
         let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let name = self.checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let mut aside = self.checkpoint.with_file_name(format!("{name}.corrupt-{secs}"));
-        let mut n = 1;
+        let mut n = 0;
+        let mut aside = corrupt_path(&self.checkpoint, secs, n);
         while aside.symlink_metadata().is_ok() {
-            aside = self.checkpoint.with_file_name(format!("{name}.corrupt-{secs}-{n}"));
             n += 1;
+            aside = corrupt_path(&self.checkpoint, secs, n);
         }
         // `rename` moves a link or a FIFO itself, never what it points to.
         let renamed = rename(&self.checkpoint, &aside).and_then(|()| rename(&tmp, &self.checkpoint));
@@ -411,10 +390,7 @@ pub fn skip_route(path: &Path, route_id: &str) -> Result<Option<RouteSkip>, Chec
     // first write of a run resumed at it (which crashed again before writing anything else).
     let last_is_the_route = records.last().is_some_and(|r| r["route_id"].as_str() == Some(route_id))
         && (crash_record(&value) == Some(n - 1) || (entry_status == "Started" && usize::try_from(done) == Ok(n - 1)));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let safe_id: String =
-        route_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect();
-    let kept = path.with_file_name(format!("{name}.before-skip-{safe_id}"));
+    let kept = before_skip_path(path, route_id);
     let skip = if last_is_the_route {
         value["entry_status"] = Value::from("Started");
         value["_checkpoint"]["progress"][0] = Value::from(n);

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
@@ -88,15 +88,10 @@ pub fn open_log(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).custom_flags(libc::O_NOFOLLOW).mode(0o644).open(path)
 }
 
-fn now_utc() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    format!("{secs} (unix time)")
-}
-
 /// Starts `spec` in a new process group, its output teed to stdout and to `log` under `banner`.
 pub fn spawn(spec: &Spec, log: Option<File>, banner: &str) -> std::io::Result<Child> {
     let log = log.map(|f| Arc::new(Mutex::new(f)));
-    let line = format!("\n===== supervisor: {banner} at {}: {} =====\n", now_utc(), spec.display());
+    let line = format!("\n===== supervisor: {banner} at {}: {} =====\n", volume::time::now_utc(), spec.display());
     emit(line.as_bytes(), log.as_ref());
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args).envs(spec.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null());

@@ -1,12 +1,12 @@
 //! The supervisor's command line: flags with upstream's environment variable names as fallbacks, and every deadline
 //! a flag, so that tests can make them short.
 
-use crate::duration::clap_parser;
-use crate::markers::WorkerId;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
+use volume::duration::clap_parser;
+use volume::markers::WorkerId;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,7 +66,7 @@ pub struct Common {
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<u32>,
     /// The shared marker folder (upstream mounts containers-status/ there).
-    #[arg(long, env = "STATUS_DIR", default_value = "/tmp/status")]
+    #[arg(long, env = "STATUS_DIR", default_value = volume::layout::mount::STATUS)]
     pub status_dir: PathBuf,
     /// The child's log file on the volume (appended to, never truncated).
     #[arg(long, env = "LOG_FILE")]
@@ -133,7 +133,7 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub common: Common,
     /// The evaluator's checkpoint (its results file).
-    #[arg(long, env = "CHECKPOINT_ENDPOINT", default_value = "/tmp/agent/agent_results.json")]
+    #[arg(long, env = "CHECKPOINT_ENDPOINT", default_value = volume::layout::mount::CHECKPOINT)]
     pub checkpoint: PathBuf,
     /// Run the evaluator and everything it starts as this numeric user (and group; default the same number), with
     /// no supplementary groups, while the supervisor stays root. With `logcopy restore --private-status` the

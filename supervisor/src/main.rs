@@ -8,9 +8,9 @@ use clap::Parser;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use supervisor::config::{Cli, Command};
-use supervisor::markers::Role;
 use supervisor::role::{self, Engine, Event, agent::Agent, simulator::Simulator};
 use supervisor::{gpu, reaper};
+use volume::markers::Role;
 
 fn main() -> ExitCode {
     // Signals are blocked and the subreaper set before clap or any thread runs (STYLE 13: tini's model).
@@ -33,11 +33,7 @@ fn main() -> ExitCode {
                 Ok(gpu::GpuSelection::None) => None,
                 Err(e) => return config_error(&format!("--gpu / GPU: {e}")),
             };
-            let log = a
-                .common
-                .log_file
-                .clone()
-                .unwrap_or_else(|| format!("/home/carla/CarlaUE4/Saved/simulator-{worker}.log").into());
+            let log = a.common.log_file.clone().unwrap_or_else(|| volume::layout::mount::simulator_log(worker.0));
             let mut sim = Simulator::new(a.command.clone(), a.port, gpu_index);
             run(Role::Simulator, worker, a.common, log, &mut sim)
         }
@@ -46,8 +42,8 @@ fn main() -> ExitCode {
                 Ok(w) => w,
                 Err(e) => return config_error(&e),
             };
-            let default_log =
-                a.checkpoint.parent().map(|d| d.join("leaderboard.log")).unwrap_or_else(|| "leaderboard.log".into());
+            let log_name = volume::layout::EVALUATOR_LOG;
+            let default_log = a.checkpoint.parent().map(|d| d.join(log_name)).unwrap_or_else(|| log_name.into());
             let log = a.common.log_file.clone().unwrap_or(default_log);
             if let Some(r) = a.run_as {
                 // SAFETY: geteuid has no preconditions.
@@ -80,7 +76,7 @@ fn main() -> ExitCode {
 
 fn run(
     role: Role,
-    worker: supervisor::markers::WorkerId,
+    worker: volume::markers::WorkerId,
     common: supervisor::config::Common,
     log: std::path::PathBuf,
     spec: &mut dyn role::RoleSpec,

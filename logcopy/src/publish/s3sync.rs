@@ -10,7 +10,6 @@ use super::store::{ObjectStore, StoreError};
 use super::{End, Sink, SinkEvent, Snapshot};
 use crate::volume::TEMP_PREFIX;
 use crate::volume::manifest::{Entry, MANIFEST_REL, Manifest, mtime_ns, sha256};
-use crate::volume::safe::{object_key, open_beneath, open_root, walk};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -22,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
+use volume::safe::{object_key, open_beneath, open_root, walk};
 
 /// Uploads in flight at once.
 const CONCURRENCY: usize = 8;

@@ -2,7 +2,7 @@
 //! that the sync, the manifest and the restore run the same code in both cases.
 //!
 //! Uploads stream from an already-opened file (opened beneath the volume root without following links, see
-//! [`crate::volume::safe`]), never reading a whole file into memory; files from [`MULTIPART_THRESHOLD`] up go
+//! [`volume::safe`]), never reading a whole file into memory; files from [`MULTIPART_THRESHOLD`] up go
 //! as multipart uploads of [`PART_SIZE`] parts, and a failed multipart upload is aborted.
 
 use aws_sdk_s3::error::DisplayErrorContext;
@@ -279,7 +279,7 @@ impl ObjectStore for LocalStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let base = self.path(prefix.trim_end_matches('/'))?;
-        let (files, _) = crate::volume::safe::walk(&base, &|p| p.to_string_lossy().ends_with(".part"));
+        let (files, _) = volume::safe::walk(&base, &|p| p.to_string_lossy().ends_with(".part"));
         Ok(files
             .into_iter()
             .filter_map(|f| {

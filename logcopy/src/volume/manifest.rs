@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Where the manifest lives, relative to the volume root.
-pub const MANIFEST_REL: &str = "logcopy/.upload-manifest.json";
+pub use volume::layout::UPLOAD_MANIFEST as MANIFEST_REL;
 
 /// One uploaded file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,6 @@
 //! see the old bytes or the new ones, never a mix, and a failed write leaves the old file untouched.
 
 pub mod manifest;
-pub mod safe;
 pub mod watch;
 
 use std::fs::OpenOptions;
@@ -18,11 +17,7 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// logcopy's own log, relative to the volume root.
-pub const LOG_REL: &str = "logcopy/logcopy.log";
-
-/// Prefix of logcopy's temporary files; they are never uploaded.
-pub const TEMP_PREFIX: &str = ".logcopy-tmp.";
+pub use volume::layout::{LOGCOPY_LOG as LOG_REL, TEMP_PREFIX};
 
 /// A failed output write, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -70,11 +65,11 @@ pub struct Layout {
 
 impl Layout {
     pub fn status_dir(&self) -> PathBuf {
-        self.root.join("containers-status")
+        self.root.join(volume::layout::STATUS_DIR)
     }
 
     pub fn evalai_dir(&self) -> PathBuf {
-        self.root.join("evalai")
+        self.root.join(volume::layout::EVALAI_DIR)
     }
 
     pub fn merged_file(&self) -> PathBuf {
@@ -99,7 +94,7 @@ impl Layout {
     pub fn is_own_output(&self, path: &Path) -> bool {
         path.starts_with(self.evalai_dir())
             || path == self.merged_file()
-            || path.starts_with(self.root.join("logcopy"))
+            || path.starts_with(self.root.join(volume::layout::LOGCOPY_DIR))
             || path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX))
     }
 }

@@ -11,13 +11,14 @@
 use super::{Engine, Outcome, RoleSpec, WaitEnd};
 use crate::checkpoint::{self, Guard, Observed};
 use crate::child::{Child, RunAs, Spec};
-use crate::markers::{Attempt, Marker, Role, StatusSet};
 use crate::reaper::Exit;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use volume::markers::{Attempt, Marker, Role, StatusSet};
+use volume::results::RouteId;
 
 /// Sources the participant's environment as upstream does, then runs the evaluator with the given arguments.
 const DEFAULT_WRAPPER: &str = "source \"$HOME/.bashrc\" >/dev/null 2>&1; \
@@ -52,8 +53,7 @@ fn last_route_prepared(log: &std::path::Path) -> Option<String> {
         let rest = &line[line.find("Preparing ")? + "Preparing ".len()..];
         let (name, rest) = rest.split_once(" (repetition ")?;
         let rep: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        let name = name.trim();
-        (!rep.is_empty() && !name.is_empty() && !name.contains(char::is_whitespace)).then(|| format!("{name}_rep{rep}"))
+        RouteId::prepared(name.trim(), rep.parse().ok()?).map(|id| id.to_string())
     })
 }
 
@@ -69,8 +69,7 @@ pub struct RouteRetries {
 
 impl RouteRetries {
     pub fn new(checkpoint: &std::path::Path, limit: u32) -> Self {
-        let name = checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let path = checkpoint.with_file_name(format!(".{}.route-crashes", name.trim_start_matches('.')));
+        let path = volume::layout::route_crashes_path(checkpoint);
         let saved: serde_json::Value =
             std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(serde_json::Value::Null);
         let counts = saved["counts"]

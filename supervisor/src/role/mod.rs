@@ -15,7 +15,6 @@ pub mod simulator;
 
 use crate::child::{self, Child};
 use crate::config::{Common, RestartMode};
-use crate::markers::{Attempt, Marker, Role, StatusSet, WorkerId};
 use crate::reaper::{self, Exit, SignalEvent};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::cell::RefCell;
@@ -23,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
+use volume::markers::{Attempt, Marker, Role, StatusSet, WorkerId};
 
 /// What the run loop waits on.
 #[derive(Debug)]
