@@ -10,6 +10,7 @@
 use crate::config::{RestoreConfig, StorageTarget};
 use crate::publish::s3sync::excluded;
 use crate::publish::store::{LocalStore, ObjectStore, S3Store};
+use crate::volume::Root;
 use crate::volume::manifest::{Entry, Manifest, mtime_ns, sha256};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -141,7 +142,8 @@ async fn download<S: ObjectStore>(
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let mut manifest = Manifest::load(&cfg.logs, &manifest_target(&cfg.storage, prefix));
+    let root = Root::open(&cfg.logs).map_err(io(&cfg.logs))?;
+    let mut manifest = Manifest::load(&root, &manifest_target(&cfg.storage, prefix));
     let mut pending = Vec::new();
     for o in objects.iter().filter(|o| !o.key.starts_with(&status_prefix)) {
         match relative(&o.key, prefix).filter(|r| !excluded(r)) {
@@ -180,7 +182,7 @@ async fn download<S: ObjectStore>(
         return Err(e);
     }
     make_dir(&cfg.logs.join(volume::layout::LOGCOPY_DIR), if cfg.private_status { PRIVATE_DIR } else { OPEN_DIR })?;
-    manifest.save(&cfg.logs).map_err(|e| RestoreError::Io { path: e.path, source: e.source })?;
+    manifest.save(&root).map_err(|e| RestoreError::Io { path: e.path, source: e.source })?;
     info!(
         downloaded = report.downloaded,
         bytes = report.bytes,

@@ -7,6 +7,7 @@
 use clap::Parser;
 use std::process::ExitCode;
 use std::sync::mpsc;
+use supervisor::checkpoint::CheckpointFile;
 use supervisor::config::{Cli, Command};
 use supervisor::role::{self, Engine, Event, agent::Agent, simulator::Simulator};
 use supervisor::{gpu, reaper};
@@ -66,9 +67,14 @@ fn main() -> ExitCode {
                     );
                 }
             }
-            let mut agent = Agent::new(a.command.clone(), a.checkpoint.clone());
+            // The checkpoint's folder (the worker's mount of the volume) is opened once, as a root.
+            let checkpoint = match CheckpointFile::open(&a.checkpoint) {
+                Ok(c) => c,
+                Err(e) => return config_error(&format!("--checkpoint {}: {e}", a.checkpoint.display())),
+            };
+            let mut agent = Agent::new(a.command.clone(), checkpoint.clone());
             agent.run_as = a.run_as;
-            agent.route_retries = a.route_retries.map(|k| supervisor::role::agent::RouteRetries::new(&a.checkpoint, k));
+            agent.route_retries = a.route_retries.map(|k| supervisor::role::agent::RouteRetries::new(&checkpoint, k));
             run(Role::Agent, worker, a.common, log, &mut agent)
         }
     }
@@ -87,7 +93,18 @@ fn run(
         eprintln!("supervisor: cannot start the signal thread: {e}");
         return ExitCode::from(2);
     }
-    let eng = Engine::new(role, worker, common, Some(log), tx, rx);
+    let (status, log_dir) = (common.status_dir.clone(), log.parent().map(std::path::Path::to_path_buf));
+    let eng = match Engine::new(role, worker, common, Some(log), tx, rx) {
+        Ok(e) => e,
+        Err(e) => {
+            let log_dir = log_dir.unwrap_or_default();
+            return config_error(&format!(
+                "cannot open the status folder {} or the log's folder {}: {e}",
+                status.display(),
+                log_dir.display()
+            ));
+        }
+    };
     let code = role::run(eng, spec);
     ExitCode::from(code.clamp(0, 255) as u8)
 }
