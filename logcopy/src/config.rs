@@ -93,7 +93,7 @@ pub struct RunArgs {
     #[arg(long, env = "REPETITIONS", default_value = "1")]
     pub repetitions: String,
     /// The logs volume's root.
-    #[arg(long, env = "LOGS_DIR", default_value = "/logs")]
+    #[arg(long, env = "LOGS_DIR", default_value = volume::layout::mount::LOGS)]
     pub logs: PathBuf,
     /// Path of worker i's results file under the volume; `{i}` is the worker number (1..N).
     /// Generation 2: agent/partial_agent_results{i}.json
@@ -202,7 +202,7 @@ fn valid_bucket(b: &str) -> bool {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// The logs volume's root.
-    #[arg(long, env = "LOGS_DIR", default_value = "/logs")]
+    #[arg(long, env = "LOGS_DIR", default_value = volume::layout::mount::LOGS)]
     pub logs: PathBuf,
     /// EvalAI submission id: the S3 prefix.
     #[arg(long, env = "SUBMISSION_ID")]

@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 use volume::duration::clap_parser;
+use volume::layout::{self, mount};
 use volume::markers::WorkerId;
 
 #[derive(Debug, Parser)]
@@ -22,24 +23,33 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run CarlaUE4 (default `./CarlaUE4.sh -vulkan -carla-rpc-port=$CARLA_PORT -RenderOffScreen -nosound -ini:...`).
-    #[command(after_help = SIMULATOR_HELP)]
+    #[command(after_help = simulator_help())]
     Simulator(SimulatorArgs),
     /// Run the leaderboard evaluator with run_leaderboard.sh's arguments and environment.
-    #[command(after_help = AGENT_HELP)]
+    #[command(after_help = agent_help())]
     Agent(AgentArgs),
     /// Print the GPU index of a UUID (as get_gpu_device.sh), or list the GPUs.
     Gpu(GpuArgs),
 }
 
 /// What `supervisor simulator --help` adds after the flags: the paths it uses by default.
-const SIMULATOR_HELP: &str = "\
+fn simulator_help() -> String {
+    format!(
+        "\
 Paths:
   CARLA's output (stdout and stderr, appended) goes to --log-file, by default
-  /home/carla/CarlaUE4/Saved/simulator-<worker>.log (upstream mounts the volume's simulator/ folder at
-  /home/carla/CarlaUE4/Saved). CARLA itself reads DISPLAY and its X socket in /tmp/.X11-unix.";
+  {} (upstream mounts the volume's {}/ folder at
+  {}). CARLA itself reads DISPLAY and its X socket in /tmp/.X11-unix.",
+        mount::simulator_log(0).with_file_name("simulator-<worker>.log").display(),
+        layout::SIMULATOR_DIR,
+        mount::SIMULATOR
+    )
+}
 
 /// What `supervisor agent --help` adds after the flags: the environment that becomes the evaluator's arguments.
-const AGENT_HELP: &str = "\
+fn agent_help() -> String {
+    format!(
+        "\
 The evaluator's arguments and environment, from run_leaderboard.sh's variables (defaults in brackets):
   --port=CARLA_PORT [2000] --traffic-manager-port=CARLA_PORT+10 --agent=TEAM_AGENT --agent-config=TEAM_CONFIG
   --track=CHALLENGE_TRACK_CODENAME [SENSORS] --routes=ROUTES [/workspace/leaderboard/data/routes_testing.xml,
@@ -49,8 +59,12 @@ The evaluator's arguments and environment, from run_leaderboard.sh's variables (
   [/workspace/leaderboard/live_results.txt] --debug=DEBUG_CHALLENGE [0].
   CARLA_ROOT [/workspace/CARLA], SCENARIO_RUNNER_ROOT [/workspace/scenario_runner] and LEADERBOARD_ROOT
   [/workspace/leaderboard] are exported with PYTHONPATH, as upstream; the evaluator's output (appended) goes to
-  --log-file, by default leaderboard.log beside the checkpoint (/tmp/agent/leaderboard.log).
-  NVIDIA_VISIBLE_DEVICES and NVIDIA_DRIVER_CAPABILITIES are the container runtime's, passed on.";
+  --log-file, by default {log} beside the checkpoint ({default}).
+  NVIDIA_VISIBLE_DEVICES and NVIDIA_DRIVER_CAPABILITIES are the container runtime's, passed on.",
+        log = layout::EVALUATOR_LOG,
+        default = std::path::Path::new(mount::AGENT).join(layout::EVALUATOR_LOG).display()
+    )
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RestartMode {
@@ -66,7 +80,7 @@ pub struct Common {
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<u32>,
     /// The shared marker folder (upstream mounts containers-status/ there).
-    #[arg(long, env = "STATUS_DIR", default_value = volume::layout::mount::STATUS)]
+    #[arg(long, env = "STATUS_DIR", default_value = mount::STATUS)]
     pub status_dir: PathBuf,
     /// The child's log file on the volume (appended to, never truncated).
     #[arg(long, env = "LOG_FILE")]
@@ -133,7 +147,7 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub common: Common,
     /// The evaluator's checkpoint (its results file).
-    #[arg(long, env = "CHECKPOINT_ENDPOINT", default_value = volume::layout::mount::CHECKPOINT)]
+    #[arg(long, env = "CHECKPOINT_ENDPOINT", default_value = mount::CHECKPOINT)]
     pub checkpoint: PathBuf,
     /// Run the evaluator and everything it starts as this numeric user (and group; default the same number), with
     /// no supplementary groups, while the supervisor stays root. With `logcopy restore --private-status` the

@@ -133,11 +133,13 @@ pub fn before_skip_path(checkpoint: &Path, route_id: &str) -> PathBuf {
     checkpoint.with_file_name(format!("{}.before-skip-{safe}", file_name(checkpoint)))
 }
 
-/// Where the pod spec mounts the volume's folders in the worker containers (generation 1). Each mount is a root of
-/// its own for [`crate::safe::Root`]: the supervisor sees no other part of the volume.
+/// Where the pod spec mounts the volume (generation 1): whole in logcopy's container, by folder in the workers'.
+/// Each mount is a root of its own for [`crate::safe::Root`]: the supervisor sees no other part of the volume.
 pub mod mount {
     use std::path::PathBuf;
 
+    /// The whole volume, in the logcopy container (logcopy's `--logs`).
+    pub const LOGS: &str = "/logs";
     /// `containers-status/`, in every worker container.
     pub const STATUS: &str = "/tmp/status";
     /// The worker's `agent/agent<i>/`, in the agent container.
