@@ -105,8 +105,9 @@ fn run_daemon(r: RunCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let layout_log = cfg.logs.join(crate::volume::LOG_REL);
-    let volume_log = cfg.logs.is_dir().then_some(layout_log.as_path());
+    // The volume's root is opened once, here: the log, the merge, the outputs and the S3 sync all go beneath it.
+    let volume = crate::daemon::open_volume(&cfg.logs);
+    let volume_log = volume.as_ref().ok().map(|root| (&**root, std::path::Path::new(crate::volume::LOG_REL)));
     if let Some(problem) = crate::logging::init(cfg.log_format, r.log_level, volume_log) {
         tracing::warn!("{problem}");
     }
@@ -118,7 +119,10 @@ fn run_daemon(r: RunCommand) -> ExitCode {
         }
     };
     let span = tracing::info_span!("logcopy", submission = cfg.submission_id);
-    let result = runtime.block_on(tracing::Instrument::instrument(crate::daemon::run(cfg), span));
+    let result = match volume {
+        Ok(root) => runtime.block_on(tracing::Instrument::instrument(crate::daemon::run(cfg, root), span)),
+        Err(e) => Err(e),
+    };
     match result {
         Ok(end) => {
             tracing::info!(?end, "logcopy ends");

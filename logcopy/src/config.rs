@@ -97,14 +97,14 @@ pub struct RunArgs {
     #[arg(long, env = "REPETITIONS", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repetitions: u32,
     /// The logs volume's root.
-    #[arg(long, env = "LOGS_DIR", default_value = "/logs")]
+    #[arg(long, env = "LOGS_DIR", default_value = volume::layout::mount::LOGS)]
     pub logs: PathBuf,
     /// Path of worker i's results file under the volume; `{i}` is the worker number (1..N).
     /// Generation 2: agent/partial_agent_results{i}.json
-    #[arg(long, env = "RESULTS_PATTERN", default_value = "agent/agent{i}/agent_results.json")]
+    #[arg(long, env = "RESULTS_PATTERN", default_value = volume::layout::RESULTS_PATTERN)]
     pub results_pattern: String,
     /// Path of the merged results file under the volume.
-    #[arg(long, env = "MERGED_PATH", default_value = "agent/agent_results.json")]
+    #[arg(long, env = "MERGED_PATH", default_value = volume::layout::MERGED)]
     pub merged_path: String,
     /// Most EvalAI requests a minute for this submission (status GETs, PUTs and retries together).
     /// A GET + PUT pair needs 2: fewer than 2 a minute could never send an update.
@@ -209,7 +209,7 @@ fn valid_bucket(b: &str) -> bool {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// The logs volume's root.
-    #[arg(long, env = "LOGS_DIR", default_value = "/logs")]
+    #[arg(long, env = "LOGS_DIR", default_value = volume::layout::mount::LOGS)]
     pub logs: PathBuf,
     /// EvalAI submission id: the S3 prefix.
     #[arg(long, env = "SUBMISSION_ID", value_parser = evalai_id)]
@@ -331,7 +331,7 @@ fn bad(setting: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Parses `10`, `1.5`, `250ms`, `10s` or `2m` (shared with the supervisor).
-pub use supervisor::duration::parse as parse_duration;
+pub use volume::duration::parse as parse_duration;
 
 fn duration_at_least(s: &str, min: Duration) -> Result<Duration, String> {
     let d = parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (e.g. 10, 250ms, 10s, 2m)"))?;
@@ -436,7 +436,7 @@ fn merged_path(s: &str, results_pattern: &str, workers: u32) -> Result<PathBuf, 
     for i in 1..=workers {
         let results = PathBuf::from(results_pattern.replace("{i}", &i.to_string()));
         let folder = results.parent().filter(|_| per_worker_folder);
-        let why = if merged == results || merged == supervisor::checkpoint::last_good_path(&results) {
+        let why = if merged == results || merged == volume::layout::last_good_path(&results) {
             format!("is worker {i}'s results file {} (or its last good copy)", results.display())
         } else if results.starts_with(&merged) {
             format!("is a folder holding worker {i}'s results file {}", results.display())

@@ -32,15 +32,16 @@ use crate::results::pyjson::Value;
 use crate::results::{self, Input, Version, evalai};
 use crate::routes::{Assigned, Missing, SHOWN};
 use crate::volume::watch::{Debounce, watch};
-use crate::volume::{FileStamp, Layout, atomic_write};
+use crate::volume::{FileStamp, Layout, Root};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use supervisor::markers::{Marker, Role, StatusSet, WorkerId};
 use tokio::sync::{mpsc, watch as watch_channel};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tracing::{error, info, warn};
+use volume::markers::{Marker, Role, StatusSet, WorkerId};
+use volume::results::RouteId;
 
 /// A setup failure that is the operator's to fix (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +75,8 @@ impl Worker {
     }
 
     /// Re-reads the file when it changed; `true` when its data changed.
-    fn refresh(&mut self, max_bytes: u64) -> bool {
-        let stamp = match FileStamp::of(&self.path) {
+    fn refresh(&mut self, root: &Root, max_bytes: u64) -> bool {
+        let stamp = match FileStamp::of(root, &self.path) {
             Ok(s) => s,
             Err(e) => {
                 self.report(format!("cannot stat the results file: {e}"));
@@ -86,13 +87,13 @@ impl Worker {
             return false;
         }
         self.stamp = stamp;
-        let loaded = file::load(&self.path, max_bytes);
+        let loaded = file::load_beneath(root, &self.path, max_bytes);
         if self.good.is_none() && !matches!(loaded, Ok(Loaded::Data(_))) {
             // Nothing good of our own yet (a fresh start, a restart) and the file caught half-written: the agent
             // supervisor's last good copy beside it is what the evaluator last wrote whole. Publishing less than
             // that would regress what EvalAI already shows.
-            let copy = supervisor::checkpoint::last_good_path(&self.path);
-            if let Ok(Loaded::Data(v)) = file::load(&copy, max_bytes) {
+            let copy = volume::layout::last_good_path(&self.path);
+            if let Ok(Loaded::Data(v)) = file::load_beneath(root, &copy, max_bytes) {
                 warn!(
                     worker = self.id,
                     file = %self.rel,
@@ -192,6 +193,8 @@ enum WorkerEnd {
 
 struct State {
     cfg: RunConfig,
+    /// The volume's root, opened once: every read and write of the volume goes beneath it.
+    root: Arc<Root>,
     layout: Layout,
     workers: Vec<Worker>,
     version: Version,
@@ -207,7 +210,7 @@ struct State {
 }
 
 impl State {
-    fn new(cfg: RunConfig) -> Self {
+    fn new(cfg: RunConfig, root: Arc<Root>) -> Self {
         let layout = Layout {
             root: cfg.logs.clone(),
             results_pattern: cfg.results_pattern.clone(),
@@ -239,6 +242,7 @@ impl State {
         }
         State {
             version: cfg.version,
+            root,
             layout,
             workers,
             cfg,
@@ -260,16 +264,17 @@ impl State {
     /// Reads the markers and the results files; merges and writes the outputs when something changed.
     /// Returns `true` when the outputs changed.
     fn cycle(&mut self) -> bool {
-        match StatusSet::read(&self.layout.status_dir()) {
+        match StatusSet::read(&self.root, self.layout.status_dir()) {
             Ok(m) => self.markers = m,
             Err(e) => {
-                self.log_once(format!("cannot read {}: {e}", self.layout.status_dir().display()), |m| warn!("{m}"))
+                let dir = self.root.display(self.layout.status_dir());
+                self.log_once(format!("cannot read {}: {e}", dir.display()), |m| warn!("{m}"))
             }
         }
         let max = self.cfg.max_results_bytes;
         let mut changed = false;
         for w in &mut self.workers {
-            changed |= w.refresh(max);
+            changed |= w.refresh(&self.root, max);
         }
         if !changed && self.outputs.is_some() {
             return false;
@@ -374,12 +379,11 @@ impl State {
 
     /// Writes the four output files (only those whose bytes changed), each atomically.
     fn write_outputs(&mut self, o: &Outputs) {
-        let dir = self.layout.evalai_dir();
         let files = [
-            (self.layout.merged_file(), &o.merged),
-            (dir.join("results.json"), &o.results),
-            (dir.join("stdout.txt"), &o.stdout),
-            (dir.join("metadata.json"), &o.merged),
+            (self.layout.merged_file().to_path_buf(), &o.merged),
+            (PathBuf::from(volume::layout::EVALAI_RESULTS), &o.results),
+            (PathBuf::from(volume::layout::EVALAI_STDOUT), &o.stdout),
+            (PathBuf::from(volume::layout::EVALAI_METADATA), &o.merged),
         ];
         for (path, bytes) in files {
             if self.written.iter().any(|(p, b)| *p == path && b == bytes) {
@@ -387,15 +391,16 @@ impl State {
             }
             // After a restart the file on the volume may already hold these bytes: leave it (and its stat) alone.
             if !self.written.iter().any(|(p, _)| *p == path)
-                && file::read_regular(&path, bytes.len() as u64 + 1).ok().flatten().as_deref() == Some(bytes.as_bytes())
+                && file::read_beneath(&self.root, &path, bytes.len() as u64 + 1).ok().flatten().as_deref()
+                    == Some(bytes.as_bytes())
             {
                 self.written.push((path, bytes.clone()));
                 continue;
             }
             if let Some(parent) = path.parent() {
-                let _ = std::fs::create_dir_all(parent);
+                let _ = self.root.create_dir_all(parent);
             }
-            match atomic_write(&path, bytes.as_bytes()) {
+            match self.root.write_atomic(&path, bytes.as_bytes()) {
                 Ok(()) => {
                     self.written.retain(|(p, _)| *p != path);
                     self.written.push((path, bytes.clone()));
@@ -482,10 +487,9 @@ impl State {
                 }
                 if !keys.contains(&(r, k)) {
                     named += 1;
-                    out.name(|| match self.version {
-                        Version::V2 => format!("RouteScenario_{r}_rep{k}"),
-                        Version::V1 => format!("RouteScenario_{r}"),
-                    });
+                    // The walk stops after records + SHOWN steps: `r` and `k` stay far below u64::MAX.
+                    let (r, k) = (u64::try_from(r).unwrap_or(u64::MAX), u64::try_from(k).unwrap_or(u64::MAX));
+                    out.name(|| RouteId::of(self.version, r, k).to_string());
                 }
             }
         }
@@ -502,7 +506,7 @@ impl State {
         let mut all = vec![Marker::Cancel];
         all.extend((1..=self.cfg.workers).map(|i| Marker::WorkerCancel { worker: WorkerId(i) }));
         for m in all {
-            if let Err(e) = m.create_in(&dir) {
+            if let Err(e) = m.create_in(&self.root, dir) {
                 error!(marker = %m, "cannot write the cancel marker: {e}");
             }
         }
@@ -555,14 +559,19 @@ impl State {
     }
 }
 
-/// Runs `logcopy run` to one of its ends.
-pub async fn run(cfg: RunConfig) -> Result<End, SetupError> {
-    let root = cfg.logs.clone();
-    match std::fs::symlink_metadata(&root) {
+/// Opens the volume's root (`--logs`), once: everything logcopy reads or writes on the volume goes beneath it.
+pub fn open_volume(path: &Path) -> Result<Arc<Root>, SetupError> {
+    let bad = |reason: String| SetupError::Volume { path: path.to_path_buf(), reason };
+    match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(SetupError::Volume { path: root, reason: "is not a folder".into() }),
-        Err(e) => return Err(SetupError::Volume { path: root, reason: e.to_string() }),
+        Ok(_) => return Err(bad("is not a folder".into())),
+        Err(e) => return Err(bad(e.to_string())),
     }
+    Root::open(path).map(Arc::new).map_err(|e| bad(e.to_string()))
+}
+
+/// Runs `logcopy run` to one of its ends, on the volume opened by [`open_volume`].
+pub async fn run(cfg: RunConfig, root: Arc<Root>) -> Result<End, SetupError> {
     let settings = EvalAiSettings {
         challenge_id: cfg.challenge_id,
         submission_id: cfg.submission_id,
@@ -613,7 +622,8 @@ pub async fn run(cfg: RunConfig) -> Result<End, SetupError> {
         StorageTarget::Aws { bucket, table } => {
             let sdk = crate::publish::store::sdk_config(cfg.storage_timeout).await;
             let (sdk2, bucket2, root2, prefix2) = (sdk.clone(), bucket.clone(), root.clone(), prefix.clone());
-            let store = move |_| StorageSink::new(S3Store::new(&sdk2, &bucket2), &root2, &prefix2, &target, period);
+            let store =
+                move |_| StorageSink::new(S3Store::new(&sdk2, &bucket2), root2.clone(), &prefix2, &target, period);
             sinks.push(spawn_supervised(store, snap_tx.subscribe(), ev_tx.clone()));
             let url = format!("s3://{bucket}/{prefix}");
             let (table2, d) = (table.clone(), decision.subscribe());
@@ -627,7 +637,7 @@ pub async fn run(cfg: RunConfig) -> Result<End, SetupError> {
         StorageTarget::Local { out } => {
             let objects = out.join("s3");
             let (objects2, root2, prefix2) = (objects.clone(), root.clone(), prefix.clone());
-            let store = move |_| StorageSink::new(LocalStore::new(&objects2), &root2, &prefix2, &target, period);
+            let store = move |_| StorageSink::new(LocalStore::new(&objects2), root2.clone(), &prefix2, &target, period);
             sinks.push(spawn_supervised(store, snap_tx.subscribe(), ev_tx.clone()));
             let url = format!("file://{}/{prefix}", objects.display());
             let item = out.join("dynamodb.json");
@@ -641,7 +651,7 @@ pub async fn run(cfg: RunConfig) -> Result<End, SetupError> {
         }
     }
     drop((ev_tx, decision));
-    Engine { state: State::new(cfg), snap_tx, events: ev_rx, sinks, seq: 0, unverified_cancel: None }.run().await
+    Engine { state: State::new(cfg, root), snap_tx, events: ev_rx, sinks, seq: 0, unverified_cancel: None }.run().await
 }
 
 struct Engine {
@@ -702,17 +712,18 @@ impl Engine {
 
     async fn run(mut self) -> Result<End, SetupError> {
         let cfg = self.state.cfg.clone();
-        for dir in [self.state.layout.evalai_dir(), self.state.layout.root.join("logcopy")] {
-            if let Err(e) = std::fs::create_dir_all(&dir) {
-                warn!("cannot create {}: {e}", dir.display());
+        let root = self.state.root.clone();
+        for dir in [self.state.layout.evalai_dir(), Path::new(volume::layout::LOGCOPY_DIR)] {
+            if let Err(e) = root.create_dir_all(dir) {
+                warn!("cannot create {}: {e}", root.display(dir).display());
             }
         }
         // A logcopy killed while writing an output leaves its temporary file: never an output, remove it.
         let merged_dir = self.state.layout.merged_file().parent().map(Path::to_path_buf);
-        for dir in [Some(self.state.layout.evalai_dir()), merged_dir].into_iter().flatten() {
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if entry.file_name().to_string_lossy().starts_with(crate::volume::TEMP_PREFIX) {
-                    let _ = std::fs::remove_file(entry.path());
+        for dir in [Some(self.state.layout.evalai_dir().to_path_buf()), merged_dir].into_iter().flatten() {
+            for entry in root.list(&dir).ok().flatten().into_iter().flatten() {
+                if entry.name.to_string_lossy().starts_with(crate::volume::TEMP_PREFIX) {
+                    let _ = root.remove_file(&dir.join(&entry.name));
                 }
             }
         }
@@ -824,7 +835,7 @@ impl Engine {
         }
         // Before the final flush, so that S3 holds it: the post-run step counts the done markers there.
         if matches!(end, End::Completed { .. })
-            && let Err(e) = Marker::LogcopyDone.create_in(&self.state.layout.status_dir())
+            && let Err(e) = Marker::LogcopyDone.create_in(&self.state.root, self.state.layout.status_dir())
         {
             error!("cannot write {}: {e}", Marker::LogcopyDone);
         }
@@ -901,7 +912,9 @@ mod tests {
 
     fn state(args: &[&str]) -> State {
         let base = ["--local", "/nonexistent", "--logs", "/nonexistent"];
-        State::new(crate::config::tests::parse(&[&base[..], args].concat()).unwrap())
+        // These tests read no file: any folder serves as the root.
+        let root = Arc::new(Root::open(&std::env::temp_dir()).unwrap());
+        State::new(crate::config::tests::parse(&[&base[..], args].concat()).unwrap(), root)
     }
 
     /// A worker file with these route ids and this progress.

@@ -5,14 +5,13 @@
 //! print `***`, and it is only ever read to build the Authorization header.
 
 use crate::config::LogFormat;
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use volume::safe::Root;
 
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
 
@@ -27,18 +26,22 @@ where
     }
 }
 
-/// Installs the global subscriber. `volume_log` is appended to (never through a symlink); a failure to open it
-/// is returned as a message and logging goes on to stdout alone.
-pub fn init(format: LogFormat, level: LevelFilter, volume_log: Option<&Path>) -> Option<String> {
+/// Installs the global subscriber. `volume_log` (a path beneath the volume's root) is appended to, never through a
+/// symbolic link in any component; a failure to open it is returned as a message and logging goes on to stdout
+/// alone.
+pub fn init(format: LogFormat, level: LevelFilter, volume_log: Option<(&Root, &Path)>) -> Option<String> {
     let mut layers: Vec<BoxedLayer> = vec![layer(format, std::io::stdout, false)];
     let mut problem = None;
-    if let Some(path) = volume_log {
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+    if let Some((root, rel)) = volume_log {
+        if let Some(dir) = rel.parent() {
+            let _ = root.create_dir_all(dir);
         }
-        match OpenOptions::new().create(true).append(true).custom_flags(libc::O_NOFOLLOW).mode(0o644).open(path) {
+        match root.append(rel, 0o644) {
             Ok(f) => layers.push(layer(format, Mutex::new(f), false)),
-            Err(e) => problem = Some(format!("cannot append to {}: {e}; logging to stdout only", path.display())),
+            Err(e) => {
+                let path = root.display(rel);
+                problem = Some(format!("cannot append to {}: {e}; logging to stdout only", path.display()));
+            }
         }
     }
     let _ = tracing_subscriber::registry().with(layers.with_filter(level)).try_init();

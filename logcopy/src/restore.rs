@@ -10,6 +10,7 @@
 use crate::config::{RestoreConfig, StorageTarget};
 use crate::publish::s3sync::excluded;
 use crate::publish::store::{LocalStore, ObjectStore, S3Store};
+use crate::volume::Root;
 use crate::volume::manifest::{Entry, Manifest, mtime_ns, sha256};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -51,8 +52,7 @@ const PRIVATE_DIR: u32 = 0o2775;
 /// The mode of a restored file: 0666 where the evaluator writes (agent/agentN/), and everywhere unless
 /// `--private-status`; 0664 in the folders that it keeps private.
 fn file_mode(cfg: &RestoreConfig, rel: &str) -> u32 {
-    let evaluators =
-        rel.strip_prefix("agent/").and_then(|r| r.split_once('/')).is_some_and(|(d, _)| d.starts_with("agent"));
+    let evaluators = volume::layout::in_worker_dir(Path::new(rel));
     if cfg.private_status && !evaluators { 0o664 } else { 0o666 }
 }
 
@@ -78,11 +78,11 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport, RestoreError>
         RestoreReport::default()
     };
     let shared = if cfg.private_status { PRIVATE_DIR } else { OPEN_DIR };
-    for d in ["agent", "simulator", "logcopy", "containers-status", "evalai"] {
+    for d in volume::layout::GEN1_DIRS {
         make_dir(&cfg.logs.join(d), shared)?;
     }
     for i in 1..=cfg.workers {
-        make_dir(&cfg.logs.join(format!("agent/agent{i}")), OPEN_DIR)?;
+        make_dir(&cfg.logs.join(volume::layout::worker_dir(i)), OPEN_DIR)?;
     }
     Ok(report)
 }
@@ -131,18 +131,19 @@ async fn download<S: ObjectStore>(
 ) -> Result<RestoreReport, RestoreError> {
     let mut report = RestoreReport::default();
     let objects = store.list(&format!("{prefix}/")).await?;
-    let status_prefix = format!("{prefix}/containers-status/");
+    let status_prefix = format!("{prefix}/{}/", volume::layout::STATUS_DIR);
     let markers: Vec<String> =
         objects.iter().filter(|o| o.key.starts_with(&status_prefix)).map(|o| o.key.clone()).collect();
     store.delete(&markers).await?;
     report.status_markers_deleted = markers.len();
-    let status_dir = cfg.logs.join("containers-status");
+    let status_dir = cfg.logs.join(volume::layout::STATUS_DIR);
     if status_dir.is_dir() {
         for e in std::fs::read_dir(&status_dir).map_err(io(&status_dir))?.flatten() {
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let mut manifest = Manifest::load(&cfg.logs, &manifest_target(&cfg.storage, prefix));
+    let root = Root::open(&cfg.logs).map_err(io(&cfg.logs))?;
+    let mut manifest = Manifest::load(&root, &manifest_target(&cfg.storage, prefix));
     let mut pending = Vec::new();
     for o in objects.iter().filter(|o| !o.key.starts_with(&status_prefix)) {
         match relative(&o.key, prefix).filter(|r| !excluded(r)) {
@@ -180,8 +181,8 @@ async fn download<S: ObjectStore>(
     if let Some(e) = first_error {
         return Err(e);
     }
-    make_dir(&cfg.logs.join("logcopy"), if cfg.private_status { PRIVATE_DIR } else { OPEN_DIR })?;
-    manifest.save(&cfg.logs).map_err(|e| RestoreError::Io { path: e.path, source: e.source })?;
+    make_dir(&cfg.logs.join(volume::layout::LOGCOPY_DIR), if cfg.private_status { PRIVATE_DIR } else { OPEN_DIR })?;
+    manifest.save(&root).map_err(|e| RestoreError::Io { path: e.path, source: e.source })?;
     info!(
         downloaded = report.downloaded,
         bytes = report.bytes,

@@ -11,6 +11,7 @@ use crate::results::Version;
 use crate::results::pyjson::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
+use volume::results::RouteId;
 
 /// How many route names a missing-route list holds; the rest are only counted.
 pub const SHOWN: usize = 100;
@@ -75,33 +76,14 @@ impl Missing {
     }
 }
 
-/// `digits` as the evaluator writes an id: decimal, no sign, no leading zero.
-fn plain_number(digits: &str) -> Option<u64> {
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0'))
-    {
-        return None;
-    }
-    digits.parse().ok()
-}
-
 /// `(route id, repetition)` of a route name as the evaluator writes it for `version`; 1.0 names carry no
 /// repetition (0 here).
 pub fn parse_name(version: Version, name: &str) -> Option<(u64, u64)> {
-    let rest = name.strip_prefix("RouteScenario_")?;
-    match version {
-        Version::V2 => {
-            let (id, rep) = rest.split_once("_rep")?;
-            Some((plain_number(id)?, plain_number(rep)?))
-        }
-        Version::V1 => Some((plain_number(rest)?, 0)),
-    }
+    RouteId::parse(version, name).map(|id| id.key())
 }
 
 fn format_name(version: Version, (id, rep): (u64, u64)) -> String {
-    match version {
-        Version::V2 => format!("RouteScenario_{id}_rep{rep}"),
-        Version::V1 => format!("RouteScenario_{id}"),
-    }
+    RouteId::of(version, id, rep).to_string()
 }
 
 impl Assigned {

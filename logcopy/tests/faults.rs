@@ -254,7 +254,7 @@ fn sigkilled_twenty_times_while_uploading_loses_and_regresses_nothing() {
     // beside it (`.agent_results.json.last-good`), as `supervisor agent` does.
     let write_whole = |rel: &str, bytes: &[u8]| {
         vol.write_in_place(rel, bytes);
-        let copy = supervisor::checkpoint::last_good_path(&vol.path(rel));
+        let copy = volume::layout::last_good_path(&vol.path(rel));
         std::fs::write(copy.with_extension("tmp"), bytes).unwrap();
         std::fs::rename(copy.with_extension("tmp"), copy).unwrap();
     };

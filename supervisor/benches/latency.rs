@@ -48,7 +48,7 @@ use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use supervisor::markers::{Attempt, Marker, Role, WorkerId};
+use volume::markers::{Attempt, Marker, Role, WorkerId};
 
 const SUPERVISOR: &str = env!("CARGO_BIN_EXE_supervisor");
 const BENCH_COMMAND: &str = "cargo bench -p supervisor --bench latency";
@@ -280,6 +280,11 @@ impl Sample {
 
     fn status(&self) -> PathBuf {
         self.dir.join("status")
+    }
+
+    /// The status folder as the supervisors open it (markers are written beneath it, never through a link).
+    fn status_root(&self) -> Result<volume::safe::Root, String> {
+        volume::safe::Root::open(&self.status()).map_err(|e| e.to_string())
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -537,13 +542,13 @@ fn main() -> ExitCode {
     let mut peer_crash = Series::new("2. peer crash marker -> own child SIGTERMed", "< 200 ms");
     if want("2") {
         peer_crash.values = run_samples(&root, "peer-crash", n, &mut failures, |s| {
-            start(0).create_in(&s.status()).map_err(|e| e.to_string())?;
+            start(0).create_in(&s.status_root()?, Path::new("")).map_err(|e| e.to_string())?;
             let cp = checkpoint(s);
             s.spawn(Role::Agent, &["--checkpoint", &cp], &[py, "-I", "-S", "-c", TERM_PY])?;
             let ready = s.file("ready");
             wait_for("the evaluator's ready file", || ready.exists().then_some(()))?;
             let t0 = now_ns();
-            crash0(Role::Simulator).create_in(&s.status()).map_err(|e| e.to_string())?;
+            crash0(Role::Simulator).create_in(&s.status_root()?, Path::new("")).map_err(|e| e.to_string())?;
             Ok(ms(wait_stamp(&s.file("term"), 0)? - t0))
         });
     }
@@ -564,7 +569,7 @@ fn main() -> ExitCode {
             let t0 = wait_stamp(&s.file("carla.ready"), 0)?;
             let marker = s.seen.marker(start(0))?;
             let c0 = now_ns();
-            Marker::Cancel.create_in(&s.status()).map_err(|e| e.to_string())?;
+            Marker::Cancel.create_in(&s.status_root()?, Path::new("")).map_err(|e| e.to_string())?;
             wait_for("both supervisors to exit", || {
                 let mut all = true;
                 for sup in &mut s.sups {

@@ -27,10 +27,11 @@
 //! never `progress[1]` (a total that differs from the selected routes makes the evaluator empty the
 //! file), and the rest of the file is kept byte for byte when it has the evaluator's own layout.
 //!
-//! The file lives on a volume the participant's code can write, so it is read the way `logcopy`
-//! reads worker files: a symbolic link is never followed (`O_NOFOLLOW`), a FIFO never blocks us
-//! (`O_NONBLOCK`, then `fstat`), and nothing over 64 MiB is read. Every write is a temporary file in
-//! the same folder, `fsync`ed, then renamed over the target.
+//! The file lives on a volume the participant's code can write, so it is read and written the way
+//! `logcopy` reads and writes the volume, through [`volume::safe::Root`]: its folder (the agent's mount
+//! of the volume) is opened once, a symbolic link is never followed, a FIFO never blocks us, and
+//! nothing over 64 MiB is read. Every write is a temporary file in the same folder, `fsync`ed, then
+//! renamed over the target.
 //!
 //! The functions return what they did ([`Observed`], [`Repair`], whose `Display` is the log line);
 //! the agent role logs them.
@@ -38,11 +39,10 @@
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+use volume::safe::{ReadError, Root};
 
 /// Largest checkpoint read: far above any real one (10,000 routes take about 15 MB).
 pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -50,33 +50,46 @@ pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// `FAILURE_MESSAGES["Simulation"]`'s route status suffix; the evaluator tests it with `in`.
 const SIMULATION_CRASHED: &str = "Simulation crashed";
 
-/// The 12 infraction lists of a Leaderboard 2.0 RouteRecord, in the order the evaluator writes them
-/// (`PENALTY_NAME_DICT` order plus `route_timeout`).
-pub const INFRACTIONS_V2: [&str; 12] = [
-    "collisions_layout",
-    "collisions_pedestrian",
-    "collisions_vehicle",
-    "red_light",
-    "stop_infraction",
-    "outside_route_lanes",
-    "min_speed_infractions",
-    "yield_emergency_vehicle_infractions",
-    "scenario_timeouts",
-    "route_dev",
-    "vehicle_blocked",
-    "route_timeout",
-];
+pub use volume::layout::last_good_path;
+use volume::layout::{before_skip_path, corrupt_path};
+use volume::results::INFRACTIONS_V2;
 
-/// Watches one worker's checkpoint and keeps its last good copy.
-/// Where the agent supervisor keeps the last good copy of a checkpoint: `.<name>.last-good` beside it. logcopy
-/// reads it when the checkpoint itself is caught half-written and it has no good parse of its own yet.
-pub fn last_good_path(checkpoint: &Path) -> PathBuf {
-    let name = checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    checkpoint.with_file_name(format!(".{name}.last-good"))
+/// Where a checkpoint is: its folder, opened once as a root (the agent container's mount of its worker's folder),
+/// and its name there. Every file the guard keeps beside it (the last good copy, a corrupt file moved aside, the
+/// copy before a skip) is in the same folder, reached beneath the same root.
+#[derive(Debug, Clone)]
+pub struct CheckpointFile {
+    root: Arc<Root>,
+    name: PathBuf,
 }
 
+impl CheckpointFile {
+    /// Opens the folder of `path` (creating it when missing) as the root of the checkpoint's files.
+    pub fn open(path: &Path) -> std::io::Result<CheckpointFile> {
+        let (root, name) = Root::open_parent(path, true)?;
+        Ok(CheckpointFile { root: Arc::new(root), name })
+    }
+
+    /// The checkpoint's path, for messages and the evaluator's `--checkpoint`.
+    pub fn path(&self) -> PathBuf {
+        self.root.display(&self.name)
+    }
+
+    /// The folder's root, for the other files the agent keeps beside the checkpoint.
+    pub fn root(&self) -> &Arc<Root> {
+        &self.root
+    }
+
+    /// The checkpoint's name in its folder.
+    pub fn name(&self) -> &Path {
+        &self.name
+    }
+}
+
+/// Watches one worker's checkpoint and keeps its last good copy.
 #[derive(Debug)]
 pub struct Guard {
+    file: CheckpointFile,
     checkpoint: PathBuf,
     last_good: PathBuf,
     /// The bytes last copied (or found in the last good copy when first looked at).
@@ -168,8 +181,8 @@ pub struct Summary {
 }
 
 /// Summarizes a results file; `None` when it is missing or is not a results file.
-pub fn summarize(path: &Path) -> Result<Option<Summary>, CheckpointError> {
-    let bytes = match read_file(path)? {
+pub fn summarize(file: &CheckpointFile) -> Result<Option<Summary>, CheckpointError> {
+    let bytes = match read_file(&file.root, &file.name)? {
         ReadOutcome::Bytes(b) => b,
         ReadOutcome::Missing | ReadOutcome::Unusable(_) => return Ok(None),
     };
@@ -184,8 +197,8 @@ pub fn summarize(path: &Path) -> Result<Option<Summary>, CheckpointError> {
 }
 
 /// Whether a resume has anything to resume from: the file is a results file with records or progress.
-pub fn exists_with_data(path: &Path) -> bool {
-    let Ok(ReadOutcome::Bytes(bytes)) = read_file(path) else { return false };
+pub fn exists_with_data(file: &CheckpointFile) -> bool {
+    let Ok(ReadOutcome::Bytes(bytes)) = read_file(&file.root, &file.name) else { return false };
     let Ok(v) = parse_results(&bytes) else { return false };
     let cp = &v["_checkpoint"];
     let non_empty = |k: &str| cp[k].as_array().is_some_and(|a| !a.is_empty());
@@ -193,26 +206,27 @@ pub fn exists_with_data(path: &Path) -> bool {
 }
 
 impl Guard {
-    /// A guard for `checkpoint`; its last good copy is `.<file name>.last-good` in the same folder.
-    pub fn new(checkpoint: &Path) -> Guard {
-        let last_good = last_good_path(checkpoint);
-        Guard { checkpoint: checkpoint.to_path_buf(), last_good, copied: None, primed: false }
+    /// A guard for `file`; its last good copy is `.<file name>.last-good` in the same folder.
+    pub fn new(file: CheckpointFile) -> Guard {
+        let last_good = last_good_path(&file.name);
+        Guard { checkpoint: file.name.clone(), file, last_good, copied: None, primed: false }
     }
 
     /// The checkpoint guarded.
-    pub fn checkpoint_path(&self) -> &Path {
-        &self.checkpoint
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.file.path()
     }
 
     /// Where the last good copy is kept.
-    pub fn last_good_path(&self) -> &Path {
-        &self.last_good
+    pub fn last_good_path(&self) -> PathBuf {
+        self.file.root.display(&self.last_good)
     }
 
     /// Called after the checkpoint changed (and periodically): a version that parses as a results file
     /// and differs from the last copy becomes the last good copy (temporary file + rename).
     pub fn observe(&mut self) -> Result<Observed, CheckpointError> {
-        let bytes = match read_file(&self.checkpoint)? {
+        let root = &self.file.root;
+        let bytes = match read_file(root, &self.checkpoint)? {
             ReadOutcome::Missing => return Ok(Observed::Missing),
             ReadOutcome::Unusable(reason) => return Ok(Observed::NotValid { reason }),
             ReadOutcome::Bytes(b) => b,
@@ -223,7 +237,7 @@ impl Guard {
         if !self.primed {
             // A restarted supervisor finds the copy of its previous life: no need to write it again.
             // Unreadable means "no copy"; the rename below replaces whatever is there.
-            if let Ok(ReadOutcome::Bytes(old)) = read_file(&self.last_good) {
+            if let Ok(ReadOutcome::Bytes(old)) = read_file(root, &self.last_good) {
                 self.copied = Some(old);
             }
             self.primed = true;
@@ -231,7 +245,7 @@ impl Guard {
         if self.copied.as_deref() == Some(&bytes[..]) {
             return Ok(Observed::Unchanged);
         }
-        write_atomic(&self.last_good, &bytes)?;
+        write_atomic(root, &self.last_good, &bytes)?;
         self.copied = Some(bytes);
         Ok(Observed::CopiedLastGood)
     }
@@ -249,11 +263,12 @@ impl Guard {
     /// [`plan_progress_skipping`]).
     pub fn prepare_resume_skipping(&self, skipped: &BTreeSet<String>) -> Result<Vec<Repair>, CheckpointError> {
         let mut repairs = Vec::new();
-        let current = match read_file(&self.checkpoint)? {
+        let root = &self.file.root;
+        let current = match read_file(root, &self.checkpoint)? {
             ReadOutcome::Bytes(b) if parse_results(&b).is_ok() => Some(b),
             ReadOutcome::Missing => match self.good_copy()? {
                 Some(good) => {
-                    write_atomic(&self.checkpoint, &good)?;
+                    write_atomic(root, &self.checkpoint, &good)?;
                     repairs.push(Repair::RestoredMissing);
                     Some(good)
                 }
@@ -269,7 +284,7 @@ impl Guard {
             },
         };
         if let Some(bytes) = current
-            && let Some(repair) = repair_progress(&self.checkpoint, &bytes, skipped)?
+            && let Some(repair) = repair_progress(root, &self.checkpoint, &bytes, skipped)?
         {
             repairs.push(repair);
         }
@@ -278,7 +293,7 @@ impl Guard {
 
     /// The last good copy, when there is one that parses.
     fn good_copy(&self) -> Result<Option<Vec<u8>>, CheckpointError> {
-        Ok(match read_file(&self.last_good)? {
+        Ok(match read_file(&self.file.root, &self.last_good)? {
             ReadOutcome::Bytes(b) if parse_results(&b).is_ok() => Some(b),
             _ => None,
         })
@@ -286,24 +301,25 @@ impl Guard {
 
     /// Renames the checkpoint aside (never deletes it) and puts `good` in its place.
     fn restore_over_corrupt(&self, good: &[u8]) -> Result<PathBuf, CheckpointError> {
+        let root = &self.file.root;
         // Write the copy first, so that the checkpoint is absent only between two renames.
-        let tmp = write_temp(&self.checkpoint, good)?;
+        let tmp = root
+            .write_temp(&self.checkpoint, good)
+            .map_err(|e| CheckpointError::Write { path: e.path, source: e.source })?;
         let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let name = self.checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let mut aside = self.checkpoint.with_file_name(format!("{name}.corrupt-{secs}"));
-        let mut n = 1;
-        while aside.symlink_metadata().is_ok() {
-            aside = self.checkpoint.with_file_name(format!("{name}.corrupt-{secs}-{n}"));
+        let mut n = 0;
+        let mut aside = corrupt_path(&self.checkpoint, secs, n);
+        while root.stat(&aside).is_ok_and(|m| m.is_some()) {
             n += 1;
+            aside = corrupt_path(&self.checkpoint, secs, n);
         }
         // `rename` moves a link or a FIFO itself, never what it points to.
-        let renamed = rename(&self.checkpoint, &aside).and_then(|()| rename(&tmp, &self.checkpoint));
+        let renamed = rename(root, &self.checkpoint, &aside).and_then(|()| rename(root, &tmp, &self.checkpoint));
         if renamed.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = root.remove_file(&tmp);
         }
         renamed?;
-        sync_dir(&self.checkpoint)?;
-        Ok(aside)
+        Ok(root.display(&aside))
     }
 }
 
@@ -344,8 +360,8 @@ impl fmt::Display for RouteSkip {
 }
 
 /// The checkpoint parsed, when it is a results file (never through a link). `Ok(None)`: missing or not one.
-pub fn read_results(path: &Path) -> Result<Option<Value>, CheckpointError> {
-    Ok(match read_file(path)? {
+pub fn read_results(file: &CheckpointFile) -> Result<Option<Value>, CheckpointError> {
+    Ok(match read_file(&file.root, &file.name)? {
         ReadOutcome::Bytes(b) => parse_results(&b).ok(),
         _ => None,
     })
@@ -394,8 +410,9 @@ fn crash_record(results: &Value) -> Option<usize> {
 /// the file is not in a shape this can change safely (then nothing is written): the route is not the crashed
 /// one at the resume point, the records are not aligned, the status is neither `Started` nor `Crashed`, or the
 /// route would pass the total.
-pub fn skip_route(path: &Path, route_id: &str) -> Result<Option<RouteSkip>, CheckpointError> {
-    let bytes = match read_file(path)? {
+pub fn skip_route(file: &CheckpointFile, route_id: &str) -> Result<Option<RouteSkip>, CheckpointError> {
+    let (root, path) = (&file.root, file.name.as_path());
+    let bytes = match read_file(root, path)? {
         ReadOutcome::Bytes(b) => b,
         _ => return Ok(None),
     };
@@ -411,10 +428,7 @@ pub fn skip_route(path: &Path, route_id: &str) -> Result<Option<RouteSkip>, Chec
     // first write of a run resumed at it (which crashed again before writing anything else).
     let last_is_the_route = records.last().is_some_and(|r| r["route_id"].as_str() == Some(route_id))
         && (crash_record(&value) == Some(n - 1) || (entry_status == "Started" && usize::try_from(done) == Ok(n - 1)));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let safe_id: String =
-        route_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect();
-    let kept = path.with_file_name(format!("{name}.before-skip-{safe_id}"));
+    let kept = before_skip_path(path, route_id);
     let skip = if last_is_the_route {
         value["entry_status"] = Value::from("Started");
         value["_checkpoint"]["progress"][0] = Value::from(n);
@@ -423,7 +437,7 @@ pub fn skip_route(path: &Path, route_id: &str) -> Result<Option<RouteSkip>, Chec
             index: n - 1,
             status: records[n - 1]["status"].as_str().unwrap_or_default().to_string(),
             cleared_crashed: entry_status == "Crashed",
-            kept: kept.clone(),
+            kept: root.display(&kept),
         }
     } else if !records.iter().any(|r| r["route_id"].as_str() == Some(route_id)) && (n as i64) < total {
         // The record `StatisticsManager` writes for a route whose simulation crashed before it could score:
@@ -444,12 +458,12 @@ pub fn skip_route(path: &Path, route_id: &str) -> Result<Option<RouteSkip>, Chec
         }
         value["_checkpoint"]["progress"][0] = Value::from(n + 1);
         value["entry_status"] = Value::from("Started");
-        RouteSkip::AddedRecord { route_id: route_id.to_string(), index: n, kept: kept.clone() }
+        RouteSkip::AddedRecord { route_id: route_id.to_string(), index: n, kept: root.display(&kept) }
     } else {
         return Ok(None);
     };
-    write_atomic(&kept, &bytes)?;
-    write_atomic(path, &to_python_json(&value))?;
+    write_atomic(root, &kept, &bytes)?;
+    write_atomic(root, path, &to_python_json(&value))?;
     Ok(Some(skip))
 }
 
@@ -560,7 +574,12 @@ pub fn plan_progress_skipping(results: &Value, skipped: &BTreeSet<String>) -> Op
 }
 
 /// Applies [`plan_progress`] to the file's bytes and writes the result atomically.
-fn repair_progress(path: &Path, bytes: &[u8], skipped: &BTreeSet<String>) -> Result<Option<Repair>, CheckpointError> {
+fn repair_progress(
+    root: &Root,
+    path: &Path,
+    bytes: &[u8],
+    skipped: &BTreeSet<String>,
+) -> Result<Option<Repair>, CheckpointError> {
     let Ok(value) = parse_results(bytes) else { return Ok(None) };
     let Some(plan) = plan_progress_skipping(&value, skipped) else { return Ok(None) };
     let mut expected = value;
@@ -578,7 +597,7 @@ fn repair_progress(path: &Path, bytes: &[u8], skipped: &BTreeSet<String>) -> Res
         Some(text) => text.into_bytes(),
         None => to_python_json(&expected),
     };
-    write_atomic(path, &out)?;
+    write_atomic(root, path, &out)?;
     Ok(Some(Repair::ProgressRepaired {
         from: plan.from,
         to: plan.to,
@@ -670,100 +689,31 @@ enum ReadOutcome {
     Bytes(Vec<u8>),
 }
 
-/// Reads a regular file without following a link or blocking on a FIFO, up to [`MAX_BYTES`].
-fn read_file(path: &Path) -> Result<ReadOutcome, CheckpointError> {
-    let err = |source| CheckpointError::Read { path: path.to_path_buf(), source };
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(ReadOutcome::Missing),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Ok(ReadOutcome::Unusable("it is a symbolic link, never followed".into()));
+/// Reads the regular file `rel` beneath `root` without following a link or blocking on a FIFO, up to
+/// [`MAX_BYTES`].
+fn read_file(root: &Root, rel: &Path) -> Result<ReadOutcome, CheckpointError> {
+    match root.read_capped(rel, MAX_BYTES) {
+        Ok(Some(bytes)) => Ok(ReadOutcome::Bytes(bytes)),
+        Ok(None) => Ok(ReadOutcome::Missing),
+        Err(ReadError::Io(source)) => Err(CheckpointError::Read { path: root.display(rel), source }),
+        Err(ReadError::TooLarge { .. }) => {
+            Ok(ReadOutcome::Unusable(format!("it is larger than the {MAX_BYTES}-byte cap")))
         }
-        Err(e) => return Err(err(e)),
-    };
-    let meta = file.metadata().map_err(err)?;
-    let ft = meta.file_type();
-    if !ft.is_file() {
-        let kind = if ft.is_dir() {
-            "a directory"
-        } else if ft.is_fifo() {
-            "a FIFO"
-        } else if ft.is_socket() {
-            "a socket"
-        } else {
-            "a device"
-        };
-        return Ok(ReadOutcome::Unusable(format!("it is {kind}, not a regular file")));
+        Err(e @ (ReadError::Symlink | ReadError::NotRegular { .. })) => Ok(ReadOutcome::Unusable(format!("it {e}"))),
     }
-    let too_large = || ReadOutcome::Unusable(format!("it is larger than the {MAX_BYTES}-byte cap"));
-    if meta.len() > MAX_BYTES {
-        return Ok(too_large());
-    }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    // The file may grow while it is read: never take more than the cap.
-    file.take(MAX_BYTES + 1).read_to_end(&mut buf).map_err(err)?;
-    if buf.len() as u64 > MAX_BYTES {
-        return Ok(too_large());
-    }
-    Ok(ReadOutcome::Bytes(buf))
 }
 
-/// Writes `bytes` to a temporary file beside `target` and renames it over `target`.
-fn write_atomic(target: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let tmp = write_temp(target, bytes)?;
-    if let Err(e) = rename(&tmp, target) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    sync_dir(target)
+/// Writes `bytes` to `rel` atomically (a temporary file beside it, `fsync`ed, renamed over it).
+fn write_atomic(root: &Root, rel: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    root.write_atomic(rel, bytes).map_err(|e| CheckpointError::Write { path: e.path, source: e.source })
 }
 
-/// `.<name>.tmp` beside `target`, created afresh (never through a link), written and `fsync`ed.
-fn write_temp(target: &Path, bytes: &[u8]) -> Result<PathBuf, CheckpointError> {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = target.with_file_name(format!(".{}.tmp", name.trim_start_matches('.')));
-    let err = |source| CheckpointError::Write { path: tmp.clone(), source };
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != ErrorKind::NotFound => return Err(err(e)),
-        _ => {}
-    }
-    // 0o666 less the umask: the mode Python's `open(path, 'w')` gives the evaluator's own file.
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o666)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(err)?;
-    let written = file.write_all(bytes).and_then(|()| file.sync_all());
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(e));
-    }
-    Ok(tmp)
-}
-
-fn rename(from: &Path, to: &Path) -> Result<(), CheckpointError> {
-    std::fs::rename(from, to).map_err(|source| CheckpointError::Rename {
-        from: from.to_path_buf(),
-        to: to.to_path_buf(),
+fn rename(root: &Root, from: &Path, to: &Path) -> Result<(), CheckpointError> {
+    root.rename(from, to).map_err(|source| CheckpointError::Rename {
+        from: root.display(from),
+        to: root.display(to),
         source,
     })
-}
-
-/// Makes the renames in `path`'s folder durable.
-fn sync_dir(path: &Path) -> Result<(), CheckpointError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| CheckpointError::Write { path: dir.to_path_buf(), source })
 }
 
 #[cfg(test)]
@@ -799,6 +749,11 @@ mod tests {
 
         fn file(&self) -> PathBuf {
             self.0.join("agent_results.json")
+        }
+
+        /// The checkpoint beneath its folder, as the agent opens it.
+        fn cp(&self) -> CheckpointFile {
+            CheckpointFile::open(&self.file()).unwrap()
         }
 
         fn names(&self) -> Vec<String> {
@@ -863,7 +818,7 @@ mod tests {
     #[test]
     fn observe_copies_only_valid_versions() {
         let d = TempDir::new("observe");
-        let mut g = Guard::new(&d.file());
+        let mut g = Guard::new(d.cp());
         assert_eq!(g.last_good_path(), d.0.join(".agent_results.json.last-good"));
         assert_eq!(g.observe().unwrap(), Observed::Missing);
 
@@ -888,14 +843,14 @@ mod tests {
         assert_eq!(d.names(), [".agent_results.json.last-good", "agent_results.json"]);
 
         // A new guard (a restarted supervisor) recognises its own copy.
-        let mut again = Guard::new(&d.file());
+        let mut again = Guard::new(d.cp());
         assert_eq!(again.observe().unwrap(), Observed::Unchanged);
     }
 
     #[test]
     fn restores_last_good_over_truncated_checkpoint_and_keeps_it_aside() {
         let d = TempDir::new("restore");
-        let mut g = Guard::new(&d.file());
+        let mut g = Guard::new(d.cp());
         std::fs::write(d.file(), MID_RUN).unwrap();
         g.observe().unwrap();
         let truncated = &MID_RUN[..1000];
@@ -926,7 +881,7 @@ mod tests {
     #[test]
     fn missing_checkpoint_is_restored_from_last_good() {
         let d = TempDir::new("missing");
-        let mut g = Guard::new(&d.file());
+        let mut g = Guard::new(d.cp());
         std::fs::write(d.file(), MID_RUN).unwrap();
         g.observe().unwrap();
         std::fs::remove_file(d.file()).unwrap();
@@ -937,7 +892,7 @@ mod tests {
     #[test]
     fn without_a_good_copy_a_corrupt_checkpoint_is_left_alone() {
         let d = TempDir::new("nocopy");
-        let g = Guard::new(&d.file());
+        let g = Guard::new(d.cp());
         assert_eq!(g.prepare_resume().unwrap(), []);
         assert_eq!(d.names(), Vec::<String>::new());
 
@@ -959,7 +914,7 @@ mod tests {
         assert_eq!(evaluator_resume_index(3, 3, true), 2);
         let d = TempDir::new("crash-recorded");
         std::fs::write(d.file(), CRASH_RECORDED).unwrap();
-        assert_eq!(Guard::new(&d.file()).prepare_resume().unwrap(), []);
+        assert_eq!(Guard::new(d.cp()).prepare_resume().unwrap(), []);
         assert_eq!(std::fs::read_to_string(d.file()).unwrap(), CRASH_RECORDED);
 
         // The resumed run's own first write (`Started`, `progress [2, 5]`, the crash record still there)
@@ -976,7 +931,7 @@ mod tests {
         assert_eq!(evaluator_resume_index(3, 2, false), 1);
         let d = TempDir::new("crash-unrecorded");
         std::fs::write(d.file(), &ahead).unwrap();
-        let repairs = Guard::new(&d.file()).prepare_resume().unwrap();
+        let repairs = Guard::new(d.cp()).prepare_resume().unwrap();
         assert_eq!(repairs, [Repair::ProgressRepaired { from: 3, to: 2, cleared_crashed: false, resumes_at: 2 }]);
         assert!(repairs[0].to_string().contains("resumes at route index 2"), "{}", repairs[0]);
         // Only that one character changed: the rest is byte-identical.
@@ -988,7 +943,7 @@ mod tests {
         let crashed = ahead.replace("\"entry_status\": \"Started\"", "\"entry_status\": \"Crashed\"");
         assert_eq!(evaluator_resume_index(3, 2, true), 0);
         std::fs::write(d.file(), &crashed).unwrap();
-        let repairs = Guard::new(&d.file()).prepare_resume().unwrap();
+        let repairs = Guard::new(d.cp()).prepare_resume().unwrap();
         assert_eq!(repairs, [Repair::ProgressRepaired { from: 3, to: 2, cleared_crashed: true, resumes_at: 2 }]);
         assert_eq!(std::fs::read_to_string(d.file()).unwrap(), MID_RUN);
 
@@ -1005,7 +960,7 @@ mod tests {
         assert_eq!(plan_progress(&serde_json::from_str(FINISHED).unwrap()), None);
         let d = TempDir::new("agree");
         std::fs::write(d.file(), MID_RUN).unwrap();
-        assert_eq!(Guard::new(&d.file()).prepare_resume().unwrap(), []);
+        assert_eq!(Guard::new(d.cp()).prepare_resume().unwrap(), []);
         assert_eq!(std::fs::read_to_string(d.file()).unwrap(), MID_RUN);
     }
 
@@ -1050,7 +1005,7 @@ mod tests {
             "entry_status": "Crashed", "eligible": false}))
         .unwrap();
         std::fs::write(d.file(), &compact).unwrap();
-        let repairs = Guard::new(&d.file()).prepare_resume().unwrap();
+        let repairs = Guard::new(d.cp()).prepare_resume().unwrap();
         assert_eq!(repairs, [Repair::ProgressRepaired { from: 3, to: 1, cleared_crashed: true, resumes_at: 1 }]);
         let text = std::fs::read_to_string(d.file()).unwrap();
         assert!(text.contains("\"progress\": [\n            1,\n            5\n        ]"), "{text}");
@@ -1066,11 +1021,11 @@ mod tests {
         let target = d.0.join("elsewhere.json");
         std::fs::write(&target, MID_RUN).unwrap();
         std::os::unix::fs::symlink(&target, d.file()).unwrap();
-        let mut g = Guard::new(&d.file());
+        let mut g = Guard::new(d.cp());
         assert!(matches!(g.observe().unwrap(), Observed::NotValid { reason } if reason.contains("symbolic link")));
         assert!(!g.last_good_path().exists());
-        assert_eq!(summarize(&d.file()).unwrap(), None);
-        assert!(!exists_with_data(&d.file()));
+        assert_eq!(summarize(&d.cp()).unwrap(), None);
+        assert!(!exists_with_data(&d.cp()));
         // Without a good copy the link stays; with one, the link (not its target) is moved aside.
         assert_eq!(g.prepare_resume().unwrap(), []);
         std::fs::write(g.last_good_path(), CRASH_RECORDED).unwrap();
@@ -1083,7 +1038,7 @@ mod tests {
         // The last good copy's path as a link is replaced, never written through.
         std::fs::remove_file(g.last_good_path()).unwrap();
         std::os::unix::fs::symlink(&target, g.last_good_path()).unwrap();
-        let mut g = Guard::new(&d.file());
+        let mut g = Guard::new(d.cp());
         assert_eq!(g.observe().unwrap(), Observed::CopiedLastGood);
         assert_eq!(std::fs::read_to_string(&target).unwrap(), MID_RUN);
         assert!(!g.last_good_path().symlink_metadata().unwrap().file_type().is_symlink());
@@ -1095,20 +1050,20 @@ mod tests {
         let c = std::ffi::CString::new(d.file().to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-        let mut g = Guard::new(&d.file());
+        let mut g = Guard::new(d.cp());
         assert!(matches!(g.observe().unwrap(), Observed::NotValid { reason } if reason.contains("FIFO")));
-        assert!(!exists_with_data(&d.file()));
+        assert!(!exists_with_data(&d.cp()));
     }
 
     #[test]
     fn summaries() {
         let d = TempDir::new("summary");
         let p = d.file();
-        assert_eq!(summarize(&p).unwrap(), None);
-        assert!(!exists_with_data(&p));
+        assert_eq!(summarize(&d.cp()).unwrap(), None);
+        assert!(!exists_with_data(&d.cp()));
 
         std::fs::write(&p, FINISHED).unwrap();
-        let s = summarize(&p).unwrap().unwrap();
+        let s = summarize(&d.cp()).unwrap().unwrap();
         assert_eq!(
             s,
             Summary {
@@ -1118,29 +1073,29 @@ mod tests {
                 global_record_empty: false
             }
         );
-        assert!(exists_with_data(&p));
+        assert!(exists_with_data(&d.cp()));
 
         let rejected = serde_json::json!({"_checkpoint": {"global_record": {}, "progress": [1, 5], "records": [
             {"index": 0, "route_id": "RouteScenario_0_rep0", "status": "Failed - Agent's sensors were invalid"}]},
             "entry_status": "Rejected", "eligible": false, "sensors": [], "values": [], "labels": []});
         std::fs::write(&p, serde_json::to_vec_pretty(&rejected).unwrap()).unwrap();
-        let s = summarize(&p).unwrap().unwrap();
+        let s = summarize(&d.cp()).unwrap().unwrap();
         assert_eq!(s.entry_status.as_deref(), Some("Rejected"));
         assert_eq!((s.records, s.progress, s.global_record_empty), (1, Some((1, 5)), true));
 
         std::fs::write(&p, MID_RUN).unwrap();
-        let s = summarize(&p).unwrap().unwrap();
+        let s = summarize(&d.cp()).unwrap().unwrap();
         assert_eq!(s.entry_status.as_deref(), Some("Started"));
         assert!(s.global_record_empty);
 
         // A fresh run's very first write has progress but no records yet: something to resume from.
         std::fs::write(&p, r#"{"_checkpoint": {"global_record": {}, "progress": [0, 5], "records": []}}"#).unwrap();
-        assert!(exists_with_data(&p));
+        assert!(exists_with_data(&d.cp()));
         std::fs::write(&p, r#"{"_checkpoint": {"global_record": {}, "progress": [], "records": []}}"#).unwrap();
-        assert!(!exists_with_data(&p));
+        assert!(!exists_with_data(&d.cp()));
         std::fs::write(&p, "").unwrap();
-        assert_eq!(summarize(&p).unwrap(), None);
-        assert!(!exists_with_data(&p));
+        assert_eq!(summarize(&d.cp()).unwrap(), None);
+        assert!(!exists_with_data(&d.cp()));
     }
 
     #[test]
@@ -1156,10 +1111,10 @@ mod tests {
         let d = TempDir::new("skip-started");
         std::fs::write(d.file(), &state).unwrap();
         // A route with an earlier record that is not the last: nothing to move past safely.
-        assert_eq!(skip_route(&d.file(), "RouteScenario_6_rep0").unwrap(), None);
+        assert_eq!(skip_route(&d.cp(), "RouteScenario_6_rep0").unwrap(), None);
         assert_eq!(std::fs::read_to_string(d.file()).unwrap(), state);
 
-        let skip = skip_route(&d.file(), "RouteScenario_7_rep0").unwrap();
+        let skip = skip_route(&d.cp(), "RouteScenario_7_rep0").unwrap();
         let after = parse(&std::fs::read_to_string(d.file()).unwrap());
         assert_eq!(after["entry_status"], "Started");
         assert_eq!(after["_checkpoint"]["progress"], serde_json::json!([3, 5]));
@@ -1194,12 +1149,12 @@ mod tests {
         assert_eq!(plan_progress(&v), None, "the crash is recorded: nothing to repair");
         let d = TempDir::new("crash-by-position");
         std::fs::write(d.file(), &crashed).unwrap();
-        assert_eq!(Guard::new(&d.file()).prepare_resume().unwrap(), []);
+        assert_eq!(Guard::new(d.cp()).prepare_resume().unwrap(), []);
         assert_eq!(std::fs::read_to_string(d.file()).unwrap(), crashed);
         assert_eq!(crashed_route(&v, None), Some(("RouteScenario_9_rep0".into(), true)));
 
         // Moved past by `--route-retries`: the record stays, the evaluator goes on after it (here: finishes).
-        let skip = skip_route(&d.file(), "RouteScenario_9_rep0").unwrap();
+        let skip = skip_route(&d.cp(), "RouteScenario_9_rep0").unwrap();
         assert!(
             matches!(&skip, Some(RouteSkip::KeptRecord { index: 4, cleared_crashed: true, status, .. })
                 if status == "Failed - Agent got blocked"),
@@ -1215,7 +1170,7 @@ mod tests {
         assert_eq!(plan_progress(&parse(&first_write)), None);
         std::fs::write(d.file(), &first_write).unwrap();
         assert!(matches!(
-            skip_route(&d.file(), "RouteScenario_9_rep0").unwrap(),
+            skip_route(&d.cp(), "RouteScenario_9_rep0").unwrap(),
             Some(RouteSkip::KeptRecord { index: 4, cleared_crashed: false, .. })
         ));
         assert_eq!(parse(&std::fs::read_to_string(d.file()).unwrap()), parse(ALL_ROUTES));
@@ -1224,7 +1179,7 @@ mod tests {
         // the status changes, and the log line says so instead of "lowered from 5 to 5".
         std::fs::write(d.file(), &crashed).unwrap();
         let skipped = BTreeSet::from(["RouteScenario_9_rep0".to_string()]);
-        let repairs = Guard::new(&d.file()).prepare_resume_skipping(&skipped).unwrap();
+        let repairs = Guard::new(d.cp()).prepare_resume_skipping(&skipped).unwrap();
         assert_eq!(repairs, [Repair::ProgressRepaired { from: 5, to: 5, cleared_crashed: true, resumes_at: 5 }]);
         let line = repairs[0].to_string();
         assert!(!line.contains("lowered"), "{line}");
@@ -1245,7 +1200,7 @@ mod tests {
         assert_eq!(plan, Some(ProgressPlan { from: 2, to: 1, cleared_crashed: true, resumes_at: 1 }));
         let d = TempDir::new("gap");
         std::fs::write(d.file(), GAP_AFTER_RESUME).unwrap();
-        Guard::new(&d.file()).prepare_resume().unwrap();
+        Guard::new(d.cp()).prepare_resume().unwrap();
         let text = std::fs::read_to_string(d.file()).unwrap();
         assert_eq!(text, with_status(&with_progress(GAP_AFTER_RESUME, "2", "1"), "Crashed", "Started"));
         assert_eq!(evaluator_resume(&parse(&text), &routes), Some(1));

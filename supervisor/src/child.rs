@@ -9,15 +9,15 @@
 
 use crate::reaper;
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use volume::safe::Root;
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
@@ -80,23 +80,44 @@ impl Child {
     }
 }
 
-/// Opens the log file for appending (never through a symlink), creating its folder.
-pub fn open_log(path: &Path) -> std::io::Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    OpenOptions::new().create(true).append(true).custom_flags(libc::O_NOFOLLOW).mode(0o644).open(path)
+/// The child's log file on the volume: its folder (a mount of the volume) is opened once as a root, and the file is
+/// opened beneath it for each attempt and each note, for appending (never truncated, never through a link).
+#[derive(Debug)]
+pub struct LogFile {
+    root: Root,
+    name: PathBuf,
 }
 
-fn now_utc() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    format!("{secs} (unix time)")
+impl LogFile {
+    /// Opens the folder of `path`, creating it when missing.
+    pub fn open(path: &Path) -> std::io::Result<LogFile> {
+        let (root, name) = Root::open_parent(path, true)?;
+        Ok(LogFile { root, name })
+    }
+
+    /// The file, opened for appending (created 0644 less the umask).
+    pub fn append(&self) -> std::io::Result<File> {
+        self.root.append(&self.name, 0o644)
+    }
+
+    /// The last `max` bytes of the file (never through a link, never blocking on a FIFO).
+    pub fn tail(&self, max: u64) -> std::io::Result<Vec<u8>> {
+        let (mut f, len) = self.root.open_read(&self.name)?;
+        f.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+        let mut buf = Vec::new();
+        f.take(max).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.root.display(&self.name)
+    }
 }
 
 /// Starts `spec` in a new process group, its output teed to stdout and to `log` under `banner`.
 pub fn spawn(spec: &Spec, log: Option<File>, banner: &str) -> std::io::Result<Child> {
     let log = log.map(|f| Arc::new(Mutex::new(f)));
-    let line = format!("\n===== supervisor: {banner} at {}: {} =====\n", now_utc(), spec.display());
+    let line = format!("\n===== supervisor: {banner} at {}: {} =====\n", volume::time::now_utc(), spec.display());
     emit(line.as_bytes(), log.as_ref());
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args).envs(spec.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null());
@@ -159,13 +180,13 @@ fn tee(mut stream: Box<dyn Read + Send>, log: Option<Arc<Mutex<File>>>, last: Ar
 }
 
 /// Writes a supervisor line to stdout and to the log.
-pub fn note(log_path: Option<&Path>, msg: &str) {
+pub fn note(log: Option<&LogFile>, msg: &str) {
     let line = format!("supervisor: {msg}\n");
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(line.as_bytes());
     let _ = out.flush();
-    if let Some(p) = log_path
-        && let Ok(mut f) = open_log(p)
+    if let Some(log) = log
+        && let Ok(mut f) = log.append()
     {
         let _ = f.write_all(line.as_bytes());
     }

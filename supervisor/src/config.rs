@@ -1,12 +1,13 @@
 //! The supervisor's command line: flags with upstream's environment variable names as fallbacks, and every deadline
 //! a flag, so that tests can make them short.
 
-use crate::duration::clap_parser;
-use crate::markers::WorkerId;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
+use volume::duration::clap_parser;
+use volume::layout::{self, mount};
+use volume::markers::WorkerId;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,31 +23,44 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run CarlaUE4 (default `./CarlaUE4.sh -vulkan -carla-rpc-port=$CARLA_PORT -RenderOffScreen -nosound -ini:...`).
-    #[command(after_help = SIMULATOR_HELP)]
+    #[command(after_help = simulator_help())]
     Simulator(SimulatorArgs),
     /// Run the leaderboard evaluator with run_leaderboard.sh's arguments and environment.
-    #[command(after_help = AGENT_HELP)]
+    #[command(after_help = agent_help())]
     Agent(Box<AgentArgs>),
     /// Print the GPU index of a UUID (as get_gpu_device.sh), or list the GPUs.
     Gpu(GpuArgs),
 }
 
 /// What `supervisor simulator --help` adds after the flags: the paths it uses by default.
-const SIMULATOR_HELP: &str = "\
+fn simulator_help() -> String {
+    format!(
+        "\
 Paths:
   CARLA's output (stdout and stderr, appended) goes to --log-file, by default
-  /home/carla/CarlaUE4/Saved/simulator-<worker>.log (upstream mounts the volume's simulator/ folder at
-  /home/carla/CarlaUE4/Saved). CARLA itself reads DISPLAY and its X socket in /tmp/.X11-unix.";
+  {} (upstream mounts the volume's {}/ folder at
+  {}). CARLA itself reads DISPLAY and its X socket in /tmp/.X11-unix.",
+        mount::simulator_log(0).with_file_name("simulator-<worker>.log").display(),
+        layout::SIMULATOR_DIR,
+        mount::SIMULATOR
+    )
+}
 
 /// What `supervisor agent --help` adds after the flags: how the evaluator is called, and the paths.
-const AGENT_HELP: &str = "\
+fn agent_help() -> String {
+    format!(
+        "\
 The evaluator gets run_leaderboard.sh's arguments from the evaluator flags above: its port, traffic-manager-port
 (CARLA_PORT + 10), agent, agent-config, track, routes, routes-subset, repetitions, resume=1 (after a crash, or
 with RESUME, or when a results file with data exists), checkpoint, record, debug-checkpoint and debug arguments;
 and, exported with PYTHONPATH as upstream, CARLA_ROOT, SCENARIO_RUNNER_ROOT and LEADERBOARD_ROOT. An
-empty variable counts as unset (upstream's ${VAR:-default}). Its output (appended) goes to --log-file, by default
-leaderboard.log beside the checkpoint (/tmp/agent/leaderboard.log). NVIDIA_VISIBLE_DEVICES and
-NVIDIA_DRIVER_CAPABILITIES are the container runtime's, passed on.";
+empty variable counts as unset (upstream's ${{VAR:-default}}). Its output (appended) goes to --log-file, by default
+{log} beside the checkpoint ({default}). NVIDIA_VISIBLE_DEVICES and NVIDIA_DRIVER_CAPABILITIES are the container
+runtime's, passed on.",
+        log = layout::EVALUATOR_LOG,
+        default = std::path::Path::new(mount::AGENT).join(layout::EVALUATOR_LOG).display()
+    )
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RestartMode {
@@ -62,7 +76,7 @@ pub struct Common {
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<u32>,
     /// The shared marker folder (upstream mounts containers-status/ there).
-    #[arg(long, env = "STATUS_DIR", default_value = "/tmp/status")]
+    #[arg(long, env = "STATUS_DIR", default_value = mount::STATUS)]
     pub status_dir: PathBuf,
     /// The child's log file on the volume (appended to, never truncated).
     #[arg(long, env = "LOG_FILE")]
@@ -129,7 +143,7 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub common: Common,
     /// The evaluator's checkpoint (its results file).
-    #[arg(long, env = "CHECKPOINT_ENDPOINT", default_value = "/tmp/agent/agent_results.json")]
+    #[arg(long, env = "CHECKPOINT_ENDPOINT", default_value = mount::CHECKPOINT)]
     pub checkpoint: PathBuf,
     /// Run the evaluator and everything it starts as this numeric user (and group; default the same number), with
     /// no supplementary groups, while the supervisor stays root. With `logcopy restore --private-status` the

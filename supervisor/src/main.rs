@@ -7,10 +7,11 @@
 use clap::Parser;
 use std::process::ExitCode;
 use std::sync::mpsc;
+use supervisor::checkpoint::CheckpointFile;
 use supervisor::config::{Cli, Command};
-use supervisor::markers::Role;
 use supervisor::role::{self, Engine, Event, agent::Agent, simulator::Simulator};
 use supervisor::{gpu, reaper};
+use volume::markers::Role;
 
 fn main() -> ExitCode {
     // Signals are blocked and the subreaper set before clap or any thread runs (STYLE 13: tini's model).
@@ -33,11 +34,7 @@ fn main() -> ExitCode {
                 Ok(gpu::GpuSelection::None) => None,
                 Err(e) => return config_error(&format!("--gpu / GPU: {e}")),
             };
-            let log = a
-                .common
-                .log_file
-                .clone()
-                .unwrap_or_else(|| format!("/home/carla/CarlaUE4/Saved/simulator-{worker}.log").into());
+            let log = a.common.log_file.clone().unwrap_or_else(|| volume::layout::mount::simulator_log(worker.0));
             let mut sim = Simulator::new(a.command.clone(), a.port, gpu_index);
             run(Role::Simulator, worker, a.common, log, &mut sim)
         }
@@ -46,8 +43,8 @@ fn main() -> ExitCode {
                 Ok(w) => w,
                 Err(e) => return config_error(&e),
             };
-            let default_log =
-                a.checkpoint.parent().map(|d| d.join("leaderboard.log")).unwrap_or_else(|| "leaderboard.log".into());
+            let log_name = volume::layout::EVALUATOR_LOG;
+            let default_log = a.checkpoint.parent().map(|d| d.join(log_name)).unwrap_or_else(|| log_name.into());
             let log = a.common.log_file.clone().unwrap_or(default_log);
             if let Some(r) = a.run_as {
                 // SAFETY: geteuid has no preconditions.
@@ -70,10 +67,15 @@ fn main() -> ExitCode {
                     );
                 }
             }
-            let mut agent = Agent::new(a.command.clone(), a.checkpoint.clone());
+            // The checkpoint's folder (the worker's mount of the volume) is opened once, as a root.
+            let checkpoint = match CheckpointFile::open(&a.checkpoint) {
+                Ok(c) => c,
+                Err(e) => return config_error(&format!("--checkpoint {}: {e}", a.checkpoint.display())),
+            };
+            let mut agent = Agent::new(a.command.clone(), checkpoint.clone());
             agent.run_as = a.run_as;
             agent.env = a.evaluator.clone();
-            agent.route_retries = a.route_retries.map(|k| supervisor::role::agent::RouteRetries::new(&a.checkpoint, k));
+            agent.route_retries = a.route_retries.map(|k| supervisor::role::agent::RouteRetries::new(&checkpoint, k));
             run(Role::Agent, worker, a.common, log, &mut agent)
         }
     }
@@ -81,7 +83,7 @@ fn main() -> ExitCode {
 
 fn run(
     role: Role,
-    worker: supervisor::markers::WorkerId,
+    worker: volume::markers::WorkerId,
     common: supervisor::config::Common,
     log: std::path::PathBuf,
     spec: &mut dyn role::RoleSpec,
@@ -92,7 +94,18 @@ fn run(
         eprintln!("supervisor: cannot start the signal thread: {e}");
         return ExitCode::from(2);
     }
-    let eng = Engine::new(role, worker, common, Some(log), tx, rx);
+    let (status, log_dir) = (common.status_dir.clone(), log.parent().map(std::path::Path::to_path_buf));
+    let eng = match Engine::new(role, worker, common, Some(log), tx, rx) {
+        Ok(e) => e,
+        Err(e) => {
+            let log_dir = log_dir.unwrap_or_default();
+            return config_error(&format!(
+                "cannot open the status folder {} or the log's folder {}: {e}",
+                status.display(),
+                log_dir.display()
+            ));
+        }
+    };
     let code = role::run(eng, spec);
     ExitCode::from(code.clamp(0, 255) as u8)
 }

@@ -7,7 +7,7 @@
 //! the name back and parses to the same marker; `FromStr` agrees with `parse`), and `StatusSet` queries and the
 //! attempt rule (`plan_attempt`) on the whole listing never panic and stay consistent with the markers present.
 
-use supervisor::markers::{Marker, Role, StatusSet, WorkerId};
+use volume::markers::{Marker, Role, StatusSet, WorkerId};
 
 /// Runs marker parsing and attempt planning on one fuzz input.
 pub fn run(data: &[u8]) {

@@ -9,13 +9,14 @@
 //! EvalAI turns the run's FINISHED or FAILED into CANCELLED there, and here too. The record waits for that
 //! decision up to `decision_wait`, writes what it has, and writes again if a later decision differs.
 
-use super::table::{Condition, ItemKey, ItemStore, Updated, now_utc};
+use super::table::{Condition, ItemKey, ItemStore, Updated};
 use super::{End, FinalStatus, Outputs, Sink, SinkEvent, Snapshot};
 use crate::results::pyjson::{self, Value, py_str};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
+use volume::time::now_utc;
 
 /// The 15 metric attributes, in the post-run step's order; each is the EvalAI label lower-cased with `_` for
 /// spaces and dashes (`Off-road infractions` -> `off_road_infractions`).

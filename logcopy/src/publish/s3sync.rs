@@ -10,10 +10,8 @@ use super::store::{ObjectStore, StoreError};
 use super::{End, Sink, SinkEvent, Snapshot};
 use crate::volume::TEMP_PREFIX;
 use crate::volume::manifest::{Entry, MANIFEST_REL, Manifest, mtime_ns, sha256};
-use crate::volume::safe::{object_key, open_beneath, open_root, walk};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
+use volume::safe::{Root, object_key};
 
 /// Uploads in flight at once.
 const CONCURRENCY: usize = 8;
@@ -59,7 +58,7 @@ struct Job {
 
 pub struct StorageSink<S: ObjectStore> {
     store: Arc<S>,
-    root: PathBuf,
+    root: Arc<Root>,
     prefix: String,
     manifest: Manifest,
     min_interval: Duration,
@@ -69,12 +68,12 @@ pub struct StorageSink<S: ObjectStore> {
 
 impl<S: ObjectStore> StorageSink<S> {
     /// `target` names the destination in the manifest (`s3://bucket/prefix`); `prefix` is the key prefix.
-    pub fn new(store: S, root: &Path, prefix: &str, target: &str, min_interval: Duration) -> Self {
+    pub fn new(store: S, root: Arc<Root>, prefix: &str, target: &str, min_interval: Duration) -> Self {
         StorageSink {
             store: Arc::new(store),
-            root: root.to_path_buf(),
+            manifest: Manifest::load(&root, target),
+            root,
             prefix: prefix.to_string(),
-            manifest: Manifest::load(root, target),
             min_interval,
             last_upload: HashMap::new(),
             warned: HashSet::new(),
@@ -88,16 +87,8 @@ impl<S: ObjectStore> StorageSink<S> {
     }
 
     /// Finds what to upload: stat, then hash what changed. Blocking file I/O.
-    /// Also returns the volume root it opened, beneath which the uploads open their files again.
-    fn plan(&mut self, final_flush: bool) -> (Vec<Job>, usize, bool, Option<Arc<OwnedFd>>) {
-        let root_fd = match open_root(&self.root) {
-            Ok(fd) => fd,
-            Err(e) => {
-                self.warn_once(format!("cannot open the volume {}: {e}", self.root.display()));
-                return (Vec::new(), 0, false, None);
-            }
-        };
-        let (files, skipped) = walk(&self.root, &excluded);
+    fn plan(&mut self, final_flush: bool) -> (Vec<Job>, usize, bool) {
+        let (files, skipped) = self.root.walk(&excluded);
         for s in skipped {
             self.warn_once(format!("not uploaded: {} is {}", s.rel.display(), s.reason));
         }
@@ -114,7 +105,7 @@ impl<S: ObjectStore> StorageSink<S> {
                 }
             };
             let rel = key[self.prefix.len() + 1..].to_string();
-            let Ok(meta) = std::fs::symlink_metadata(self.root.join(&f.rel)) else { continue };
+            let Ok(Some(meta)) = self.root.stat(&f.rel) else { continue };
             if self.manifest.files.get(&rel).is_some_and(|e| e.stat_matches(&meta)) {
                 continue;
             }
@@ -122,7 +113,7 @@ impl<S: ObjectStore> StorageSink<S> {
                 deferred += 1;
                 continue;
             }
-            let (file, len) = match open_beneath(&root_fd, &f.rel) {
+            let (file, len) = match self.root.open_read(&f.rel) {
                 Ok(x) => x,
                 Err(e) => {
                     self.warn_once(format!("not uploaded: {rel}: {e}"));
@@ -145,7 +136,7 @@ impl<S: ObjectStore> StorageSink<S> {
         if !final_flush && jobs.iter().all(|j| j.rel == OWN_LOG_REL) {
             jobs.clear();
         }
-        (jobs, deferred, manifest_changed, Some(Arc::new(root_fd)))
+        (jobs, deferred, manifest_changed)
     }
 
     /// At the end: one LIST of the prefix, compared with the manifest by size. An object that is missing or of
@@ -186,17 +177,17 @@ impl<S: ObjectStore> StorageSink<S> {
 
     /// One sync pass.
     pub async fn sync(&mut self, final_flush: bool) -> SyncReport {
-        let (jobs, deferred, mut manifest_changed, root_fd) = self.plan(final_flush);
+        let (jobs, deferred, mut manifest_changed) = self.plan(final_flush);
         let mut report = SyncReport { deferred, ..SyncReport::default() };
         let mut pending = jobs.into_iter();
         let mut running = JoinSet::new();
         loop {
             while running.len() < CONCURRENCY {
                 let Some(job) = pending.next() else { break };
-                let Some(root_fd) = root_fd.clone() else { break };
+                let root = self.root.clone();
                 let store = self.store.clone();
                 running.spawn(async move {
-                    let r = match open_beneath(&root_fd, &job.path) {
+                    let r = match root.open_read(&job.path) {
                         Ok((file, _)) => store.put(&job.key, file, job.entry.size).await,
                         Err(e) => Err(StoreError { op: "open", key: job.key.clone(), reason: e.to_string() }),
                     };

@@ -2,7 +2,7 @@
 //! that the sync, the manifest and the restore run the same code in both cases.
 //!
 //! Uploads stream from an already-opened file (opened beneath the volume root without following links, see
-//! [`crate::volume::safe`]), never reading a whole file into memory; files from [`MULTIPART_THRESHOLD`] up go
+//! [`volume::safe`]), never reading a whole file into memory; files from [`MULTIPART_THRESHOLD`] up go
 //! as multipart uploads of [`PART_SIZE`] parts, and a failed multipart upload is aborted.
 
 use aws_sdk_s3::error::DisplayErrorContext;
@@ -12,6 +12,8 @@ use std::fs::File;
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use volume::layout::TEMP_PREFIX;
+use volume::safe::Root;
 
 /// Files at least this large are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
@@ -262,28 +264,30 @@ impl ObjectStore for LocalStore {
     }
 
     async fn put(&self, key: &str, mut file: File, len: u64) -> Result<PutStats, StoreError> {
-        let dest = self.path(key)?;
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err("put", key, e))?;
+        let rel = self.path(key)?.strip_prefix(&self.root).map(Path::to_path_buf).unwrap_or_default();
+        let put_err = |e: &dyn std::fmt::Display| err("put", key, e);
+        std::fs::create_dir_all(&self.root).map_err(|e| put_err(&e))?;
+        let root = Root::open(&self.root).map_err(|e| put_err(&e))?;
+        if let Some(dir) = rel.parent() {
+            root.create_dir_all(dir).map_err(|e| put_err(&e))?;
         }
-        let tmp = dest.with_file_name(format!(".{}.part", dest.file_name().unwrap_or_default().to_string_lossy()));
-        let mut copy = || -> std::io::Result<()> {
+        // The same atomic write as the volume's: a reader never sees half an object.
+        root.write_atomic_with(&rel, |out| {
             file.seek(SeekFrom::Start(0))?;
-            let mut out = File::create(&tmp)?;
-            std::io::copy(&mut (&mut file).take(len), &mut out)?;
-            std::fs::rename(&tmp, &dest)
-        };
-        copy().map_err(|e| err("put", key, e))?;
+            std::io::copy(&mut (&mut file).take(len), out).map(drop)
+        })
+        .map_err(|e| put_err(&e.source))?;
         Ok(PutStats { requests: 1 })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let base = self.path(prefix.trim_end_matches('/'))?;
-        let (files, _) = crate::volume::safe::walk(&base, &|p| p.to_string_lossy().ends_with(".part"));
+        let Ok(root) = Root::open(&base) else { return Ok(Vec::new()) };
+        let (files, _) = root.walk(&|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX)));
         Ok(files
             .into_iter()
             .filter_map(|f| {
-                let size = std::fs::symlink_metadata(base.join(&f.rel)).ok()?.len();
+                let size = root.stat(&f.rel).ok()??.len();
                 let key = format!("{}/{}", prefix.trim_end_matches('/'), f.rel.to_str()?);
                 Some(ObjectInfo { key, size })
             })

@@ -2,14 +2,13 @@
 //!
 //! Upstream's `fetch_dict` reads a missing, empty, truncated or otherwise unparsable file as `{}` ("no data"),
 //! and crashes on the rest (a directory, bad UTF-8, a JSON list). We keep that split, and add what a hostile
-//! volume needs: a symbolic link is never followed (`O_NOFOLLOW`), a FIFO, socket or device is never read
-//! (`O_NONBLOCK` on open, then `fstat`), and a file above a size cap is refused before it is read.
+//! volume needs, from [`volume::safe`]: a symbolic link is never followed, in any component of the path beneath
+//! the volume's root, a FIFO, socket or device is never read, and a file above a size cap is refused before it is
+//! read.
 
 use super::pyjson::{self, ParseError, Value};
-use std::fs::OpenOptions;
-use std::io::{ErrorKind, Read};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use volume::safe::{ReadError, Root};
 
 /// Default cap on a results file: far above any real one (10,000 routes take about 15 MB).
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -57,7 +56,7 @@ fn short(v: &Value) -> String {
 /// A results file that cannot be used at all (upstream crashes on most of these).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{}: is a symbolic link; links on the volume are never followed", path.display())]
+    #[error("{}: is a symbolic link, or lies beneath one; links on the volume are never followed", path.display())]
     Symlink { path: PathBuf },
     #[error("{}: is {kind}, not a regular file", path.display())]
     NotRegular { path: PathBuf, kind: &'static str },
@@ -71,54 +70,41 @@ pub enum LoadError {
     NotAnObject { path: PathBuf, found: &'static str },
 }
 
-fn file_kind(ft: std::fs::FileType) -> &'static str {
-    if ft.is_dir() {
-        "a directory"
-    } else if ft.is_fifo() {
-        "a FIFO"
-    } else if ft.is_socket() {
-        "a socket"
-    } else if ft.is_block_device() || ft.is_char_device() {
-        "a device"
-    } else if ft.is_symlink() {
-        "a symbolic link"
-    } else {
-        "not a regular file"
+/// Reads `rel` beneath `root` (no link followed anywhere on the way, no special file, up to `max_bytes`);
+/// `Ok(None)` when it does not exist. Errors name the file by its path under the root.
+pub fn read_beneath(root: &Root, rel: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>, LoadError> {
+    root.read_capped(rel, max_bytes).map_err(|e| load_error(e, root.display(rel)))
+}
+
+fn load_error(e: ReadError, path: PathBuf) -> LoadError {
+    match e {
+        ReadError::Symlink => LoadError::Symlink { path },
+        ReadError::NotRegular { kind } => LoadError::NotRegular { path, kind },
+        ReadError::TooLarge { size, max } => LoadError::TooLarge { path, size, max },
+        ReadError::Io(source) => LoadError::Io { path, source },
     }
 }
 
-/// Reads a file without following a symlink and without blocking on a special file, up to `max_bytes`.
+/// `fetch_dict` for `rel` beneath the volume's `root`, with the hostile-volume rules above.
+pub fn load_beneath(root: &Root, rel: &Path, max_bytes: u64) -> Result<Loaded, LoadError> {
+    match read_beneath(root, rel, max_bytes)? {
+        None => Ok(Loaded::Missing),
+        Some(bytes) => Loaded::from_bytes(&root.display(rel), &bytes),
+    }
+}
+
+/// Reads a file named on the command line (`logcopy merge`, `logcopy evalai`): its folder is the root, so only the
+/// last component is checked (the operator chose the path).
 pub fn read_regular(path: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>, LoadError> {
-    let io = |source| LoadError::Io { path: path.to_path_buf(), source };
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(LoadError::Symlink { path: path.to_path_buf() });
-        }
-        Err(e) => return Err(io(e)),
+    let (root, name) = match Root::open_parent(path, false) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(LoadError::Io { path: path.to_path_buf(), source }),
     };
-    let meta = file.metadata().map_err(io)?;
-    if !meta.file_type().is_file() {
-        return Err(LoadError::NotRegular { path: path.to_path_buf(), kind: file_kind(meta.file_type()) });
-    }
-    if meta.len() > max_bytes {
-        return Err(LoadError::TooLarge { path: path.to_path_buf(), size: meta.len(), max: max_bytes });
-    }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    // The file may grow while we read: never take more than the cap.
-    file.take(max_bytes + 1).read_to_end(&mut buf).map_err(io)?;
-    if buf.len() as u64 > max_bytes {
-        return Err(LoadError::TooLarge { path: path.to_path_buf(), size: buf.len() as u64, max: max_bytes });
-    }
-    Ok(Some(buf))
+    root.read_capped(&name, max_bytes).map_err(|e| load_error(e, path.to_path_buf()))
 }
 
-/// `fetch_dict(path)` for a local file, with the hostile-volume rules above.
+/// `fetch_dict(path)` for a file named on the command line, with the hostile-volume rules above.
 pub fn load(path: &Path, max_bytes: u64) -> Result<Loaded, LoadError> {
     match read_regular(path, max_bytes)? {
         None => Ok(Loaded::Missing),

@@ -8,9 +8,10 @@ pub mod evalai;
 pub mod file;
 pub mod merge;
 pub mod model;
-pub mod num;
-pub mod pyjson;
 mod stats;
+
+/// Python's JSON and numbers are the volume's contract (the supervisor writes results files too).
+pub use volume::{num, pyjson};
 
 pub use file::{LoadError, Loaded};
 pub use merge::{Input, MergeError, MergeFailure, Merged, merge};

@@ -4,63 +4,10 @@
 //! every unknown key (forks such as Bench2Drive add their own) survives; this module names what upstream's
 //! `statistics_manager.py` hard-codes.
 
-use super::num::py_int;
 use super::pyjson::{Object, Value};
-use std::fmt;
-use std::str::FromStr;
 
-/// The Leaderboard generation whose file format and statistics apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Version {
-    /// `leaderboard-1.0`: sorted keys, 9 infraction kinds, 12 values, `RouteScenario_<id>`.
-    V1,
-    /// `leaderboard-2.0`: insertion order, 12 infraction kinds, 15 values, `RouteScenario_<id>_rep<k>`.
-    V2,
-}
-
-impl fmt::Display for Version {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Version::V1 => "1.0",
-            Version::V2 => "2.0",
-        })
-    }
-}
-
-impl FromStr for Version {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "1.0" | "1" => Ok(Version::V1),
-            "2.0" | "2" => Ok(Version::V2),
-            other => Err(format!("unknown Leaderboard version {other:?}: expected 1.0 or 2.0")),
-        }
-    }
-}
-
-impl Version {
-    /// Whether `json.dump` sorts keys when this version saves a file.
-    pub fn sort_keys(self) -> bool {
-        self == Version::V1
-    }
-}
-
-/// The 12 infraction kinds of 2.0, in `PENALTY_NAME_DICT` order plus `route_timeout` (defined beside the
-/// supervisor's checkpoint code, which writes a record with them too).
-pub use supervisor::checkpoint::INFRACTIONS_V2;
-
-/// The 9 infraction kinds of 1.0, in `RouteRecord` order.
-pub const INFRACTIONS_V1: [&str; 9] = [
-    "collisions_pedestrian",
-    "collisions_vehicle",
-    "collisions_layout",
-    "red_light",
-    "stop_infraction",
-    "outside_route_lanes",
-    "route_dev",
-    "route_timeout",
-    "vehicle_blocked",
-];
+/// The version, the infraction lists and route ids are the volume's contract, shared with the supervisor.
+pub use volume::results::{INFRACTIONS_V1, INFRACTIONS_V2, Version, route_sort_key};
 
 /// The record key that 2.0 files written before 2023-06-21 used; read as [`YIELD_KEY`] (documented deviation).
 pub const YIELD_KEY_OLD: &str = "yield_emergency_vehicles_infractions";
@@ -85,16 +32,6 @@ pub const VALUE_ROWS: [(&str, &str); 15] = [
     ("Scenario timeouts", "scenario_timeouts"),
     ("Min speed infractions", "min_speed_infractions"),
 ];
-
-/// The sort key of a route id: `(int(id.split('_')[1]), int(id.split('_rep')[-1]))` in 2.0,
-/// `int(id.split('_')[1])` in 1.0. `None` where Python raises.
-pub fn route_sort_key(version: Version, id: &str) -> Option<(i64, i64)> {
-    let route = py_int(id.split('_').nth(1)?)?;
-    match version {
-        Version::V1 => Some((route, 0)),
-        Version::V2 => Some((route, py_int(id.rsplit("_rep").next()?)?)),
-    }
-}
 
 /// Guesses the version that wrote a worker or merged file; `None` when nothing in it is version-specific.
 pub fn detect(file: &Value) -> Option<Version> {
@@ -161,15 +98,6 @@ fn detect_infractions(inf: &Object) -> Option<Version> {
 mod tests {
     use super::*;
     use crate::results::pyjson::parse;
-
-    #[test]
-    fn route_keys_like_python() {
-        assert_eq!(route_sort_key(Version::V2, "RouteScenario_12_rep3"), Some((12, 3)));
-        assert_eq!(route_sort_key(Version::V1, "RouteScenario_12"), Some((12, 0)));
-        assert_eq!(route_sort_key(Version::V2, "RouteScenario_12"), None);
-        assert_eq!(route_sort_key(Version::V2, "Route"), None);
-        assert_eq!(route_sort_key(Version::V2, "RouteScenario_1_rep1_0"), Some((1, 10)));
-    }
 
     #[test]
     fn detects_versions() {

@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use volume::safe::{Root, WriteError};
 
 /// Where the manifest lives, relative to the volume root.
-pub const MANIFEST_REL: &str = "logcopy/.upload-manifest.json";
+pub use volume::layout::UPLOAD_MANIFEST as MANIFEST_REL;
 
 /// One uploaded file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,9 +47,9 @@ pub struct Manifest {
 
 impl Manifest {
     /// Loads the manifest for `target` from the volume, or an empty one (missing, unreadable, or another target).
-    pub fn load(root: &Path, target: &str) -> Manifest {
+    pub fn load(root: &Root, target: &str) -> Manifest {
         let empty = Manifest { target: target.to_string(), files: BTreeMap::new() };
-        let Ok(Some(bytes)) = crate::results::file::read_regular(&root.join(MANIFEST_REL), 256 * 1024 * 1024) else {
+        let Ok(Some(bytes)) = root.read_capped(Path::new(MANIFEST_REL), 256 * 1024 * 1024) else {
             return empty;
         };
         match serde_json::from_slice::<Manifest>(&bytes) {
@@ -57,13 +58,13 @@ impl Manifest {
         }
     }
 
-    pub fn save(&self, root: &Path) -> Result<(), super::WriteError> {
-        let path = root.join(MANIFEST_REL);
+    pub fn save(&self, root: &Root) -> Result<(), WriteError> {
+        let path = Path::new(MANIFEST_REL);
         if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+            let _ = root.create_dir_all(dir);
         }
         let bytes = serde_json::to_vec(self).unwrap_or_default();
-        super::atomic_write(&path, &bytes)
+        root.write_atomic(path, &bytes)
     }
 }
 
@@ -101,6 +102,7 @@ mod tests {
     fn manifest_round_trips_and_ignores_other_targets() {
         let d = std::env::temp_dir().join(format!("logcopy-manifest-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
+        let d = Root::open(&d).unwrap();
         let mut m = Manifest::load(&d, "s3://b/1");
         m.files.insert("a.log".into(), Entry { size: 3, sha256: "x".into(), mtime_ns: 1, ino: 2 });
         m.save(&d).unwrap();

@@ -1,8 +1,9 @@
 //! The shared logs volume: its layout, reading the markers and results files on it, watching it, and writing
 //! logcopy's outputs onto it.
 //!
-//! Everything on the volume may have been written by the participant's code, so nothing here follows a
-//! symbolic link or opens a special file, and marker files are read by name only.
+//! Everything on the volume may have been written by the participant's code, so every read and write goes through
+//! [`volume::safe::Root`], opened once at the volume's root: no symbolic link is followed in any component, no
+//! special file is opened, and marker files are read by name only.
 //!
 //! Upstream's scripts write the merged file and the EvalAI files in place, so a reader (the S3 sync, EvalAI's
 //! publisher, a participant downloading the logs) can see half a file, and a failed write leaves one behind.
@@ -10,64 +11,28 @@
 //! see the old bytes or the new ones, never a mix, and a failed write leaves the old file untouched.
 
 pub mod manifest;
-pub mod safe;
 pub mod watch;
 
-use std::fs::OpenOptions;
-use std::io::Write;
+pub use volume::layout::{LOGCOPY_LOG as LOG_REL, TEMP_PREFIX};
+pub use volume::safe::{Root, WriteError};
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use volume::layout;
 
-/// logcopy's own log, relative to the volume root.
-pub const LOG_REL: &str = "logcopy/logcopy.log";
-
-/// Prefix of logcopy's temporary files; they are never uploaded.
-pub const TEMP_PREFIX: &str = ".logcopy-tmp.";
-
-/// A failed output write, naming the file.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write {}: {source}", path.display())]
-pub struct WriteError {
-    pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file beside it, flushed, then renamed over it.
-/// A symlink at `path` is replaced, never followed. Anything else that is not a regular file (a device such as
-/// `/dev/null`, a FIFO, a folder) is refused, never replaced: as root, a rename over `/dev/null` would turn it
-/// into a regular file that every later `>/dev/null` fills.
+/// Writes `bytes` to `path` atomically (a file outside the volume: `logcopy merge`'s endpoint, the local sinks'
+/// files): through a root opened at its folder, as every write on the volume goes.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
-    let err = |source| WriteError { path: path.to_path_buf(), source };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().ok_or_else(|| err(std::io::Error::other("the path has no file name")))?;
-    if let Ok(m) = std::fs::symlink_metadata(path)
-        && !(m.is_file() || m.file_type().is_symlink())
-    {
-        return Err(err(std::io::Error::other("is not a regular file; refusing to replace it")));
-    }
-    let mut tmp_name = std::ffi::OsString::from(TEMP_PREFIX);
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+    let (root, name) =
+        Root::open_parent(path, false).map_err(|source| WriteError { path: path.to_path_buf(), source })?;
+    root.write_atomic(&name, bytes)
 }
 
-/// Where things are on the volume (generation 1 layout by default).
+/// Where things are on the volume, relative to its root (generation 1 layout by default): the names come from
+/// [`volume::layout`]; the worker files' pattern and the merged file from the configuration.
 #[derive(Debug, Clone)]
 pub struct Layout {
+    /// The volume root's path: for messages and for the watcher, which reports absolute paths. Never joined for I/O.
     pub root: PathBuf,
     /// Worker results path under the root, `{i}` standing for the worker number.
     pub results_pattern: String,
@@ -76,25 +41,25 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn status_dir(&self) -> PathBuf {
-        self.root.join("containers-status")
+    pub fn status_dir(&self) -> &'static Path {
+        Path::new(layout::STATUS_DIR)
     }
 
-    pub fn evalai_dir(&self) -> PathBuf {
-        self.root.join("evalai")
+    pub fn evalai_dir(&self) -> &'static Path {
+        Path::new(layout::EVALAI_DIR)
     }
 
-    pub fn merged_file(&self) -> PathBuf {
-        self.root.join(&self.merged)
+    pub fn merged_file(&self) -> &Path {
+        &self.merged
     }
 
-    pub fn log_file(&self) -> PathBuf {
-        self.root.join(LOG_REL)
+    pub fn log_file(&self) -> &'static Path {
+        Path::new(layout::LOGCOPY_LOG)
     }
 
     /// Worker `i`'s results file (workers are numbered from 1).
     pub fn results_file(&self, i: u32) -> PathBuf {
-        self.root.join(self.results_rel(i))
+        PathBuf::from(self.results_rel(i))
     }
 
     /// Worker `i`'s results file relative to the root, as logs and errors name it.
@@ -102,12 +67,10 @@ impl Layout {
         self.results_pattern.replace("{i}", &i.to_string())
     }
 
-    /// Whether `path` is one of logcopy's own outputs (their changes must not trigger a new cycle).
+    /// Whether `path` (absolute, as the watcher reports it) is one of logcopy's own outputs (their changes must not
+    /// trigger a new cycle).
     pub fn is_own_output(&self, path: &Path) -> bool {
-        path.starts_with(self.evalai_dir())
-            || path == self.merged_file()
-            || path.starts_with(self.root.join("logcopy"))
-            || path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX))
+        path.strip_prefix(&self.root).is_ok_and(|rel| layout::is_logcopy_file(rel, &self.merged))
     }
 }
 
@@ -121,18 +84,15 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
-    /// The stamp of `path` itself (a symlink is stamped, not followed); `None` when it does not exist.
-    pub fn of(path: &Path) -> std::io::Result<Option<FileStamp>> {
-        match std::fs::symlink_metadata(path) {
-            Ok(m) => Ok(Some(FileStamp {
-                len: m.len(),
-                mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-                ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
-                ino: m.ino(),
-            })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// The stamp of `rel` beneath `root` itself (a symlink is stamped, not followed; one on the way is an error);
+    /// `None` when it does not exist.
+    pub fn of(root: &Root, rel: &Path) -> std::io::Result<Option<FileStamp>> {
+        Ok(root.stat(rel)?.map(|m| FileStamp {
+            len: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+            ino: m.ino(),
+        }))
     }
 }
 
@@ -141,26 +101,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn replaces_atomically_and_never_follows_a_link() {
+    fn own_outputs_are_known_by_their_place() {
+        let l = Layout {
+            root: "/logs".into(),
+            results_pattern: layout::RESULTS_PATTERN.into(),
+            merged: layout::MERGED.into(),
+        };
+        for own in [layout::EVALAI_STDOUT, layout::LOGCOPY_LOG, layout::MERGED] {
+            assert!(l.is_own_output(&l.root.join(own)), "{own}");
+        }
+        assert!(!l.is_own_output(&l.root.join(l.results_file(1))));
+        assert!(!l.is_own_output(Path::new("/elsewhere/evalai/stdout.txt")));
+    }
+
+    #[test]
+    fn atomic_write_outside_the_volume() {
         let d = std::env::temp_dir().join(format!("logcopy-vol-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
-        let target = d.join("outside");
-        std::fs::write(&target, b"keep").unwrap();
-        let out = d.join("out.json");
-        let _ = std::fs::remove_file(&out);
-        std::os::unix::fs::symlink(&target, &out).unwrap();
-        atomic_write(&out, b"new").unwrap();
-        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
-        assert_eq!(std::fs::read(&out).unwrap(), b"new");
-        assert!(!std::fs::symlink_metadata(&out).unwrap().file_type().is_symlink());
-        let leftovers: Vec<_> = std::fs::read_dir(&d)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
-            .collect();
-        assert!(leftovers.is_empty());
+        atomic_write(&d.join("out.json"), b"new").unwrap();
+        assert_eq!(std::fs::read(d.join("out.json")).unwrap(), b"new");
         let e = atomic_write(&d.join("no-such-dir/x.json"), b"x").unwrap_err();
         assert!(e.to_string().contains("no-such-dir/x.json"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

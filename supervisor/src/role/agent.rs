@@ -9,16 +9,18 @@
 //! ([`crate::checkpoint`]). ROUTES, ROUTES_SUBSET and REPETITIONS are never changed between attempts.
 
 use super::{Engine, Outcome, RoleSpec, WaitEnd};
-use crate::checkpoint::{self, Guard, Observed};
-use crate::child::{Child, RunAs, Spec};
+use crate::checkpoint::{self, CheckpointFile, Guard, Observed};
+use crate::child::{Child, LogFile, RunAs, Spec};
 use crate::config::EvaluatorEnv;
-use crate::markers::{Attempt, Marker, Role, StatusSet, WorkerId};
 use crate::reaper::Exit;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use volume::markers::{Attempt, Marker, Role, StatusSet, WorkerId};
+use volume::results::RouteId;
+use volume::safe::Root;
 
 /// Sources the participant's environment as upstream does, then runs the evaluator with the given arguments.
 const DEFAULT_WRAPPER: &str = "source \"$HOME/.bashrc\" >/dev/null 2>&1; \
@@ -26,7 +28,8 @@ const DEFAULT_WRAPPER: &str = "source \"$HOME/.bashrc\" >/dev/null 2>&1; \
 
 pub struct Agent {
     pub command: Vec<OsString>,
-    pub checkpoint: PathBuf,
+    /// The evaluator's results file, beneath its folder opened once.
+    pub checkpoint: CheckpointFile,
     /// `--run-as`: the evaluator's user and group.
     pub run_as: Option<RunAs>,
     /// `--route-retries`: simulation crashes per route, and the limit.
@@ -42,21 +45,14 @@ pub struct Agent {
 
 /// The route of the evaluator's last `========= Preparing RouteScenario_3 (repetition 0) =========` line in the log
 /// (its last 256 KiB), as a route id: `RouteScenario_3_rep0`.
-fn last_route_prepared(log: &std::path::Path) -> Option<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f =
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(log).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(256 * 1024))).ok()?;
-    let mut buf = Vec::new();
-    f.take(256 * 1024).read_to_end(&mut buf).ok()?;
+fn last_route_prepared(log: &LogFile) -> Option<String> {
+    let buf = log.tail(256 * 1024).ok()?;
     let text = String::from_utf8_lossy(&buf);
     text.lines().rev().find_map(|line| {
         let rest = &line[line.find("Preparing ")? + "Preparing ".len()..];
         let (name, rest) = rest.split_once(" (repetition ")?;
         let rep: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        let name = name.trim();
-        (!rep.is_empty() && !name.is_empty() && !name.contains(char::is_whitespace)).then(|| format!("{name}_rep{rep}"))
+        RouteId::prepared(name.trim(), rep.parse().ok()?).map(|id| id.to_string())
     })
 }
 
@@ -65,17 +61,23 @@ fn last_route_prepared(log: &std::path::Path) -> Option<String> {
 #[derive(Debug)]
 pub struct RouteRetries {
     pub limit: u32,
+    root: Arc<Root>,
     path: PathBuf,
     counts: std::collections::BTreeMap<String, u32>,
     skipped: BTreeSet<String>,
 }
 
 impl RouteRetries {
-    pub fn new(checkpoint: &std::path::Path, limit: u32) -> Self {
-        let name = checkpoint.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let path = checkpoint.with_file_name(format!(".{}.route-crashes", name.trim_start_matches('.')));
-        let saved: serde_json::Value =
-            std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(serde_json::Value::Null);
+    /// The counts kept beside `checkpoint` (none when the file is missing, unreadable, or not ours).
+    pub fn new(checkpoint: &CheckpointFile, limit: u32) -> Self {
+        let root = checkpoint.root().clone();
+        let path = volume::layout::route_crashes_path(checkpoint.name());
+        let saved: serde_json::Value = root
+            .read_capped(&path, 16 * 1024 * 1024)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null);
         let counts = saved["counts"]
             .as_object()
             .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), u32::try_from(v.as_u64()?).ok()?))).collect())
@@ -84,7 +86,7 @@ impl RouteRetries {
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
             .unwrap_or_default();
-        RouteRetries { limit, path, counts, skipped }
+        RouteRetries { limit, root, path, counts, skipped }
     }
 
     pub fn skipped(&self) -> BTreeSet<String> {
@@ -107,16 +109,13 @@ impl RouteRetries {
 
     fn save(&self) {
         let doc = serde_json::json!({"counts": self.counts, "skipped": self.skipped});
-        let tmp = self.path.with_extension("tmp");
-        if std::fs::write(&tmp, doc.to_string()).is_ok() {
-            let _ = std::fs::rename(&tmp, &self.path);
-        }
+        let _ = self.root.write_atomic(&self.path, doc.to_string().as_bytes());
     }
 }
 
 impl Agent {
-    pub fn new(command: Vec<OsString>, checkpoint: PathBuf) -> Self {
-        let guard = Guard::new(&checkpoint);
+    pub fn new(command: Vec<OsString>, checkpoint: CheckpointFile) -> Self {
+        let guard = Guard::new(checkpoint.clone());
         Agent {
             command,
             checkpoint,
@@ -132,7 +131,8 @@ impl Agent {
 
     /// Keeps the last good copy current: a cheap stat every tick, a parse only when the file changed.
     fn observe(&mut self) {
-        let stat = std::fs::symlink_metadata(&self.checkpoint).ok().and_then(|m| Some((m.len(), m.modified().ok()?)));
+        let stat = self.checkpoint.root().stat(self.checkpoint.name()).ok().flatten();
+        let stat = stat.and_then(|m| Some((m.len(), m.modified().ok()?)));
         if stat.is_some() && stat == self.seen {
             return;
         }
@@ -147,17 +147,15 @@ impl Agent {
     fn count_route_crash(&mut self, eng: &mut Engine, prev: Attempt) {
         let Some(rr) = self.route_retries.as_mut() else { return };
         let Ok(Some(value)) = checkpoint::read_results(&self.checkpoint) else { return };
-        let running = eng.log_file.as_deref().and_then(last_route_prepared);
+        let running = eng.log.as_ref().and_then(last_route_prepared);
         let Some((route, recorded)) = checkpoint::crashed_route(&value, running.as_deref()) else {
             eng.note("route retries: cannot tell which route the crashed attempt was on; not counted");
             return;
         };
         // Recorded by the evaluator as a simulation crash, or the simulator's crash marker came first (the agent's
         // own crash, e.g. a hang, makes the simulator write its marker after the agent's).
-        let dir = &eng.common.status_dir;
-        let mtime = |m: Marker| std::fs::symlink_metadata(dir.join(m.file_name())).and_then(|m| m.modified()).ok();
-        let sim = mtime(Marker::Crash { role: Role::Simulator, worker: eng.worker, attempt: prev });
-        let agent = mtime(Marker::Crash { role: Role::Agent, worker: eng.worker, attempt: prev });
+        let sim = eng.marker_time(Marker::Crash { role: Role::Simulator, worker: eng.worker, attempt: prev });
+        let agent = eng.marker_time(Marker::Crash { role: Role::Agent, worker: eng.worker, attempt: prev });
         let simulation =
             recorded || matches!((sim, agent), (Some(s), Some(a)) if s <= a) || (sim.is_some() && agent.is_none());
         if !simulation {
@@ -200,7 +198,7 @@ impl Agent {
             args.push("--resume=1".into());
         }
         args.extend([
-            format!("--checkpoint={}", self.checkpoint.display()),
+            format!("--checkpoint={}", self.checkpoint.path().display()),
             format!("--record={}", e.record_path()),
             format!("--debug-checkpoint={}", e.debug_checkpoint()),
             format!("--debug={}", e.debug_challenge()),
@@ -382,5 +380,50 @@ impl RoleSpec for Agent {
 
     fn end_for_failed_peer(&self, worker: WorkerId) -> Marker {
         Marker::Failed { role: Role::Agent, worker }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("supervisor-agent-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("agent")).unwrap();
+        d
+    }
+
+    /// The files the agent keeps beside the checkpoint, and its log, swapped for links to files outside (or to
+    /// `/proc`): nothing is read from them, and nothing is written through them.
+    #[test]
+    fn files_beside_the_checkpoint_linked_outside_are_neither_read_nor_written() {
+        let d = scratch("linked");
+        let cp = CheckpointFile::open(&d.join("agent").join(volume::layout::RESULTS_FILE)).unwrap();
+        let forged = br#"{"counts": {"RouteScenario_1_rep0": 99}, "skipped": ["RouteScenario_1_rep0"]}"#;
+        let outside = d.join("outside.json");
+        std::fs::write(&outside, forged).unwrap();
+        let crashes = volume::layout::route_crashes_path(&cp.path());
+        std::os::unix::fs::symlink(&outside, &crashes).unwrap();
+
+        let mut rr = RouteRetries::new(&cp, 3);
+        assert!(rr.skipped().is_empty(), "the counts were read through the link");
+        assert_eq!(rr.count("RouteScenario_2_rep0"), 1);
+        assert_eq!(std::fs::read(&outside).unwrap(), forged, "written through the link");
+        assert!(std::fs::symlink_metadata(&crashes).unwrap().is_file(), "the link is replaced by the agent's file");
+        assert_eq!(RouteRetries::new(&cp, 3).counts.get("RouteScenario_2_rep0"), Some(&1));
+
+        for target in [outside.as_path(), Path::new("/proc/self/environ")] {
+            let log = d.join("agent").join(volume::layout::EVALUATOR_LOG);
+            let _ = std::fs::remove_file(&log);
+            std::os::unix::fs::symlink(target, &log).unwrap();
+            let log = LogFile::open(&log).unwrap();
+            assert!(log.append().is_err(), "the log was opened through a link to {}", target.display());
+            assert!(log.tail(1024).is_err(), "the log was read through a link to {}", target.display());
+            assert!(last_route_prepared(&log).is_none());
+        }
+        assert_eq!(std::fs::read(&outside).unwrap(), forged);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -13,16 +13,17 @@
 pub mod agent;
 pub mod simulator;
 
-use crate::child::{self, Child};
+use crate::child::{self, Child, LogFile};
 use crate::config::{Common, RestartMode};
-use crate::markers::{Attempt, Marker, Role, StatusSet, WorkerId};
 use crate::reaper::{self, Exit, SignalEvent};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
+use volume::markers::{Attempt, Marker, Role, StatusSet, WorkerId};
+use volume::safe::Root;
 
 /// What the run loop waits on.
 #[derive(Debug)]
@@ -81,7 +82,10 @@ pub struct Engine {
     pub role: Role,
     pub worker: WorkerId,
     pub common: Common,
-    pub log_file: Option<PathBuf>,
+    /// The child's log, beneath its folder opened once.
+    pub log: Option<LogFile>,
+    /// The status folder (`--status-dir`), opened once: markers are read and written beneath it.
+    status: Root,
     rx: Receiver<Event>,
     /// Exits reaped and not yet claimed.
     reaped: HashMap<i32, Exit>,
@@ -96,6 +100,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The engine of one side; `Err` when the status folder cannot be created and opened, or the log's folder.
     pub fn new(
         role: Role,
         worker: WorkerId,
@@ -103,8 +108,11 @@ impl Engine {
         log_file: Option<PathBuf>,
         tx: Sender<Event>,
         rx: Receiver<Event>,
-    ) -> Engine {
-        let _ = std::fs::create_dir_all(&common.status_dir);
+    ) -> std::io::Result<Engine> {
+        // The folders given on the command line are the roots (mounts of the volume): opened once, trusted.
+        std::fs::create_dir_all(&common.status_dir)?;
+        let status = Root::open(&common.status_dir)?;
+        let log = log_file.as_deref().map(LogFile::open).transpose()?;
         let watcher = {
             let tx = tx.clone();
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -124,7 +132,8 @@ impl Engine {
             role,
             worker,
             common,
-            log_file,
+            log,
+            status,
             rx,
             reaped: HashMap::new(),
             terminating: None,
@@ -135,15 +144,15 @@ impl Engine {
         if eng._watcher.is_none() {
             eng.note("cannot watch the status folder; polling it alone");
         }
-        eng
+        Ok(eng)
     }
 
     pub fn note(&self, msg: &str) {
-        child::note(self.log_file.as_deref(), &format!("{}-{}: {msg}", self.role, self.worker));
+        child::note(self.log.as_ref(), &format!("{}-{}: {msg}", self.role, self.worker));
     }
 
     pub fn markers(&self) -> StatusSet {
-        let set = StatusSet::read(&self.common.status_dir).unwrap_or_else(|e| {
+        let set = StatusSet::read(&self.status, Path::new("")).unwrap_or_else(|e| {
             self.note(&format!("cannot read {}: {e}", self.common.status_dir.display()));
             StatusSet::default()
         });
@@ -177,10 +186,15 @@ impl Engine {
         if let Some(own) = self.own.borrow_mut().as_mut() {
             own.insert(marker.file_name());
         }
-        match marker.create_in(&self.common.status_dir) {
+        match marker.create_in(&self.status, Path::new("")) {
             Ok(()) => self.note(&format!("wrote {marker}")),
             Err(e) => self.note(&format!("cannot write {marker}: {e}")),
         }
+    }
+
+    /// When `marker` was written (its mtime), if it is present.
+    pub fn marker_time(&self, marker: Marker) -> Option<std::time::SystemTime> {
+        self.status.stat(Path::new(&marker.file_name())).ok().flatten().and_then(|m| m.modified().ok())
     }
 
     pub fn peer(&self) -> Role {
@@ -387,7 +401,7 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
             Err(o) => o,
             Ok(()) => {
                 let s = spec.spec(attempt);
-                let log = eng.log_file.as_deref().and_then(|p| child::open_log(p).ok());
+                let log = eng.log.as_ref().and_then(|l| l.append().ok());
                 match child::spawn(&s, log, &format!("{role}-{worker} attempt {attempt}")) {
                     Err(e) => Outcome::Crash(format!("cannot start {}: {e}", s.display())),
                     Ok(child) => {

@@ -6,11 +6,11 @@
 
 use super::{Engine, Outcome, RoleSpec};
 use crate::child::{Child, Spec};
-use crate::markers::{Attempt, Marker, Role, StatusSet, WorkerId};
 use crate::reaper::Exit;
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
+use volume::markers::{Attempt, Marker, Role, StatusSet, WorkerId};
 
 pub struct Simulator {
     pub command: Vec<OsString>,

@@ -5,7 +5,7 @@
 //! half-to-even, and the standard deviation squares with the C library's `pow`, which is not `x * x` (§4.4 of
 //! the results spec). `bool` is an `int` in Python, so `True` counts as 1.
 
-use super::pyjson::Value;
+use crate::pyjson::Value;
 use std::hint::black_box;
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -198,7 +198,7 @@ impl Value {
             (Array(a), Array(b)) => a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.py_eq(y)),
             (Object(a), Object(b)) => a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.py_eq(w))),
             (BigInt(a), BigInt(b)) => a == b,
-            _ => match (crate::results::num::Num::from_value(self), crate::results::num::Num::from_value(other)) {
+            _ => match (crate::num::Num::from_value(self), crate::num::Num::from_value(other)) {
                 (Some(a), Some(b)) => a.py_eq(b),
                 _ => false,
             },

@@ -17,8 +17,10 @@
 //! file, generation 2's `uploader-1.done`, a hand-written `agent-01.done`) is ignored, never
 //! guessed at.
 
+use crate::safe::Root;
 use std::collections::BTreeSet;
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 
 /// Which side of a worker pair a container runs.
@@ -322,36 +324,20 @@ impl StatusSet {
 }
 
 impl StatusSet {
-    /// The markers in the status folder `dir`, read by name only (no file is opened); a missing folder has none.
-    pub fn read(dir: &std::path::Path) -> std::io::Result<StatusSet> {
-        match std::fs::read_dir(dir) {
-            Ok(entries) => {
-                let names: Vec<String> =
-                    entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
-                Ok(StatusSet::from_names(names))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StatusSet::default()),
-            Err(e) => Err(e),
-        }
+    /// The markers in the status folder `dir` beneath `root` (the root itself when `dir` is empty), read by name
+    /// only (no file is opened); a missing folder has none. A folder reached through a link is an error.
+    pub fn read(root: &Root, dir: &Path) -> std::io::Result<StatusSet> {
+        let entries = root.list(dir)?.unwrap_or_default();
+        Ok(StatusSet::from_names(entries.into_iter().filter_map(|e| e.name.into_string().ok())))
     }
 }
 
 impl Marker {
-    /// Creates this marker, an empty file, in `dir` (never through a symlink; an existing one is left as is).
-    pub fn create_in(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::create_dir_all(dir)?;
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o666)
-            .open(dir.join(self.file_name()))
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(e),
-        }
+    /// Creates this marker, an empty file, in the status folder `dir` beneath `root`, creating the folder first
+    /// (never through a link; an existing marker, or anything else of its name, is left as it is).
+    pub fn create_in(&self, root: &Root, dir: &Path) -> std::io::Result<()> {
+        root.create_dir_all(dir)?;
+        root.create_new(&dir.join(self.file_name()), 0o666).map(drop)
     }
 }
 

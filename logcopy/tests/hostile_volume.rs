@@ -1,0 +1,116 @@
+//! The participant's code can write into the volume, so it can swap any folder of the layout for a symbolic link to
+//! a folder outside the volume (or to `/proc`). Through the real binary (`logcopy run --local OUT --once` on a copy of
+//! a recorded volume): nothing behind such a link is read as a worker's results, and nothing is written through it:
+//! not the merged file, not EvalAI's files, not logcopy's log, not the upload manifest.
+//!
+//! Before the volume's I/O went through `volume::safe` (every component opened beneath the root, no link
+//! followed), `O_NOFOLLOW` covered only the last component: `agent/agent2 -> /outside/agent2` published the
+//! outside file's records, and `evalai -> /victim` or `logcopy -> /victim` wrote there.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::{LogcopyCmd, Scratch, Volume, files_under, fixture_volume, route_ids};
+
+/// `logcopy run --local OUT --once` on `vol`; its exit code and its output (stdout and stderr).
+fn run_once(vol: &Volume) -> (i32, String) {
+    let out = vol.side_dir("local-out");
+    let (code, lc) =
+        LogcopyCmd::new(vol).flag("--local", out.to_str().unwrap()).switch("--once").run(Duration::from_secs(60));
+    (code, lc.output())
+}
+
+/// Moves the volume's folder `rel` to `outside` (or leaves `outside` as it is when the folder does not exist) and
+/// puts a symbolic link to it in its place.
+fn link_outside(vol: &Volume, rel: &str, outside: &Path) {
+    let inside = vol.path(rel);
+    if inside.exists() {
+        std::fs::rename(&inside, outside).unwrap();
+    } else {
+        std::fs::create_dir_all(outside).unwrap();
+    }
+    std::os::unix::fs::symlink(outside, &inside).unwrap();
+}
+
+/// Every file under `dir` with a hash of its content.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64)> {
+    files_under(dir)
+        .into_iter()
+        .map(|p| {
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&std::fs::read(&p).unwrap(), &mut h);
+            (p, std::hash::Hasher::finish(&h))
+        })
+        .collect()
+}
+
+#[test]
+fn a_worker_folder_linked_outside_is_never_read() {
+    let vol = Volume::from_fixture("lb2.0-mid-run");
+    let outside = Scratch::new("outside-agent2");
+    // The forged folder: worker 2's results of the finished volume (five routes), and the same as a last good copy.
+    let forged_dir = outside.path("agent2");
+    link_outside(&vol, "agent/agent2", &forged_dir);
+    let forged =
+        std::fs::read_to_string(fixture_volume("lb2.0-finished").join("agent/agent2/agent_results.json")).unwrap();
+    std::fs::write(forged_dir.join("agent_results.json"), &forged).unwrap();
+    std::fs::write(forged_dir.join(".agent_results.json.last-good"), &forged).unwrap();
+    let before = snapshot(outside.dir.as_path());
+
+    let (code, output) = run_once(&vol);
+    assert_eq!(code, 0, "{output}");
+    let merged = route_ids(&vol.read("agent/agent_results.json"));
+    assert!(!merged.is_empty(), "the other workers' routes are merged:\n{output}");
+    let forged_ids = route_ids(&forged);
+    assert!(
+        merged.iter().all(|id| !forged_ids.contains(id)),
+        "routes of the file behind the link were merged: {merged:?}\n{output}"
+    );
+    for rel in ["evalai/results.json", "evalai/stdout.txt", "evalai/metadata.json"] {
+        let text = vol.read(rel);
+        for id in &forged_ids {
+            assert!(!text.contains(id.as_str()), "{rel} names {id}, a route of the file behind the link");
+        }
+    }
+    assert_eq!(snapshot(outside.dir.as_path()), before, "the folder outside changed");
+}
+
+#[test]
+fn output_folders_linked_outside_are_never_written() {
+    let vol = Volume::from_fixture("lb2.0-mid-run");
+    let outside = Scratch::new("outside-outputs");
+    link_outside(&vol, "evalai", &outside.path("evalai"));
+    link_outside(&vol, "logcopy", &outside.path("logcopy"));
+
+    let (code, output) = run_once(&vol);
+    assert_eq!(code, 0, "{output}");
+    let written = files_under(&outside.dir);
+    assert!(written.is_empty(), "logcopy wrote outside the volume: {written:?}\n{output}");
+    // The links are left as they are (the participant's), and the merge itself still happens.
+    for rel in ["evalai", "logcopy"] {
+        assert!(vol.path(rel).symlink_metadata().unwrap().file_type().is_symlink(), "{rel} was replaced");
+    }
+    assert!(!route_ids(&vol.read("agent/agent_results.json")).is_empty(), "{output}");
+}
+
+#[test]
+fn every_folder_of_the_layout_linked_outside_or_to_proc() {
+    let vol = Volume::from_fixture("lb2.0-mid-run");
+    let outside = Scratch::new("outside-all");
+    // The agents' folder with its workers' files, moved out whole; the status folder to /proc, the others outside.
+    link_outside(&vol, "agent", &outside.path("agent"));
+    link_outside(&vol, "evalai", &outside.path("evalai"));
+    link_outside(&vol, "logcopy", &outside.path("logcopy"));
+    link_outside(&vol, "simulator", &outside.path("simulator"));
+    std::fs::remove_dir_all(vol.path("containers-status")).unwrap();
+    std::os::unix::fs::symlink("/proc/self", vol.path("containers-status")).unwrap();
+    let before = snapshot(outside.dir.as_path());
+
+    let (code, output) = run_once(&vol);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(snapshot(outside.dir.as_path()), before, "logcopy changed a folder outside the volume\n{output}");
+    // Nothing was read through the links: the merge had no worker file, so nothing at all was written.
+    let inside: Vec<PathBuf> = files_under(vol.root());
+    assert!(inside.is_empty(), "{inside:?}\n{output}");
+}
