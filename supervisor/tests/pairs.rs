@@ -850,3 +850,22 @@ fn a_forged_marker_of_this_side_is_logged_as_such() {
     ensure!(scene, !out.contains("agent-1.start0 appeared"), "its own markers are not reported");
     assert_complete(&scene, 5);
 }
+
+#[test]
+fn a_forged_attempt_number_beyond_the_budget_cannot_make_a_side_spin() {
+    // The participant's code plants `simulator-1.crash4294967295` (with `simulator-1.start0`): the attempt rule once
+    // planned attempt u32::MAX (saturated), on which the agent crashed for its peer's crash forever, at 100% CPU,
+    // writing gigabytes of log. Beyond the budget's reach, the marker is logged once as forged and ignored.
+    let mut scene = Scene::new("forged-attempt");
+    scene.env("FAKE_EVAL_ROUTE_SECONDS", "0.3");
+    scene.touch("simulator-1.start0");
+    scene.touch("simulator-1.crash4294967295");
+    let (mut sim, mut agent) = scene.pair();
+    expect_exit(&scene, &mut agent, 0, RUN);
+    expect_exit(&scene, &mut sim, 0, STEP);
+    let out = scene.output(&agent);
+    ensure!(scene, out.len() < 1 << 20, "the agent's output is {} bytes", out.len());
+    let told = out.matches("simulator-1.crash4294967295: an attempt number").count();
+    ensure!(scene, told == 1, "the forged marker is logged once, not {told} times");
+    assert_complete(&scene, 5);
+}

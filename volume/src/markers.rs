@@ -363,15 +363,53 @@ pub struct AttemptPlan {
     pub spent: u32,
 }
 
+/// The first attempt number that a pair whose sides have `max_attempts` each can never reach: every attempt that
+/// ends leaves a crash marker of this side (its own crash, or the one it writes for its peer's), so this side ends
+/// for good before its attempts pass `max_attempts`; twice that, plus two, leaves room for a peer with a larger
+/// budget. A marker at or above it was forged (`simulator-1.crash4294967295` once made the next attempt saturate
+/// at `u32::MAX` and the agent crash on it forever, at 100% CPU).
+pub fn attempt_limit(max_attempts: u32) -> u32 {
+    max_attempts.saturating_mul(2).saturating_add(2)
+}
+
 impl StatusSet {
     /// Applies the attempt rule for `role` of `worker`.
     pub fn plan_attempt(&self, role: Role, worker: WorkerId) -> AttemptPlan {
-        let own_crashes = self.crashes(role, worker);
+        self.plan_attempt_within(role, worker, u32::MAX)
+    }
+
+    /// The attempt rule, ignoring the start and crash markers at or above `limit` ([`attempt_limit`]): the plan's
+    /// attempt then always stays below `limit + 1`, and a forged marker can neither stall nor skip the budget.
+    pub fn plan_attempt_within(&self, role: Role, worker: WorkerId, limit: u32) -> AttemptPlan {
+        // `u32::MAX` is no limit at all (the plain rule, which the fuzz target checks on any listing).
+        let within = |v: Vec<Attempt>| v.into_iter().filter(|a| limit == u32::MAX || a.0 < limit).collect::<Vec<_>>();
+        let own_crashes = within(self.crashes(role, worker));
         let done = self.is_done(role, worker) || self.is_failed(role, worker);
-        let untraced_crash = self.starts(role, worker).into_iter().rev().find(|n| !own_crashes.contains(n) && !done);
-        let highest = Role::ALL.iter().flat_map(|r| self.crashes(*r, worker)).chain(untraced_crash).max();
+        let untraced_crash =
+            within(self.starts(role, worker)).into_iter().rev().find(|n| !own_crashes.contains(n) && !done);
+        let highest = Role::ALL.iter().flat_map(|r| within(self.crashes(*r, worker))).chain(untraced_crash).max();
         let spent = own_crashes.len() as u32 + u32::from(untraced_crash.is_some());
         AttemptPlan { attempt: Attempt(highest.map_or(0, |a| a.0.saturating_add(1))), untraced_crash, spent }
+    }
+
+    /// Whether `role` of `worker` has a crash marker for `attempt` or a later one below `limit` (a peer that crashed
+    /// in, or after, this side's attempt); a forged one at or above `limit` does not count.
+    pub fn crashed_since(&self, role: Role, worker: WorkerId, attempt: Attempt, limit: u32) -> bool {
+        self.crashes(role, worker).iter().any(|a| *a >= attempt && a.0 < limit)
+    }
+
+    /// The start and crash markers of `worker` (either side) at or above `limit`: forged, ignored by
+    /// [`StatusSet::plan_attempt_within`].
+    pub fn beyond_limit(&self, worker: WorkerId, limit: u32) -> Vec<Marker> {
+        self.iter()
+            .filter(|m| match *m {
+                Marker::Start { worker: w, attempt, .. } | Marker::Crash { worker: w, attempt, .. } => {
+                    *w == worker && attempt.0 >= limit
+                }
+                _ => false,
+            })
+            .cloned()
+            .collect()
     }
 }
 
@@ -662,6 +700,28 @@ mod tests {
 
     fn plan(names: &[&str], role: Role) -> AttemptPlan {
         StatusSet::from_names(names.iter().copied()).plan_attempt(role, WorkerId(1))
+    }
+
+    #[test]
+    fn forged_attempt_numbers_beyond_the_budget_are_ignored() {
+        let limit = attempt_limit(5);
+        assert_eq!(limit, 12);
+        let names = ["simulator-1.start0", "simulator-1.crash4294967295", "agent-1.start11", "agent-1.crash12"];
+        let set = StatusSet::from_names(names);
+        let unbounded = set.plan_attempt(Role::Agent, WorkerId(1));
+        assert_eq!(unbounded.attempt, Attempt(u32::MAX), "the old rule saturates: the agent would crash on it forever");
+        let p = set.plan_attempt_within(Role::Agent, WorkerId(1), limit);
+        // agent-1.start11 is within the limit and has no crash marker: an untraced crash, then attempt 12.
+        assert_eq!(p, AttemptPlan { attempt: Attempt(12), untraced_crash: Some(Attempt(11)), spent: 1 });
+        let beyond: Vec<String> = set.beyond_limit(WorkerId(1), limit).iter().map(Marker::file_name).collect();
+        assert_eq!(beyond, ["simulator-1.crash4294967295", "agent-1.crash12"]);
+        // Whatever is forged, the attempt stays within limit + 1 and the budget counts only real attempts.
+        let p = StatusSet::from_names(["agent-1.crash4294967294", "agent-1.start4294967295"]).plan_attempt_within(
+            Role::Agent,
+            WorkerId(1),
+            limit,
+        );
+        assert_eq!(p, AttemptPlan { attempt: Attempt(0), untraced_crash: None, spent: 0 });
     }
 
     #[test]

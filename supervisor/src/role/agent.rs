@@ -240,13 +240,13 @@ impl RoleSpec for Agent {
     }
 
     fn prepare(&mut self, eng: &mut Engine, attempt: Attempt) -> Result<(), Outcome> {
-        let (sim, w) = (Role::Simulator, eng.worker);
+        let (sim, w, limit) = (Role::Simulator, eng.worker, eng.attempt_limit());
         let waited = Instant::now();
         let r = eng.wait_markers(eng.common.peer_wait, |s| {
             s.starts(sim, w).contains(&attempt)
                 || s.cancelled(w)
                 || s.is_failed(sim, w)
-                || s.crashes(sim, w).iter().any(|a| *a >= attempt)
+                || s.crashed_since(sim, w, attempt, limit)
         });
         let set = match r {
             Ok(set) => set,
@@ -360,7 +360,7 @@ impl RoleSpec for Agent {
         if set.is_failed(sim, w) {
             return Some(Outcome::PeerFailed);
         }
-        if set.crashes(sim, w).iter().any(|a| *a >= attempt) {
+        if set.crashed_since(sim, w, attempt, eng.attempt_limit()) {
             // The newest complete checkpoint is copied before the stop can land in the middle of a rewrite.
             self.observe();
             return Some(Outcome::Crash(format!("the simulator crashed in attempt {attempt}")));

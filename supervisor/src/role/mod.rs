@@ -182,6 +182,12 @@ impl Engine {
         }
     }
 
+    /// The first attempt number this pair cannot reach ([`volume::markers::attempt_limit`]): markers at or above
+    /// it are forged and ignored.
+    pub fn attempt_limit(&self) -> u32 {
+        volume::markers::attempt_limit(self.common.max_attempts)
+    }
+
     pub fn write(&self, marker: Marker) {
         if let Some(own) = self.own.borrow_mut().as_mut() {
             own.insert(marker.file_name());
@@ -386,7 +392,19 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
             eng.write(Marker::Done { role, worker });
             return 0;
         }
-        let plan = set.plan_attempt(role, worker);
+        let limit = eng.attempt_limit();
+        for m in set.beyond_limit(worker, limit) {
+            let name = m.file_name();
+            if eng.forged.borrow_mut().insert(name.clone()) {
+                eng.note(&format!(
+                    "{name}: an attempt number no pair with --max-attempts {} reaches (at most {}): a forged marker, \
+                     ignored",
+                    eng.common.max_attempts,
+                    limit - 1
+                ));
+            }
+        }
+        let plan = set.plan_attempt_within(role, worker, limit);
         if let Some(n) = plan.untraced_crash {
             eng.note(&format!("attempt {n} ended without a trace (killed, OOM, container restart)"));
             eng.write(Marker::Crash { role, worker, attempt: n });

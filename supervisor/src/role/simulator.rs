@@ -102,7 +102,7 @@ impl RoleSpec for Simulator {
         if set.is_failed(agent, w) {
             return Some(Outcome::PeerFailed);
         }
-        if set.crashes(agent, w).iter().any(|a| *a >= attempt) {
+        if set.crashed_since(agent, w, attempt, eng.attempt_limit()) {
             return Some(Outcome::Crash(format!("the agent crashed in attempt {attempt}")));
         }
         None
