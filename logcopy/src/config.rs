@@ -575,11 +575,18 @@ impl RunArgs {
             (Some(t), None) => t.trim().to_string(),
             (None, None) => String::new(),
         };
-        if token.is_empty() || token.contains(char::is_whitespace) {
-            return Err(bad(
-                "--evalai-token / EVALAI_AUTH_TOKEN (or --evalai-token-file)",
-                if token.is_empty() { "is required" } else { "holds whitespace inside the token" },
-            ));
+        let problem = if token.is_empty() {
+            Some("is required")
+        } else if token.contains(char::is_whitespace) {
+            Some("holds whitespace inside the token")
+        } else if token.chars().any(|c| c.is_control() || !c.is_ascii()) {
+            // An HTTP header cannot carry it: every request would fail, and read as an EvalAI outage.
+            Some("holds a control or non-ASCII character, which no HTTP header can carry")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(bad("--evalai-token / EVALAI_AUTH_TOKEN (or --evalai-token-file)", problem));
         }
         Ok(Secret::new(token))
     }
@@ -727,6 +734,26 @@ pub(crate) mod tests {
         assert!(parse(&["--local", "/tmp/x", "--final-status"]).unwrap().final_status);
         // An empty id is no id: fine locally, required in the cluster.
         assert_eq!(parse(&["--local", "/tmp/x", "--challenge-id", ""]).unwrap().challenge_id, 1);
+    }
+
+    #[test]
+    fn a_token_no_header_can_carry_is_refused_at_start() {
+        for token in ["tok\u{7}en", "tok\u{1b}[0m", "tök"] {
+            let args = [
+                "--evalai-api-server",
+                "https://eval.ai",
+                "--evalai-token",
+                token,
+                "--team-id",
+                "9",
+                "--challenge-id",
+                "1",
+            ];
+            let e = parse_all(&args).unwrap_err();
+            let e = e.0.iter().find(|e| e.setting.starts_with("--evalai-token")).expect("the token is refused");
+            assert!(e.reason.contains("control or non-ASCII"), "{token:?}: {e}");
+            assert!(!e.to_string().contains(token), "the token is never shown");
+        }
     }
 
     #[test]

@@ -8,6 +8,10 @@ use clap::{CommandFactory, Parser};
 use logcopy::cli::Cli;
 
 fn main() -> std::process::ExitCode {
+    // A file-size limit (RLIMIT_FSIZE) must fail a write with EFBIG, which is handled (logged, retried, the old file
+    // kept whole), not kill the process by SIGXFSZ's default action and leave a temporary file behind.
+    // SAFETY: setting a signal's disposition to SIG_IGN before any thread exists.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     match Cli::try_parse() {
         Ok(cli) => logcopy::cli::run(cli),
         Err(e) => match logcopy::config::describe_clap_error(&e, &Cli::command()) {

@@ -319,8 +319,9 @@ fn sigkilled_twenty_times_while_uploading_loses_and_regresses_nothing() {
 
 #[test]
 fn a_write_error_on_the_volume_leaves_no_partial_output_and_logcopy_goes_on() {
-    // A file size limit (as a full disk): writing the merged file (tens of KiB) fails with EFBIG; SIGXFSZ is
-    // ignored, as the kernel's default would kill logcopy instead of failing the write.
+    // A file size limit (as a full disk): writing the merged file (tens of KiB) fails with EFBIG. logcopy ignores
+    // SIGXFSZ itself (the kernel's default would kill it, exit 153, leaving a temporary file): the test leaves the
+    // signal's disposition alone.
     let vol = Volume::from_fixture("lb2.0-mid-run");
     let merged = vol.path("agent/agent_results.json");
     let _ = std::fs::remove_file(&merged);
@@ -331,7 +332,7 @@ fn a_write_error_on_the_volume_leaves_no_partial_output_and_logcopy_goes_on() {
     unsafe {
         use std::os::unix::process::CommandExt;
         c.pre_exec(|| {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
             let lim = libc::rlimit { rlim_cur: 8 * 1024, rlim_max: libc::RLIM_INFINITY };
             if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
