@@ -114,3 +114,36 @@ fn every_folder_of_the_layout_linked_outside_or_to_proc() {
     let inside: Vec<PathBuf> = files_under(vol.root());
     assert!(inside.is_empty(), "{inside:?}\n{output}");
 }
+
+/// A hard link is a second name of the same file, and the other name can be outside the volume (a hostPath volume, a
+/// local run: `ln secret agent/agent1/stolen.log`). A regular file with more than one link is neither uploaded nor
+/// read as results; each is named in a warning.
+#[test]
+fn hard_linked_files_are_neither_uploaded_nor_merged() {
+    let vol = Volume::from_fixture("lb2.0-mid-run");
+    let outside = Scratch::new("outside-hardlink");
+    let secret = outside.path("secret.txt");
+    std::fs::write(&secret, b"AWS_SECRET_ACCESS_KEY=hunter2\n").unwrap();
+    std::fs::hard_link(&secret, vol.path("agent/agent1/stolen.log")).unwrap();
+    // Worker 2's results file, swapped for a hard link to a forged copy outside.
+    let forged = outside.path("forged.json");
+    std::fs::write(
+        &forged,
+        std::fs::read(fixture_volume("lb2.0-finished").join("agent/agent2/agent_results.json")).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_file(vol.path("agent/agent2/agent_results.json")).unwrap();
+    std::fs::hard_link(&forged, vol.path("agent/agent2/agent_results.json")).unwrap();
+
+    let (code, out) = run_once(&vol);
+    assert_eq!(code, 0, "{out}");
+    let uploaded = files_under(&vol.side_dir("local-out").join("s3"));
+    assert!(!uploaded.iter().any(|p| p.ends_with("stolen.log")), "the hard-linked file was uploaded: {uploaded:?}");
+    for p in &uploaded {
+        assert!(!std::fs::read(p).unwrap().windows(7).any(|w| w == b"hunter2"), "the secret was uploaded in {p:?}");
+    }
+    assert!(out.contains("stolen.log") && out.contains("hard links"), "the skipped file is named:\n{out}");
+    let merged = route_ids(&vol.read("agent/agent_results.json"));
+    assert!(!merged.iter().any(|r| r == "RouteScenario_9_rep0"), "the forged worker 2 routes were merged: {merged:?}");
+    assert!(out.contains("agent/agent2/agent_results.json") && out.contains("hard links"), "named:\n{out}");
+}

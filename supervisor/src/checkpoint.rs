@@ -699,7 +699,9 @@ fn read_file(root: &Root, rel: &Path) -> Result<ReadOutcome, CheckpointError> {
         Err(ReadError::TooLarge { .. }) => {
             Ok(ReadOutcome::Unusable(format!("it is larger than the {MAX_BYTES}-byte cap")))
         }
-        Err(e @ (ReadError::Symlink | ReadError::NotRegular { .. })) => Ok(ReadOutcome::Unusable(format!("it {e}"))),
+        Err(e @ (ReadError::Symlink | ReadError::NotRegular { .. } | ReadError::HardLinked { .. })) => {
+            Ok(ReadOutcome::Unusable(format!("it {e}")))
+        }
     }
 }
 

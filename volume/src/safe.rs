@@ -22,6 +22,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -44,8 +45,16 @@ pub enum ReadError {
     NotRegular { kind: &'static str },
     #[error("is {size} bytes, over the {max}-byte cap")]
     TooLarge { size: u64, max: u64 },
+    #[error("{}", hard_links(*links))]
+    HardLinked { links: u64 },
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// Why a regular file with more than one link is not read: one of its names can be outside the volume (a hostPath
+/// volume, a local run: `ln secret agent/agent1/stolen.log`), and nothing on the volume needs a hard link.
+fn hard_links(links: u64) -> String {
+    format!("has {links} hard links: the same file can be reached from outside the volume, so it is not read")
 }
 
 /// A failed write, naming the file.
@@ -319,6 +328,9 @@ impl Root {
         if !meta.file_type().is_file() {
             return Err(invalid("not a regular file"));
         }
+        if meta.nlink() > 1 {
+            return Err(io::Error::other(hard_links(meta.nlink())));
+        }
         Ok((file, meta.len()))
     }
 
@@ -334,6 +346,9 @@ impl Root {
         let meta = file.metadata()?;
         if !meta.file_type().is_file() {
             return Err(ReadError::NotRegular { kind: file_kind(meta.file_type()) });
+        }
+        if meta.nlink() > 1 {
+            return Err(ReadError::HardLinked { links: meta.nlink() });
         }
         if meta.len() > max {
             return Err(ReadError::TooLarge { size: meta.len(), max });

@@ -63,6 +63,8 @@ pub enum LoadError {
     #[error("{}: is {size} bytes, over the {max}-byte cap on results files", path.display())]
     TooLarge { path: PathBuf, size: u64, max: u64 },
     #[error("{}: {source}", path.display())]
+    HardLinked { path: PathBuf, source: ReadError },
+    #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{}: {source}", path.display())]
     Parse { path: PathBuf, source: ParseError },
@@ -82,6 +84,7 @@ fn load_error(e: ReadError, path: PathBuf) -> LoadError {
         ReadError::NotRegular { kind } => LoadError::NotRegular { path, kind },
         ReadError::TooLarge { size, max } => LoadError::TooLarge { path, size, max },
         ReadError::Io(source) => LoadError::Io { path, source },
+        e @ ReadError::HardLinked { .. } => LoadError::HardLinked { path, source: e },
     }
 }
 
@@ -160,5 +163,12 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         // Opening a FIFO with no writer would block without O_NONBLOCK.
         assert!(matches!(load(&fifo, 100), Err(LoadError::NotRegular { kind: "a FIFO", .. })));
+        // A second name of a file (its other name can be outside the volume) is not read either.
+        let linked = d.join("linked.json");
+        let _ = std::fs::remove_file(&linked);
+        std::fs::hard_link(&target, &linked).unwrap();
+        let e = load(&linked, 100).unwrap_err();
+        assert!(matches!(e, LoadError::HardLinked { .. }), "{e}");
+        assert!(e.to_string().contains("has 2 hard links"), "{e}");
     }
 }
