@@ -25,7 +25,12 @@
 //! `progress[0]` (and, when needed, `entry_status`) that makes the evaluator resume at the crashed
 //! route and nowhere else; the derivation is written out there. Only `progress[0]` is ever lowered,
 //! never `progress[1]` (a total that differs from the selected routes makes the evaluator empty the
-//! file), and the rest of the file is kept byte for byte when it has the evaluator's own layout.
+//! file).
+//!
+//! Every rewrite (the progress repair, a `--route-retries` skip) parses the file with [`volume::pyjson`] and writes
+//! it back as the evaluator's `json.dump(indent=4)` would: key order kept, ints and floats spelled as Python spells
+//! them, so a file the evaluator wrote differs only in the fields changed (upstream's own writer would produce the
+//! same bytes for the changed document).
 //!
 //! The file lives on a volume the participant's code can write, so it is read and written the way
 //! `logcopy` reads and writes the volume, through [`volume::safe::Root`]: its folder (the agent's mount
@@ -52,6 +57,7 @@ const SIMULATION_CRASHED: &str = "Simulation crashed";
 
 pub use volume::layout::last_good_path;
 use volume::layout::{before_skip_path, corrupt_path};
+use volume::pyjson;
 use volume::results::INFRACTIONS_V2;
 
 /// Where a checkpoint is: its folder, opened once as a root (the agent container's mount of its worker's folder),
@@ -416,7 +422,7 @@ pub fn skip_route(file: &CheckpointFile, route_id: &str) -> Result<Option<RouteS
         ReadOutcome::Bytes(b) => b,
         _ => return Ok(None),
     };
-    let Ok(mut value) = parse_results(&bytes) else { return Ok(None) };
+    let Ok(value) = parse_results(&bytes) else { return Ok(None) };
     let Some((done, total)) = progress_pair(&value["_checkpoint"]) else { return Ok(None) };
     let records = value["_checkpoint"]["records"].as_array().cloned().unwrap_or_default();
     let n = records.len();
@@ -429,41 +435,35 @@ pub fn skip_route(file: &CheckpointFile, route_id: &str) -> Result<Option<RouteS
     let last_is_the_route = records.last().is_some_and(|r| r["route_id"].as_str() == Some(route_id))
         && (crash_record(&value) == Some(n - 1) || (entry_status == "Started" && usize::try_from(done) == Ok(n - 1)));
     let kept = before_skip_path(path, route_id);
-    let skip = if last_is_the_route {
-        value["entry_status"] = Value::from("Started");
-        value["_checkpoint"]["progress"][0] = Value::from(n);
-        RouteSkip::KeptRecord {
+    let (skip, added) = if last_is_the_route {
+        let skip = RouteSkip::KeptRecord {
             route_id: route_id.to_string(),
             index: n - 1,
             status: records[n - 1]["status"].as_str().unwrap_or_default().to_string(),
             cleared_crashed: entry_status == "Crashed",
             kept: root.display(&kept),
-        }
+        };
+        (skip, None)
     } else if !records.iter().any(|r| r["route_id"].as_str() == Some(route_id)) && (n as i64) < total {
-        // The record `StatisticsManager` writes for a route whose simulation crashed before it could score:
-        // the RouteRecord shape of the spec (2.2), every infraction list empty, zero scores, no length.
-        let infractions: serde_json::Map<String, Value> =
-            INFRACTIONS_V2.into_iter().map(|k| (k.to_string(), Value::Array(Vec::new()))).collect();
-        let record = serde_json::json!({
-            "index": n,
-            "route_id": route_id,
-            "status": "Failed - Simulation crashed",
-            "num_infractions": 0,
-            "infractions": infractions,
-            "scores": {"score_route": 0.0, "score_penalty": 1.0, "score_composed": 0.0},
-            "meta": {"route_length": 0, "duration_game": 0.0, "duration_system": 0.0},
-        });
-        if let Some(records) = value["_checkpoint"]["records"].as_array_mut() {
-            records.push(record);
-        }
-        value["_checkpoint"]["progress"][0] = Value::from(n + 1);
-        value["entry_status"] = Value::from("Started");
-        RouteSkip::AddedRecord { route_id: route_id.to_string(), index: n, kept: root.display(&kept) }
+        let skip = RouteSkip::AddedRecord { route_id: route_id.to_string(), index: n, kept: root.display(&kept) };
+        (skip, Some(simulation_crashed_record(n, route_id)))
     } else {
         return Ok(None);
     };
+    // `progress[0]` past the route, `entry_status` `Started`, and the added record last; nothing else changes.
+    let progress0 = i64::try_from(n + usize::from(added.is_some())).unwrap_or(i64::MAX);
+    let Some(out) = rewrite(&bytes, |doc| {
+        if let Some(record) = added {
+            push_record(doc, record)?;
+        }
+        set_progress0(doc, progress0)?;
+        doc.insert("entry_status", pyjson::Value::str("Started"));
+        Some(())
+    }) else {
+        return Ok(None);
+    };
     write_atomic(root, &kept, &bytes)?;
-    write_atomic(root, path, &to_python_json(&value))?;
+    write_atomic(root, path, &out)?;
     Ok(Some(skip))
 }
 
@@ -582,21 +582,7 @@ fn repair_progress(
 ) -> Result<Option<Repair>, CheckpointError> {
     let Ok(value) = parse_results(bytes) else { return Ok(None) };
     let Some(plan) = plan_progress_skipping(&value, skipped) else { return Ok(None) };
-    let mut expected = value;
-    expected["_checkpoint"]["progress"][0] = Value::from(plan.to);
-    if plan.cleared_crashed {
-        expected["entry_status"] = Value::from("Started");
-    }
-    // The evaluator writes `json.dump(indent=4)`; change only the characters that change, and check
-    // the result means exactly what it should. Anything else is written anew.
-    let patched = std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|text| patch_text(text, &plan))
-        .filter(|t| serde_json::from_str::<Value>(t).ok().as_ref() == Some(&expected));
-    let out = match patched {
-        Some(text) => text.into_bytes(),
-        None => to_python_json(&expected),
-    };
+    let Some(out) = apply_plan(bytes, &plan) else { return Ok(None) };
     write_atomic(root, path, &out)?;
     Ok(Some(Repair::ProgressRepaired {
         from: plan.from,
@@ -606,55 +592,82 @@ fn repair_progress(
     }))
 }
 
-/// Rewrites the first number of `"progress": [` (and `"entry_status": "Crashed"`) in place.
-fn patch_text(text: &str, plan: &ProgressPlan) -> Option<String> {
-    const KEY: &str = "\"progress\": [";
-    let is_ws = |b: &u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
-    let open = text.find(KEY)? + KEY.len();
-    let start = open + text[open..].bytes().take_while(is_ws).count();
-    let len = text[start..].bytes().take_while(|b| b.is_ascii_digit() || *b == b'-').count();
-    if text[start..start + len] != plan.from.to_string() {
-        return None;
-    }
-    let after = start + len + text[start + len..].bytes().take_while(is_ws).count();
-    if !text[after..].starts_with(',') {
-        return None;
-    }
-    let mut out = format!("{}{}{}", &text[..start], plan.to, &text[start + len..]);
-    if plan.cleared_crashed {
-        const CRASHED: &str = "\"entry_status\": \"Crashed\"";
-        let at = out.find(CRASHED)?;
-        out.replace_range(at..at + CRASHED.len(), "\"entry_status\": \"Started\"");
-    }
-    Some(out)
+/// The checkpoint's bytes with [`ProgressPlan`] applied: `progress[0]` set to `to`, and `entry_status` to `Started`
+/// when the plan clears `Crashed`. See [`rewrite`].
+fn apply_plan(bytes: &[u8], plan: &ProgressPlan) -> Option<Vec<u8>> {
+    rewrite(bytes, |doc| {
+        set_progress0(doc, plan.to)?;
+        if plan.cleared_crashed {
+            doc.insert("entry_status", pyjson::Value::str("Started"));
+        }
+        Some(())
+    })
 }
 
-/// Fallback writer: 4-space indent and `": "` like `json.dump(indent=4)`, non-ASCII escaped like its
-/// `ensure_ascii`. Key order (sorted here) and float spelling may differ from Python's; both mean the
-/// same to the evaluator, which rewrites the file in its own format as soon as it starts.
-fn to_python_json(value: &Value) -> Vec<u8> {
-    // serde_json's pretty printer indents by 2; strings never hold a raw newline, so the leading spaces of
-    // each line are indentation only and doubling them gives Python's 4.
-    let text = serde_json::to_string_pretty(value).expect("a serde_json::Value always serializes");
-    let mut out = String::with_capacity(text.len() * 2);
-    for (i, line) in text.split('\n').enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        let body = line.trim_start_matches(' ');
-        out.extend(std::iter::repeat_n(' ', 2 * (line.len() - body.len())));
-        // Outside strings JSON is ASCII, so every character at or above 0x7F is inside a string.
-        for c in body.chars() {
-            if (c as u32) < 0x7f {
-                out.push(c);
-            } else {
-                for unit in c.encode_utf16(&mut [0; 2]) {
-                    out.push_str(&format!("\\u{unit:04x}"));
-                }
-            }
-        }
+/// The record `StatisticsManager` (branch `leaderboard-2.0`) writes for a route whose simulation crashed before it
+/// could score: a fresh `RouteRecord` with the crash's status, every infraction list empty, zero scores, no length.
+/// Its `to_json` is `vars(self)`, so the keys come in the order `RouteRecord.__init__` assigns them (the spec's
+/// RouteRecord shape, 2.2), and `compute_route_statistics` gives the scores' floats and the int length.
+fn simulation_crashed_record(index: usize, route_id: &str) -> pyjson::Value {
+    use pyjson::Value;
+    let object = |entries: Vec<(&str, Value)>| Value::object(entries.into_iter().collect());
+    let infractions = INFRACTIONS_V2.into_iter().map(|k| (k, Value::empty_array())).collect();
+    object(vec![
+        ("index", Value::Int(i64::try_from(index).unwrap_or(i64::MAX))),
+        ("route_id", Value::str(route_id)),
+        ("status", Value::str(format!("Failed - {SIMULATION_CRASHED}"))),
+        ("num_infractions", Value::Int(0)),
+        ("infractions", object(infractions)),
+        (
+            "scores",
+            object(vec![
+                ("score_route", Value::Float(0.0)),
+                ("score_penalty", Value::Float(1.0)),
+                ("score_composed", Value::Float(0.0)),
+            ]),
+        ),
+        (
+            "meta",
+            object(vec![
+                ("route_length", Value::Int(0)),
+                ("duration_game", Value::Float(0.0)),
+                ("duration_system", Value::Float(0.0)),
+            ]),
+        ),
+    ])
+}
+
+/// Every rewrite of the checkpoint: the file parsed with [`volume::pyjson`] (Python's model: key order, int and
+/// float kept apart), `edit` applied to its top-level object, and the result written as the 2.0 evaluator's
+/// `json.dump(indent=4)` writes it. A file the evaluator wrote therefore comes back byte for byte except the fields
+/// changed. `None` (nothing to write) when the file does not parse that way or `edit` finds no place to change.
+fn rewrite(bytes: &[u8], edit: impl FnOnce(&mut pyjson::Object) -> Option<()>) -> Option<Vec<u8>> {
+    let mut doc = pyjson::parse(bytes).ok()?;
+    let pyjson::Value::Object(top) = &mut doc else { return None };
+    edit(Arc::make_mut(top))?;
+    Some(pyjson::to_pretty(&doc, false).into_bytes())
+}
+
+/// `_checkpoint`, to change in place.
+fn checkpoint_mut(doc: &mut pyjson::Object) -> Option<&mut pyjson::Object> {
+    match doc.get_mut("_checkpoint")? {
+        pyjson::Value::Object(cp) => Some(Arc::make_mut(cp)),
+        _ => None,
     }
-    out.into_bytes()
+}
+
+/// Sets `_checkpoint.progress[0]`, leaving `progress[1]` as it is.
+fn set_progress0(doc: &mut pyjson::Object, to: i64) -> Option<()> {
+    let pyjson::Value::Array(progress) = checkpoint_mut(doc)?.get_mut("progress")? else { return None };
+    *Arc::make_mut(progress).first_mut()? = pyjson::Value::Int(to);
+    Some(())
+}
+
+/// Appends `record` to `_checkpoint.records`.
+fn push_record(doc: &mut pyjson::Object, record: pyjson::Value) -> Option<()> {
+    let pyjson::Value::Array(records) = checkpoint_mut(doc)?.get_mut("records")? else { return None };
+    Arc::make_mut(records).push(record);
+    Some(())
 }
 
 /// `_checkpoint.progress` as two integers.
@@ -974,7 +987,11 @@ mod tests {
         let far = with_progress(MID_RUN, "2", "4");
         let plan = plan_progress(&serde_json::from_str(&far).unwrap()).unwrap();
         assert_eq!((plan.from, plan.to, plan.resumes_at), (4, 2, 2));
-        assert!(patch_text(&far, &plan).unwrap().contains("\"progress\": [\n            2,\n            5\n        ]"));
+        assert!(
+            String::from_utf8(apply_plan(far.as_bytes(), &plan).unwrap())
+                .unwrap()
+                .contains("\"progress\": [\n            2,\n            5\n        ]")
+        );
     }
 
     #[test]
@@ -997,7 +1014,7 @@ mod tests {
     }
 
     #[test]
-    fn unexpected_text_shape_falls_back_to_a_full_rewrite() {
+    fn a_file_in_another_layout_comes_back_in_the_evaluators() {
         let d = TempDir::new("fallback");
         let compact = serde_json::to_string(&serde_json::json!({
             "_checkpoint": {"global_record": {}, "progress": [3, 5], "records": [
@@ -1212,7 +1229,122 @@ mod tests {
         assert_eq!(evaluator_resume(&parse(&started), &routes), None);
         let plan = plan_progress(&parse(&started)).unwrap();
         assert_eq!((plan.to, plan.cleared_crashed, plan.resumes_at), (1, false, 1));
-        let lowered = patch_text(&started, &plan).unwrap();
+        let lowered = String::from_utf8(apply_plan(started.as_bytes(), &plan).unwrap()).unwrap();
         assert_eq!(evaluator_resume(&parse(&lowered), &routes), Some(1));
+    }
+
+    /// What the 2.0 evaluator itself would write for `input` with only the given fields changed: Python's `json.load`
+    /// (key order kept, `object_pairs_hook=OrderedDict`), the change, then `json.dump(indent=4)` as `save_dict` does.
+    /// `add`: the record `StatisticsManager` writes for a route whose simulation crashed before it scored, at
+    /// `(index, route_id)`: `RouteRecord()` of `statistics_manager.py` (branch `leaderboard-2.0`), whose `to_json` is
+    /// `vars(self)`, so its keys come in `__init__`'s order. `exotic`: the first record gets a float Python spells
+    /// `1e-06` and a message with non-ASCII text, as the evaluator could write them.
+    fn python_dump(
+        input: &str,
+        progress0: Option<i64>,
+        entry_status: Option<&str>,
+        add: Option<(usize, &str)>,
+        exotic: bool,
+    ) -> String {
+        const SCRIPT: &str = r#"
+import json, sys
+from collections import OrderedDict as OD
+progress0, entry_status, add, exotic = json.loads(sys.argv[1])
+doc = json.load(sys.stdin, object_pairs_hook=OD)
+cp = doc['_checkpoint']
+if exotic:
+    r = cp['records'][0]
+    r['scores']['score_penalty'] = 0.000001
+    r['infractions']['collisions_vehicle'].append('Agent collided against object with type=caf\u00e9 \U0001F600 and id=1')
+if add is not None:
+    infractions = OD((k, []) for k in ['collisions_layout', 'collisions_pedestrian', 'collisions_vehicle', 'red_light',
+        'stop_infraction', 'outside_route_lanes', 'min_speed_infractions', 'yield_emergency_vehicle_infractions',
+        'scenario_timeouts', 'route_dev', 'vehicle_blocked', 'route_timeout'])
+    cp['records'].append(OD([('index', add[0]), ('route_id', add[1]), ('status', 'Failed - Simulation crashed'),
+        ('num_infractions', 0), ('infractions', infractions),
+        ('scores', OD([('score_route', 0.0), ('score_penalty', 1.0), ('score_composed', 0.0)])),
+        ('meta', OD([('route_length', 0), ('duration_game', 0.0), ('duration_system', 0.0)]))]))
+if progress0 is not None:
+    cp['progress'][0] = progress0
+if entry_status is not None:
+    doc['entry_status'] = entry_status
+sys.stdout.write(json.dumps(doc, indent=4))
+"#;
+        use std::io::Write as _;
+        let args = serde_json::json!([progress0, entry_status, add, exotic]).to_string();
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", SCRIPT, &args])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the golden checkpoint test");
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "python3 failed on the golden checkpoint test");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Issue 18, item 1. Every rewrite of the checkpoint (progress repair, `--route-retries` skip keeping or adding a
+    /// record) is byte for byte what the evaluator's `json.dump(indent=4)` would write for the changed document: key
+    /// order kept, floats and strings spelled as Python does, only the intended fields different.
+    #[test]
+    fn every_rewrite_is_what_the_evaluator_would_write() {
+        const TWO_ROUTES_ONE_DONE: &str = include_str!(
+            "../../fixtures/results/lb2.0/partial_one_running_one_absent/inputs/partial_agent_results2.json"
+        );
+        let d = TempDir::new("golden");
+        // Each input as the evaluator writes it (the fixtures' own bytes, or re-dumped by Python after a change).
+        let check = |name: &str, input: &str, rewrite: &dyn Fn(&TempDir), expected: String| {
+            assert_eq!(
+                python_dump(input, None, None, None, false),
+                input,
+                "{name}: the input is not in the evaluator's layout"
+            );
+            std::fs::write(d.file(), input).unwrap();
+            rewrite(&d);
+            let got = std::fs::read_to_string(d.file()).unwrap();
+            assert_ne!(got, input, "{name}: nothing was rewritten");
+            if got != expected {
+                let diff: Vec<_> =
+                    got.lines().zip(expected.lines()).enumerate().filter(|(_, (a, b))| a != b).take(5).collect();
+                panic!("{name}: not what the evaluator would write; first differing lines (got, expected): {diff:#?}");
+            }
+        };
+        let repair = |d: &TempDir| {
+            Guard::new(d.cp()).prepare_resume().unwrap();
+        };
+        let skip = |route: &'static str| {
+            move |d: &TempDir| {
+                assert!(skip_route(&d.cp(), route).unwrap().is_some());
+            }
+        };
+        for exotic in [false, true] {
+            let mid_run = python_dump(MID_RUN, None, None, None, exotic);
+            let all_routes = python_dump(ALL_ROUTES, None, None, None, exotic);
+            let crash_recorded = python_dump(CRASH_RECORDED, None, None, None, exotic);
+            let gap = python_dump(GAP_AFTER_RESUME, None, None, None, exotic);
+            let two = python_dump(TWO_ROUTES_ONE_DONE, None, None, None, exotic);
+
+            // Progress repair: a crash with nothing recorded, under `Started` and under `Crashed`; a gap.
+            let ahead = with_progress(&mid_run, "2", "3");
+            check("repair", &ahead, &repair, python_dump(&ahead, Some(2), None, None, false));
+            let crashed = with_status(&ahead, "Started", "Crashed");
+            check("repair crashed", &crashed, &repair, python_dump(&crashed, Some(2), Some("Started"), None, false));
+            check("repair gap", &gap, &repair, python_dump(&gap, Some(1), Some("Started"), None, false));
+
+            // Skip keeping the record: the evaluator's crash record, and a resumed run's first write.
+            let kept = with_status(&with_progress(&crash_recorded, "3", "2"), "Crashed", "Started");
+            let expected = python_dump(&kept, Some(3), Some("Started"), None, false);
+            check("skip kept", &kept, &skip("RouteScenario_7_rep0"), expected);
+            let crashed = with_status(&all_routes, "Started", "Crashed");
+            let expected = python_dump(&crashed, Some(5), Some("Started"), None, false);
+            check("skip kept crashed", &crashed, &skip("RouteScenario_9_rep0"), expected);
+
+            // Skip adding the evaluator's crash record.
+            let expected = python_dump(&mid_run, Some(3), Some("Started"), Some((2, "RouteScenario_7_rep0")), false);
+            check("skip added", &mid_run, &skip("RouteScenario_7_rep0"), expected);
+            let expected = python_dump(&two, Some(2), Some("Started"), Some((1, "RouteScenario_3_rep0")), false);
+            check("skip added last", &two, &skip("RouteScenario_3_rep0"), expected);
+        }
     }
 }
