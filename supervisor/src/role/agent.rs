@@ -9,18 +9,16 @@
 //! ([`crate::checkpoint`]). ROUTES, ROUTES_SUBSET and REPETITIONS are never changed between attempts.
 
 use super::{Engine, Outcome, RoleSpec, WaitEnd};
+pub use crate::checkpoint::RouteRetries;
 use crate::checkpoint::{self, CheckpointFile, Guard, Observed};
 use crate::child::{Child, LogFile, RunAs, Spec};
 use crate::config::EvaluatorEnv;
 use crate::reaper::Exit;
-use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use volume::markers::{Attempt, Marker, Role, StatusSet, WorkerId};
 use volume::results::RouteId;
-use volume::safe::Root;
 
 /// Sources the participant's environment as upstream does, then runs the evaluator with the given arguments.
 const DEFAULT_WRAPPER: &str = "source \"$HOME/.bashrc\" >/dev/null 2>&1; \
@@ -54,63 +52,6 @@ fn last_route_prepared(log: &LogFile) -> Option<String> {
         let rep: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
         RouteId::prepared(name.trim(), rep.parse().ok()?).map(|id| id.to_string())
     })
-}
-
-/// `--route-retries K`: the simulation crashes counted per route (kept beside the checkpoint, so that a restarted
-/// container keeps them) and the routes moved past.
-#[derive(Debug)]
-pub struct RouteRetries {
-    pub limit: u32,
-    root: Arc<Root>,
-    path: PathBuf,
-    counts: std::collections::BTreeMap<String, u32>,
-    skipped: BTreeSet<String>,
-}
-
-impl RouteRetries {
-    /// The counts kept beside `checkpoint` (none when the file is missing, unreadable, or not ours).
-    pub fn new(checkpoint: &CheckpointFile, limit: u32) -> Self {
-        let root = checkpoint.root().clone();
-        let path = volume::layout::route_crashes_path(checkpoint.name());
-        let saved: serde_json::Value = root
-            .read_capped(&path, 16 * 1024 * 1024)
-            .ok()
-            .flatten()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(serde_json::Value::Null);
-        let counts = saved["counts"]
-            .as_object()
-            .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), u32::try_from(v.as_u64()?).ok()?))).collect())
-            .unwrap_or_default();
-        let skipped = saved["skipped"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        RouteRetries { limit, root, path, counts, skipped }
-    }
-
-    pub fn skipped(&self) -> BTreeSet<String> {
-        self.skipped.clone()
-    }
-
-    /// One more simulation crash on `route`; returns its count.
-    fn count(&mut self, route: &str) -> u32 {
-        let n = self.counts.entry(route.to_string()).or_default();
-        *n += 1;
-        let n = *n;
-        self.save();
-        n
-    }
-
-    fn skip(&mut self, route: &str) {
-        self.skipped.insert(route.to_string());
-        self.save();
-    }
-
-    fn save(&self) {
-        let doc = serde_json::json!({"counts": self.counts, "skipped": self.skipped});
-        let _ = self.root.write_atomic(&self.path, doc.to_string().as_bytes());
-    }
 }
 
 impl Agent {
@@ -412,7 +353,7 @@ mod tests {
         assert_eq!(rr.count("RouteScenario_2_rep0"), 1);
         assert_eq!(std::fs::read(&outside).unwrap(), forged, "written through the link");
         assert!(std::fs::symlink_metadata(&crashes).unwrap().is_file(), "the link is replaced by the agent's file");
-        assert_eq!(RouteRetries::new(&cp, 3).counts.get("RouteScenario_2_rep0"), Some(&1));
+        assert_eq!(RouteRetries::new(&cp, 3).crashes("RouteScenario_2_rep0"), 1);
 
         for target in [outside.as_path(), Path::new("/proc/self/environ")] {
             let log = d.join("agent").join(volume::layout::EVALUATOR_LOG);
