@@ -40,6 +40,8 @@ pub enum State {
     Done,
     Failed,
     Cancelled,
+    /// A forwarded SIGTERM (or INT, HUP, QUIT) ended the child and the supervisor: the container is being stopped.
+    Stopped,
     /// A value this reader does not know (a newer writer's).
     Unknown,
 }
@@ -92,7 +94,7 @@ macro_rules! names {
 
 names!(State {
     Starting => "starting", WaitingForPeer => "waiting-for-peer", Running => "running", Restarting => "restarting",
-    Done => "done", Failed => "failed", Cancelled => "cancelled",
+    Done => "done", Failed => "failed", Cancelled => "cancelled", Stopped => "stopped",
 });
 
 names!(Reason {
@@ -116,6 +118,8 @@ pub struct End {
     /// The side whose fault it was (the simulator, when the agent saw its simulator crash).
     pub side: Role,
     pub reason: Reason,
+    /// The attempt that ended.
+    pub attempt: u32,
     /// The child's exit, when it exited by itself or was stopped and reaped.
     pub exit: Option<ExitStatus>,
     /// The supervisor's words (bounded).
@@ -222,6 +226,7 @@ impl Record {
                 let mut end = Object::new();
                 end.insert("side", Value::str(e.side.as_str()));
                 end.insert("reason", Value::str(e.reason.as_str()));
+                end.insert("attempt", Value::Int(e.attempt.into()));
                 let (code, signal) = match e.exit {
                     Some(ExitStatus::Code(c)) => (Value::Int(c.into()), Value::Null),
                     Some(ExitStatus::Signal(s)) => (Value::Null, Value::Int(s.into())),
@@ -338,6 +343,7 @@ fn parse_end(e: &Object) -> Result<End, Malformed> {
     Ok(End {
         side,
         reason: Reason::from_name(&req_str(e, "reason", 64)?),
+        attempt: req_u32(e, "attempt")?,
         exit,
         detail: str_field(e, "detail", MAX_TEXT)?.unwrap_or_default(),
         at: req_time(e, "at")?,
@@ -411,6 +417,7 @@ mod tests {
         r.last_end = Some(End {
             side: Role::Simulator,
             reason: Reason::SimulatorCrashed,
+            attempt: 0,
             exit: Some(ExitStatus::Signal(9)),
             detail: "CARLA ended (signal 9 (SIGKILL))".into(),
             at: 120,
