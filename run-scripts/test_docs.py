@@ -24,6 +24,7 @@ SECTIONS = {
         [BIN / "logcopy", "restore"],
         [BIN / "logcopy", "merge"],
         [BIN / "logcopy", "evalai"],
+        [BIN / "logcopy", "status"],
     ],
     "supervisor": [[BIN / "supervisor", "simulator"], [BIN / "supervisor", "agent"], [BIN / "supervisor", "gpu"]],
     "make-job": [[sys.executable, ROOT / "docker" / "k8s" / "make-job"]],

@@ -36,6 +36,9 @@ pub enum Command {
     /// Convert a merged results file to EvalAI's results.json, stdout.txt and metadata.json
     /// (drop-in for generate_results.py, generate_stdout.py and generate_metadata.py at once).
     Evalai(EvalaiArgs),
+    /// The state of the submission from the markers, the workers' status records and results files (read only,
+    /// safe on a live volume): one line per worker, or JSON with --json (docs/status.md).
+    Status(crate::status::StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +92,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Restore(a) => return run_restore(a),
         Command::Merge(a) => merge(&a),
         Command::Evalai(a) => evalai(&a),
+        Command::Status(a) => return status(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,6 +135,20 @@ fn run_daemon(r: RunCommand) -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("logcopy run: configuration error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `logcopy status`: 0 with a report (whatever it says), 2 on bad configuration (an unusable volume root included).
+fn status(a: &crate::status::StatusArgs) -> ExitCode {
+    match crate::status::report(a) {
+        Ok(r) => {
+            print!("{}", if a.json { r.to_json() } else { r.to_text() });
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("logcopy status: configuration error: {e}");
             ExitCode::from(2)
         }
     }

@@ -326,7 +326,7 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-fn bad(setting: &str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn bad(setting: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError { setting: setting.to_string(), reason: reason.into() }
 }
 
@@ -417,7 +417,7 @@ fn check_evalai_url(base: &str, allow_insecure: bool) -> Result<(), ConfigError>
 }
 
 /// A path under the volume: relative, with no `..`, so it can never leave the volume.
-fn volume_path(setting: &'static str, s: &str) -> Result<PathBuf, ConfigError> {
+pub(crate) fn volume_path(setting: &'static str, s: &str) -> Result<PathBuf, ConfigError> {
     let p = Path::new(s);
     if s.is_empty() || p.is_absolute() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
         return Err(bad(setting, format!("{s:?} must be a relative path inside the volume, without `..`")));

@@ -12,4 +12,5 @@ pub mod publish;
 pub mod restore;
 pub mod results;
 pub mod routes;
+pub mod status;
 pub mod volume;

@@ -11,7 +11,7 @@
 //! agent/agent<i>/leaderboard.log       beside it, `.agent_results.json.last-good`); the evaluator's output
 //! agent/agent_results.json             the merged results file (logcopy)
 //! simulator/                           CARLA's logs and recorder files
-//! containers-status/                   the marker files (crate::markers)
+//! containers-status/                   the marker files (crate::markers) and the status records (crate::status)
 //! evalai/{results.json,stdout.txt,metadata.json}   what EvalAI shows (logcopy)
 //! logcopy/logcopy.log                  logcopy's own log
 //! logcopy/.upload-manifest.json        what logcopy has uploaded to S3 (never uploaded itself)
@@ -58,6 +58,9 @@ pub const EVALAI_METADATA: &str = "evalai/metadata.json";
 pub const LOGCOPY_LOG: &str = "logcopy/logcopy.log";
 /// What logcopy has uploaded, by content; never uploaded itself.
 pub const UPLOAD_MANIFEST: &str = "logcopy/.upload-manifest.json";
+
+/// The suffix of a worker status record in [`STATUS_DIR`]: `<role>-<ID>.status.json` (crate::status).
+pub const STATUS_RECORD_SUFFIX: &str = ".status.json";
 
 /// Prefix of the temporary file of every atomic write on the volume (either binary's); such files are never
 /// uploaded, and logcopy removes its leftovers at start.

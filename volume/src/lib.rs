@@ -8,6 +8,7 @@
 //!   a path;
 //! - [`results`]: the Leaderboard results file's model: versions, infraction lists, route ids, the `_checkpoint`;
 //! - [`pyjson`] and [`num`]: JSON and numbers the way CPython reads and writes them, for byte-identical files;
+//! - [`status`]: the worker status record beside the markers: why a side restarted or failed;
 //! - [`safe`]: reading and writing beneath a root without following a symbolic link in any component;
 //! - [`duration`] and [`time`]: durations in flags and the UTC timestamps the scripts write.
 //!
@@ -20,4 +21,5 @@ pub mod num;
 pub mod pyjson;
 pub mod results;
 pub mod safe;
+pub mod status;
 pub mod time;

@@ -182,6 +182,7 @@ impl RoleSpec for Agent {
 
     fn prepare(&mut self, eng: &mut Engine, attempt: Attempt) -> Result<(), Outcome> {
         let (sim, w, limit) = (Role::Simulator, eng.worker, eng.attempt_limit());
+        eng.set_state(volume::status::State::WaitingForPeer, attempt);
         let waited = Instant::now();
         let r = eng.wait_markers(eng.common.peer_wait, |s| {
             s.starts(sim, w).contains(&attempt)
@@ -321,6 +322,15 @@ impl RoleSpec for Agent {
 
     fn end_for_failed_peer(&self, worker: WorkerId) -> Marker {
         Marker::Failed { role: Role::Agent, worker }
+    }
+
+    fn routes(&self) -> (Option<String>, Option<u32>) {
+        let subset = Some(self.env.routes_subset().to_owned()).filter(|s| !s.is_empty());
+        (subset, self.env.repetitions().trim().parse().ok())
+    }
+
+    fn current_route(&self, eng: &Engine) -> Option<String> {
+        eng.log.as_ref().and_then(last_route_prepared)
     }
 }
 

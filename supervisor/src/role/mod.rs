@@ -24,6 +24,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 use volume::markers::{Attempt, Marker, Role, StatusSet, WorkerId};
 use volume::safe::Root;
+use volume::status::{self, Reason, Record, State};
 
 /// What the run loop waits on.
 #[derive(Debug)]
@@ -75,6 +76,14 @@ pub trait RoleSpec {
     /// This side's end when the peer ended for good: the agent cannot finish without a simulator (failed), the
     /// simulator has nobody to serve (done).
     fn end_for_failed_peer(&self, worker: WorkerId) -> Marker;
+    /// The routes this side was given, for the status record: ROUTES_SUBSET and REPETITIONS (agent side).
+    fn routes(&self) -> (Option<String>, Option<u32>) {
+        (None, None)
+    }
+    /// The route the child is on, for the status record (agent side).
+    fn current_route(&self, _eng: &Engine) -> Option<String> {
+        None
+    }
 }
 
 /// The state both roles share.
@@ -97,6 +106,10 @@ pub struct Engine {
     own: RefCell<Option<HashSet<String>>>,
     /// Forged markers already logged.
     forged: RefCell<HashSet<String>>,
+    /// This side's status record (`<role>-<ID>.status.json` beside the markers), rewritten at each change.
+    record: Record,
+    /// The last exit of a child of this side, reaped by the monitor or by a stop: the status record's exit.
+    last_exit: Option<Exit>,
 }
 
 impl Engine {
@@ -128,6 +141,7 @@ impl Engine {
             .and_then(|mut w| w.watch(&common.status_dir, RecursiveMode::NonRecursive).map(|()| w))
             .ok()
         };
+        let record = Record::new(role, worker, common.max_attempts);
         let eng = Engine {
             role,
             worker,
@@ -140,6 +154,8 @@ impl Engine {
             _watcher: watcher,
             own: RefCell::new(None),
             forged: RefCell::new(HashSet::new()),
+            record,
+            last_exit: None,
         };
         if eng._watcher.is_none() {
             eng.note("cannot watch the status folder; polling it alone");
@@ -195,6 +211,39 @@ impl Engine {
         match marker.create_in(&self.status, Path::new("")) {
             Ok(()) => self.note(&format!("wrote {marker}")),
             Err(e) => self.note(&format!("cannot write {marker}: {e}")),
+        }
+    }
+
+    /// Moves the status record to `state` in `attempt` and rewrites it (atomically, beside the markers).
+    pub fn set_state(&mut self, state: State, attempt: Attempt) {
+        self.record.change(state, attempt.0, volume::time::unix_now());
+        self.write_record();
+    }
+
+    /// Records the end of an attempt (or of the side): `reason`, whose fault (`side`), the supervisor's words, and
+    /// the child's exit when one was reaped; written with the next [`Engine::set_state`].
+    pub fn set_end(&mut self, side: Role, reason: Reason, detail: &str, attempt: Attempt) {
+        let exit = self.last_exit.take().map(|e| match e {
+            Exit::Code(c) => status::ExitStatus::Code(c),
+            Exit::Signal(s) => status::ExitStatus::Signal(s),
+        });
+        let at = volume::time::unix_now();
+        let attempt = attempt.0;
+        self.record.last_end = Some(status::End { side, reason, attempt, exit, detail: detail.to_owned(), at });
+    }
+
+    /// Updates the route the child is on; rewrites the record when it changed.
+    fn set_current_route(&mut self, route: Option<String>) {
+        if route.is_some() && route != self.record.current_route {
+            self.record.current_route = route;
+            self.write_record();
+        }
+    }
+
+    fn write_record(&self) {
+        let name = status::file_name(self.role, self.worker);
+        if let Err(e) = self.record.write(&self.status, Path::new(&name)) {
+            self.note(&format!("cannot write the status record: {e}"));
         }
     }
 
@@ -288,9 +337,11 @@ impl Engine {
     /// Watches the running child until its attempt ends.
     fn monitor(&mut self, spec: &mut dyn RoleSpec, child: &Child, attempt: Attempt) -> Outcome {
         let mut next_markers = Instant::now();
+        let mut next_route = Instant::now();
         loop {
             // Peeked, not taken: `stop` still needs to know the leader is reaped when it waits for the group.
             if let Some(exit) = self.reaped.get(&child.pid).copied() {
+                self.last_exit = Some(exit);
                 return match self.terminating {
                     Some(_) => Outcome::Terminated(exit),
                     None => spec.on_exit(self, exit),
@@ -300,6 +351,11 @@ impl Engine {
                 return o;
             }
             let now = Instant::now();
+            if now >= next_route {
+                let route = spec.current_route(self);
+                self.set_current_route(route);
+                next_route = now + ROUTE_REFRESH;
+            }
             if now >= next_markers {
                 let set = self.markers();
                 if set.cancelled(self.worker) {
@@ -353,6 +409,45 @@ impl Engine {
     }
 }
 
+/// How often the status record's current route is refreshed while the child runs.
+const ROUTE_REFRESH: Duration = Duration::from_secs(2);
+
+/// The status record's classified reason of an attempt's end, and whose fault it was. The roles' outcomes carry
+/// the supervisor's words; their first words are the classification, pinned by the test beside this function.
+pub fn classify(role: Role, outcome: &Outcome) -> (Role, Reason) {
+    let peer = role.peer();
+    match outcome {
+        Outcome::Done => (role, Reason::Finished),
+        Outcome::Cancelled => (role, Reason::Cancelled),
+        Outcome::PeerFailed => (peer, Reason::PeerFailed),
+        Outcome::Terminated(_) => (role, Reason::Terminated),
+        Outcome::Failed(why) if why.contains("rejected the agent's sensors") => (role, Reason::SensorsRejected),
+        Outcome::Failed(why) if why.contains("could not be set up") => (role, Reason::AgentSetupFailed),
+        Outcome::Failed(_) => (role, Reason::Unknown),
+        Outcome::Crash(why) => {
+            if why.contains("(hang)") {
+                (role, Reason::Hang)
+            } else if why.starts_with("cannot start ") {
+                (role, Reason::SpawnFailed)
+            } else if why.contains("did not open port") || why.contains("did not start attempt") {
+                (Role::Simulator, Reason::SimulatorNotReady)
+            } else if why.starts_with("the simulator crashed") || why.starts_with("the agent crashed") {
+                (peer, crashed(peer))
+            } else {
+                (role, crashed(role))
+            }
+        }
+    }
+}
+
+/// The reason of a crash of `role`'s child.
+pub fn crashed(role: Role) -> Reason {
+    match role {
+        Role::Simulator => Reason::SimulatorCrashed,
+        Role::Agent => Reason::EvaluatorCrashed,
+    }
+}
+
 /// The grace period of a child stopped because the submission was cancelled (at most; `--grace` if shorter).
 pub const CANCEL_GRACE: Duration = Duration::from_secs(1);
 
@@ -379,6 +474,9 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
         let set = eng.markers();
         if set.cancelled(worker) {
             eng.note("the submission is cancelled");
+            let attempt = set.plan_attempt(role, worker).attempt;
+            eng.set_end(role, Reason::Cancelled, "the submission is cancelled", attempt);
+            eng.set_state(State::Cancelled, attempt);
             return 0;
         }
         if set.is_done(role, worker) || set.is_failed(role, worker) {
@@ -386,10 +484,20 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
             return 0;
         }
         if set.is_failed(peer, worker) {
+            let attempt = set.plan_attempt(role, worker).attempt;
+            eng.set_end(peer, Reason::PeerFailed, &format!("the {peer} ended for good"), attempt);
+            let state = match spec.end_for_failed_peer(worker) {
+                Marker::Done { .. } => State::Done,
+                _ => State::Failed,
+            };
+            eng.set_state(state, attempt);
             return end_for_peer(&eng, spec);
         }
         if spec.ends_with_peer_done() && set.is_done(peer, worker) {
             eng.write(Marker::Done { role, worker });
+            let attempt = set.plan_attempt(role, worker).attempt;
+            eng.set_end(role, Reason::Finished, &format!("the {peer} is done"), attempt);
+            eng.set_state(State::Done, attempt);
             return 0;
         }
         let limit = eng.attempt_limit();
@@ -410,11 +518,16 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
             eng.write(Marker::Crash { role, worker, attempt: n });
         }
         if plan.spent >= eng.common.max_attempts {
-            eng.note(&format!("attempt budget spent ({} of {}): ending for good", plan.spent, eng.common.max_attempts));
+            let why = format!("attempt budget spent ({} of {}): ending for good", plan.spent, eng.common.max_attempts);
+            eng.note(&why);
             eng.write(Marker::Failed { role, worker });
+            eng.set_end(role, Reason::AttemptBudgetSpent, &why, plan.attempt);
+            eng.set_state(State::Failed, plan.attempt);
             return 0;
         }
         let attempt = plan.attempt;
+        (eng.record.routes_subset, eng.record.repetitions) = spec.routes();
+        eng.set_state(State::Starting, attempt);
         let outcome = match spec.prepare(&mut eng, attempt) {
             Err(o) => o,
             Ok(()) => {
@@ -423,6 +536,8 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                 match child::spawn(&s, log, &format!("{role}-{worker} attempt {attempt}")) {
                     Err(e) => Outcome::Crash(format!("cannot start {}: {e}", s.display())),
                     Ok(child) => {
+                        eng.last_exit = None;
+                        eng.set_state(State::Running, attempt);
                         let o = eng.monitor(spec, &child, attempt);
                         // A cancelled submission's work is discarded: its children get a short grace, so that the
                         // whole pod is down within about a second of logcopy's cancel marker.
@@ -430,12 +545,46 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                             Outcome::Cancelled => eng.common.grace.min(CANCEL_GRACE),
                             _ => eng.common.grace,
                         };
-                        eng.stop(&child, grace);
+                        if let Some(exit) = eng.stop(&child, grace) {
+                            eng.last_exit = Some(exit);
+                        }
                         o
                     }
                 }
             }
         };
+        let route = spec.current_route(&eng);
+        eng.set_current_route(route);
+        let (side, reason) = match classify(role, &outcome) {
+            // The evaluator may exit on its own, having lost its CARLA, before this side reads the simulator's
+            // crash marker: when that marker of this attempt is already there, the peer crashed first.
+            (side, r)
+                if side == role && r == crashed(role) && eng.markers().crashes(peer, worker).contains(&attempt) =>
+            {
+                (peer, crashed(peer))
+            }
+            other => other,
+        };
+        let detail = match &outcome {
+            Outcome::Crash(why) | Outcome::Failed(why) => why.clone(),
+            Outcome::Done => "finished".to_owned(),
+            Outcome::PeerFailed => format!("the {peer} ended for good"),
+            Outcome::Cancelled => "the submission is cancelled".to_owned(),
+            Outcome::Terminated(exit) => format!("the child ended after a forwarded signal ({exit})"),
+        };
+        eng.set_end(side, reason, &detail, attempt);
+        let state = match &outcome {
+            Outcome::Crash(_) => State::Restarting,
+            Outcome::Done => State::Done,
+            Outcome::Failed(_) => State::Failed,
+            Outcome::PeerFailed => match spec.end_for_failed_peer(worker) {
+                Marker::Done { .. } => State::Done,
+                _ => State::Failed,
+            },
+            Outcome::Cancelled => State::Cancelled,
+            Outcome::Terminated(_) => State::Stopped,
+        };
+        eng.set_state(state, attempt);
         match outcome {
             Outcome::Crash(reason) => {
                 eng.note(&format!("attempt {attempt} crashed: {reason}"));
@@ -473,4 +622,40 @@ fn end_for_peer(eng: &Engine, spec: &dyn RoleSpec) -> i32 {
     eng.note(&format!("the {} ended for good", eng.role.peer()));
     eng.write(spec.end_for_failed_peer(eng.worker));
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_roles_words_are_classified() {
+        let (a, s) = (Role::Agent, Role::Simulator);
+        let crash = |w: &str| Outcome::Crash(w.to_owned());
+        let cases = [
+            (s, crash("CARLA ended (exit code 1)"), s, Reason::SimulatorCrashed),
+            (s, crash("CARLA did not open port 2000 within 5s"), s, Reason::SimulatorNotReady),
+            (s, crash("the agent crashed in attempt 0"), a, Reason::EvaluatorCrashed),
+            (a, crash("the simulator crashed in attempt 1"), s, Reason::SimulatorCrashed),
+            (a, crash("the simulator crashed before attempt 1 started"), s, Reason::SimulatorCrashed),
+            (a, crash("the simulator did not start attempt 0 within 15s"), s, Reason::SimulatorNotReady),
+            (a, crash("the evaluator printed nothing for 2s (hang) in attempt 0"), a, Reason::Hang),
+            (a, crash("the evaluator ended (exit code 3)"), a, Reason::EvaluatorCrashed),
+            (a, crash("the evaluator ended with an empty global_record"), a, Reason::EvaluatorCrashed),
+            (a, crash("cannot start python3: No such file"), a, Reason::SpawnFailed),
+            (
+                a,
+                Outcome::Failed("the evaluator rejected the agent's sensors (entry_status Rejected)".into()),
+                a,
+                Reason::SensorsRejected,
+            ),
+            (a, Outcome::PeerFailed, s, Reason::PeerFailed),
+            (s, Outcome::Cancelled, s, Reason::Cancelled),
+            (a, Outcome::Done, a, Reason::Finished),
+            (a, Outcome::Terminated(Exit::Signal(15)), a, Reason::Terminated),
+        ];
+        for (role, outcome, side, reason) in cases {
+            assert_eq!(classify(role, &outcome), (side, reason), "{outcome:?}");
+        }
+    }
 }
