@@ -548,7 +548,8 @@ impl Root {
         unlink(dir.raw(), &tmp);
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
         let mut file = File::from(openat(dir.raw(), &tmp, flags, 0o666)?);
-        let written = fill(&mut file).and_then(|()| file.sync_all());
+        let written =
+            fill(&mut file).and_then(|()| keep_owner_and_mode(dir.raw(), name, &file)).and_then(|()| file.sync_all());
         if let Err(e) = written {
             unlink(dir.raw(), &tmp);
             return Err(e);
@@ -571,6 +572,24 @@ impl Root {
         // SAFETY: a valid descriptor and a NUL-terminated name.
         check(unsafe { libc::unlinkat(dir.raw(), name.as_ptr(), 0) }).map(drop)
     }
+}
+
+/// A replacement keeps the owner and the permission bits (`0o777`: never set-id bits) of the regular file it
+/// replaces, as the evaluator's own in-place `open(path, 'w')` would: a root supervisor that repairs the checkpoint of
+/// an evaluator running as another user (`--run-as`) must leave it writable by that user. A new file keeps the
+/// writer's owner and mode. A failed `fchown` (a writer that is not root cannot give a file away) is not an error.
+fn keep_owner_and_mode(dir: RawFd, name: &CStr, file: &File) -> io::Result<()> {
+    // SAFETY: stat is plain data, filled by fstatat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor, a NUL-terminated name and a stat buffer.
+    let found = unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } == 0;
+    if !found || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(());
+    }
+    // SAFETY: fchown and fchmod on a descriptor we own.
+    unsafe { libc::fchown(file.as_raw_fd(), st.st_uid, st.st_gid) };
+    // SAFETY: as above.
+    check(unsafe { libc::fchmod(file.as_raw_fd(), st.st_mode & 0o777) }).map(drop)
 }
 
 /// Renames, replacing `to` only when it is a regular file or a link: never a device (as root, a rename over
