@@ -649,6 +649,26 @@ pub fn object_key(prefix: &str, rel: &Path) -> Result<String, &'static str> {
 mod tests {
     use super::*;
 
+    /// The participant can write the worker folder (0777, no sticky bit) and guess a temporary name (it holds the
+    /// pid): a link planted there, to a root-only file, must never be written through by a root writer (issue 19,
+    /// break 1: `RouteRetries::save` once wrote `.agent_results.json.tmp` with `std::fs::write`, which follows it).
+    #[test]
+    fn a_link_planted_at_the_temporary_name_is_never_written_through() {
+        let base = std::env::temp_dir().join(format!("volume-safe-planted-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("worker")).unwrap();
+        let secret = base.join("root-only");
+        std::fs::write(&secret, b"keep").unwrap();
+        let planted = base.join("worker").join(crate::layout::temp_name("agent_results.json"));
+        std::os::unix::fs::symlink(&secret, &planted).unwrap();
+        let root = Root::open(&base.join("worker")).unwrap();
+        root.write_atomic(Path::new("agent_results.json"), b"new").unwrap();
+        assert_eq!(std::fs::read(&secret).unwrap(), b"keep", "written through the planted link");
+        assert_eq!(std::fs::read(base.join("worker/agent_results.json")).unwrap(), b"new");
+        assert!(!std::fs::symlink_metadata(base.join("worker/agent_results.json")).unwrap().file_type().is_symlink());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("volume-safe-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
