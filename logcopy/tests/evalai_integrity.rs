@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use support::{FakeEvalAi, FakeOpts, Logcopy, LogcopyCmd, Record, Volume, now_epoch};
+use support::{FakeEvalAi, FakeOpts, Logcopy, LogcopyCmd, Record, Volume};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -40,10 +40,15 @@ fn writes_after(reqs: &[Record], t: f64) -> Vec<String> {
 /// as a real timed-out request may be) and a 429 with Retry-After.
 #[test]
 fn t20_a_cancel_during_put_retries_is_never_undone() {
+    // `then_status`: the double sets `cancelled` once the faulted PUT is handled and before its answer goes out,
+    // so the cancel lands exactly between the faulted try and logcopy's retry.
     let faults = [
-        serde_json::json!({"mode": "500", "count": 1, "method": "PUT", "path_contains": "update_partially"}),
-        serde_json::json!({"mode": "delay", "seconds": 3, "count": 1, "method": "PUT", "path_contains": "update_partially"}),
-        serde_json::json!({"mode": "429", "seconds": 3, "count": 1, "method": "PUT", "path_contains": "update_partially"}),
+        serde_json::json!({"mode": "500", "count": 1, "method": "PUT", "path_contains": "update_partially",
+                           "then_status": "cancelled"}),
+        serde_json::json!({"mode": "delay", "seconds": 3, "count": 1, "method": "PUT", "path_contains": "update_partially",
+                           "then_status": "cancelled"}),
+        serde_json::json!({"mode": "429", "seconds": 3, "count": 1, "method": "PUT", "path_contains": "update_partially",
+                           "then_status": "cancelled"}),
     ];
     for fault in faults {
         let mode = fault["mode"].as_str().unwrap().to_string();
@@ -59,10 +64,12 @@ fn t20_a_cancel_during_put_retries_is_never_undone() {
             .switch("--final-status")
             .evalai(&fake)
             .spawn();
-        // The faulted PUT reached the server (for `delay`: and was applied).
-        fake.wait_requests(secs(20), "the faulted PUT", |r| r.iter().any(|r| r.fault.is_some() && r.status.is_some()));
-        let cancelled_at = now_epoch();
-        fake.set_status("cancelled");
+        // The faulted PUT reached the server (for `delay`: and was applied), and the cancel with it.
+        let reqs = fake
+            .wait_requests(secs(20), "the faulted PUT", |r| r.iter().any(|r| r.fault.is_some() && r.status.is_some()));
+        // The cancel lands when the faulted request has been handled: for `delay`, its 3 s after it was received.
+        let faulted = reqs.iter().find(|r| r.fault.is_some()).unwrap();
+        let cancelled_at = faulted.t + if mode == "delay" { 3.0 } else { 0.0 };
         // The retry comes within the backoff; then the run ends with every worker done.
         std::thread::sleep(Duration::from_secs(6));
         vol.add_marker("agent-4.done");

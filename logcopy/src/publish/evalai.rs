@@ -889,27 +889,23 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_cancel_during_retries_is_never_undone() {
-        // The PUT meets a 500, then a timeout that the server applied, then a 429: and the participant cancels
-        // on the web UI while the sink backs off after each one. No write may follow any of those cancels.
+        // The PUT meets a 500, then a timeout that the server applied, then a 429; each time the participant cancels
+        // on the web UI once the faulted try is answered and before the retry (`Fault::Then`). No write may follow.
         for fault in [
             Fault::Status(500, None),
             Fault::Timeout { after: Duration::from_secs(20), applied: true },
             Fault::Status(429, Some(Duration::from_secs(7))),
         ] {
             let sim = SimEvalAi::new("running", true);
-            sim.fault(Some(Method::Put), fault.clone());
+            sim.fault(Some(Method::Put), Fault::Then(Box::new(fault.clone()), "cancelled"));
             let mut run = Run::start(sim, settings(6, true));
             run.send(Some(outputs("a")), None);
-            // Let the faulted PUT happen, then cancel before the retry.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let faulted = run.sim.log().iter().rposition(|r| r.fault.is_some());
-            assert!(faulted.is_some(), "{fault:?}: the PUT met its fault: {:#?}", run.sim.log());
-            run.sim.set_status("cancelled");
-            let cancelled_at = Instant::now();
             tokio::time::sleep(Duration::from_secs(120)).await;
             let (log, decision, events) =
                 run.end(End::Completed { finished: true, reason: "every worker finished".into() }).await;
-            let late: Vec<&Seen> = log.iter().filter(|r| r.at > cancelled_at && r.is_partial_put()).collect();
+            let faulted = log.iter().position(|r| r.fault.is_some());
+            let faulted = faulted.unwrap_or_else(|| panic!("{fault:?}: the PUT met its fault: {log:#?}"));
+            let late: Vec<&Seen> = log[faulted + 1..].iter().filter(|r| r.is_partial_put()).collect();
             assert!(late.is_empty(), "{fault:?}: partial PUTs after the cancel: {late:#?}");
             assert!(log.iter().all(|r| r.method != Method::Patch), "{fault:?}: no PATCH on a running submission");
             let finals: Vec<&Seen> = log.iter().filter(|r| r.is_final_put()).collect();

@@ -22,6 +22,9 @@ pub enum Fault {
     Timeout { after: Duration, applied: bool },
     /// Answer normally, then set the stored status to this (a cancel on the web UI right after the request).
     ThenSet(&'static str),
+    /// Meet the inner fault, then set the stored status to this before answering: a cancel that lands exactly
+    /// between a faulted try and its retry.
+    Then(Box<Fault>, &'static str),
 }
 
 /// One request as the model saw it.
@@ -141,8 +144,19 @@ impl Transport for SimEvalAi {
             fault
         };
         tokio::time::sleep(self.latency).await;
+        self.answer(req, fault).await
+    }
+}
+
+impl SimEvalAi {
+    async fn answer(&self, req: &Request, fault: Option<Fault>) -> Result<Response, TransportError> {
         match fault {
             None => Ok(self.apply(req)),
+            Some(Fault::Then(inner, status)) => {
+                let r = Box::pin(self.answer(req, Some(*inner))).await;
+                self.set_status(status);
+                r
+            }
             Some(Fault::Status(status, retry_after)) => {
                 Ok(Response { status, retry_after, body: "{\"detail\":\"fault\"}".into(), ..Response::default() })
             }
