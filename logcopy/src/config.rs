@@ -84,18 +84,8 @@ pub struct RunArgs {
     /// Leaderboard version while the workers' files carry none (1.0 or 2.0).
     #[arg(long, env = "LEADERBOARD_VERSION", default_value = "2.0")]
     pub leaderboard_version: Version,
-    /// Number of worker pairs.
-    #[arg(long = "workers", env = "SUBMISSION_WORKERS", default_value = "4",
-          value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub workers: u32,
-    /// Routes in all (ids 0..N-1), split among the workers as upstream's ROUTES_SUBSET. With it, a worker is
-    /// complete only when every route it was given has a record, and records of routes it was not given are left
-    /// out of the merge. Without it, a worker's own progress decides (upstream's rule).
-    #[arg(long, env = "ROUTE_COUNT", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub route_count: Option<u32>,
-    /// Runs of every route (the evaluators' --repetitions).
-    #[arg(long, env = "REPETITIONS", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub repetitions: u32,
+    #[command(flatten)]
+    pub routes: RouteArgs,
     /// The logs volume's root.
     #[arg(long, env = "LOGS_DIR", default_value = volume::layout::mount::LOGS)]
     pub logs: PathBuf,
@@ -151,6 +141,31 @@ pub struct RunArgs {
     pub max_results_bytes: u64,
     #[command(flatten)]
     pub storage: StorageArgs,
+}
+
+/// The workers and the routes they were given, as `logcopy run` and `logcopy status` read them.
+#[derive(Debug, Clone, Args)]
+pub struct RouteArgs {
+    /// Number of worker pairs.
+    #[arg(long = "workers", env = "SUBMISSION_WORKERS", default_value = "4",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// Routes in all (ids 0..N-1), split among the workers as upstream's ROUTES_SUBSET. With it, a worker is
+    /// complete only when every route it was given has a record (`logcopy status`: its routes_assigned), and records
+    /// of routes it was not given are left out of the merge. Without it, a worker's own progress decides (upstream's
+    /// rule).
+    #[arg(long, env = "ROUTE_COUNT", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub route_count: Option<u32>,
+    /// Runs of every route (the evaluators' --repetitions).
+    #[arg(long, env = "REPETITIONS", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repetitions: u32,
+}
+
+impl RouteArgs {
+    /// The routes each worker was given, when the route count is known.
+    pub fn plan(&self) -> Option<RoutePlan> {
+        self.route_count.map(|routes| RoutePlan { routes, repetitions: self.repetitions, workers: self.workers })
+    }
 }
 
 /// Where the volume's files and the submission's record go.
@@ -511,7 +526,7 @@ impl RunArgs {
             false
         };
         let merged = if pattern_ok {
-            errors.take(merged_path(&self.merged_path, &self.results_pattern, self.workers))
+            errors.take(merged_path(&self.merged_path, &self.results_pattern, self.routes.workers))
         } else {
             None
         };
@@ -535,8 +550,7 @@ impl RunArgs {
         else {
             return Err(ConfigErrors(errors.0));
         };
-        let routes =
-            self.route_count.map(|routes| RoutePlan { routes, repetitions: self.repetitions, workers: self.workers });
+        let routes = self.routes.plan();
         Ok(RunConfig {
             challenge_id,
             submission_id,
@@ -545,7 +559,7 @@ impl RunArgs {
             evalai,
             logs_period: self.logs_period,
             version: self.leaderboard_version,
-            workers: self.workers,
+            workers: self.routes.workers,
             routes,
             logs: self.logs,
             merged_path,

@@ -26,17 +26,8 @@ pub struct StatusArgs {
     /// Print the report as one JSON object (schema in docs/status.md) instead of one line per worker.
     #[arg(long)]
     pub json: bool,
-    /// Number of worker pairs.
-    #[arg(long = "workers", env = "SUBMISSION_WORKERS", default_value = "4",
-          value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub workers: u32,
-    /// Routes in all (ids 0..N-1), split among the workers as upstream's ROUTES_SUBSET: gives each worker's
-    /// routes_assigned, and counts only its own routes as done.
-    #[arg(long, env = "ROUTE_COUNT", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub route_count: Option<u32>,
-    /// Runs of every route (the evaluators' --repetitions).
-    #[arg(long, env = "REPETITIONS", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub repetitions: u32,
+    #[command(flatten)]
+    pub routes: crate::config::RouteArgs,
     /// Leaderboard version of the route names in a results file that does not tell (1.0 or 2.0).
     #[arg(long, env = "LEADERBOARD_VERSION", default_value = "2.0")]
     pub leaderboard_version: Version,
@@ -99,15 +90,14 @@ pub fn report(args: &StatusArgs) -> Result<Report, StatusError> {
     }
     crate::config::volume_path("--results-pattern / RESULTS_PATTERN", &args.results_pattern)?;
     let root = Root::open(&args.logs).map_err(|source| StatusError::Volume { path: args.logs.clone(), source })?;
-    let plan =
-        args.route_count.map(|routes| RoutePlan { routes, repetitions: args.repetitions, workers: args.workers });
+    let plan = args.routes.plan();
     let mut notes = Vec::new();
     let set = StatusSet::read(&root, Path::new(volume::layout::STATUS_DIR)).unwrap_or_else(|e| {
         notes.push(format!("cannot read {}: {e}", volume::layout::STATUS_DIR));
         StatusSet::default()
     });
     let workers: Vec<Worker> =
-        (1..=args.workers).map(|i| worker(&root, &set, args, plan.as_ref(), WorkerId(i))).collect();
+        (1..=args.routes.workers).map(|i| worker(&root, &set, args, plan.as_ref(), WorkerId(i))).collect();
     Ok(Report { state: submission_state(&set, &workers), logcopy_done: set.logcopy_done(), workers, notes })
 }
 
