@@ -6,6 +6,9 @@
 //! the snapshot says the run ends, each sink does its final work and returns; the loop waits for them within a
 //! time budget. A sink that dies before that (a panic, or a return before the end) is logged and started again
 //! ([`spawn_supervised`]), so no edge can go quiet while the daemon runs on.
+//!
+//! The runtime has one thread, which the run loop and every sink share; blocking file work (the merge cycle, the
+//! S3 plan's walk and hashes, the local store's copies) goes to tokio's blocking pool through [`off_thread`].
 
 pub mod budget;
 pub mod evalai;
@@ -112,6 +115,29 @@ pub trait Sink: Send + 'static {
         snapshots: watch::Receiver<Arc<Snapshot>>,
         events: mpsc::Sender<SinkEvent>,
     ) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs `f` on tokio's blocking pool with `value` moved there, and gives both back, so that blocking file work
+/// never holds the runtime's one thread. `f` runs in the caller's span (its logs keep the submission), and a panic
+/// in `f` is raised again here, as if `f` had run in place.
+pub async fn off_thread<T, R>(mut value: T, f: impl FnOnce(&mut T) -> R + Send + 'static) -> (T, R)
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    let span = tracing::Span::current();
+    match tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let r = f(&mut value);
+        (value, r)
+    })
+    .await
+    {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: only when the runtime shuts down, which drops the caller too.
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// Aborts the task when dropped: a supervised sink's task ends with its supervisor.

@@ -5,6 +5,7 @@
 //! [`crate::volume::safe`]), never reading a whole file into memory; files from [`MULTIPART_THRESHOLD`] up go
 //! as multipart uploads of [`PART_SIZE`] parts, and a failed multipart upload is aborted.
 
+use super::off_thread;
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
@@ -12,6 +13,9 @@ use std::fs::File;
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+/// How much the local store copies in one blocking step.
+const COPY_CHUNK: u64 = 8 * 1024 * 1024;
 
 /// Files at least this large are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
@@ -237,6 +241,22 @@ impl ObjectStore for S3Store {
     }
 }
 
+/// A local upload under way: the volume's file copied into a temporary file beside the object.
+struct LocalCopy {
+    from: File,
+    to: File,
+    left: u64,
+}
+
+impl LocalCopy {
+    /// Copies the next chunk; `false` once all is copied (or the file ended early).
+    fn step(&mut self) -> std::io::Result<bool> {
+        let n = std::io::copy(&mut (&mut self.from).take(self.left.min(COPY_CHUNK)), &mut self.to)?;
+        self.left -= n;
+        Ok(n > 0 && self.left > 0)
+    }
+}
+
 /// The embedded stand-in for S3: objects are files under a local folder (`OUT/s3/<key>`).
 pub struct LocalStore {
     root: PathBuf,
@@ -261,33 +281,50 @@ impl ObjectStore for LocalStore {
         self.root.display().to_string()
     }
 
-    async fn put(&self, key: &str, mut file: File, len: u64) -> Result<PutStats, StoreError> {
+    async fn put(&self, key: &str, file: File, len: u64) -> Result<PutStats, StoreError> {
         let dest = self.path(key)?;
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err("put", key, e))?;
-        }
         let tmp = dest.with_file_name(format!(".{}.part", dest.file_name().unwrap_or_default().to_string_lossy()));
-        let mut copy = || -> std::io::Result<()> {
-            file.seek(SeekFrom::Start(0))?;
-            let mut out = File::create(&tmp)?;
-            std::io::copy(&mut (&mut file).take(len), &mut out)?;
-            std::fs::rename(&tmp, &dest)
-        };
-        copy().map_err(|e| err("put", key, e))?;
+        // On the blocking pool, COPY_CHUNK at a time: the runtime's one thread never waits on the disk, and a sink
+        // stopped when its flush budget is spent stops the copy within one chunk.
+        let t = tmp.clone();
+        let (_, started) = off_thread((), move |_| -> std::io::Result<LocalCopy> {
+            if let Some(dir) = t.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut from = file;
+            from.seek(SeekFrom::Start(0))?;
+            Ok(LocalCopy { from, to: File::create(&t)?, left: len })
+        })
+        .await;
+        let mut copy = started.map_err(|e| err("put", key, e))?;
+        loop {
+            let (c, more) = off_thread(copy, LocalCopy::step).await;
+            copy = c;
+            if !more.map_err(|e| err("put", key, e))? {
+                break;
+            }
+        }
+        let (_, renamed) = off_thread((), move |_| std::fs::rename(&tmp, &dest)).await;
+        renamed.map_err(|e| err("put", key, e))?;
         Ok(PutStats { requests: 1 })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        let base = self.path(prefix.trim_end_matches('/'))?;
-        let (files, _) = crate::volume::safe::walk(&base, &|p| p.to_string_lossy().ends_with(".part"));
-        Ok(files
-            .into_iter()
-            .filter_map(|f| {
-                let size = std::fs::symlink_metadata(base.join(&f.rel)).ok()?.len();
-                let key = format!("{}/{}", prefix.trim_end_matches('/'), f.rel.to_str()?);
-                Some(ObjectInfo { key, size })
-            })
-            .collect())
+        let prefix = prefix.trim_end_matches('/').to_string();
+        let base = self.path(&prefix)?;
+        // A walk and a stat of every object: blocking work, off the runtime's thread.
+        let (_, listed) = off_thread((), move |_| {
+            let (files, _) = crate::volume::safe::walk(&base, &|p| p.to_string_lossy().ends_with(".part"));
+            files
+                .into_iter()
+                .filter_map(|f| {
+                    let size = std::fs::symlink_metadata(base.join(&f.rel)).ok()?.len();
+                    Some(ObjectInfo { key: format!("{prefix}/{}", f.rel.to_str()?), size })
+                })
+                .collect()
+        })
+        .await;
+        Ok(listed)
     }
 
     async fn get(&self, key: &str, mut dest: File) -> Result<u64, StoreError> {
