@@ -23,14 +23,19 @@
 //!    sink's line that it leaves its periodic sync for the final one (where logcopy has that line); -> the exit,
 //!    and its code (flush budget 20 s).
 //!
-//! A guard thread follows logcopy's read position in the huge file and truncates the file to 0 bytes once 15 GiB
-//! are read, so that no 16 GiB copy is ever written under `OUT/s3/`: the hash in progress then ends early and the
-//! upload copies nothing. A figure that the guard cut short says so.
+//! A guard thread truncates the huge file to 0 bytes once logcopy has read 15 GiB of it, or once the local store
+//! starts copying it (its `.part` file under `OUT/s3/` grows), so that no 16 GiB copy is ever written: the hash or
+//! the copy in progress then ends early. A figure that the guard cut short says so.
+//!
+//! `LOGCOPY_BIN=<path>` measures another build of logcopy (an older commit's) with this same benchmark.
 
 mod common;
+#[path = "../tests/support/fdinfo.rs"]
+mod fdinfo;
 
 use anyhow::{Context, Result, anyhow, bail};
 use common::{array, field};
+use fdinfo::read_position;
 use logcopy::results::pyjson::{self, Value};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -93,7 +98,9 @@ fn main() -> ExitCode {
 }
 
 fn run(scratch: &Path) -> Result<()> {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_logcopy"));
+    // LOGCOPY_BIN measures another build (e.g. an older commit's) with this same benchmark.
+    let bin =
+        std::env::var_os("LOGCOPY_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_logcopy")), PathBuf::from);
     if !bin.is_file() {
         bail!("no logcopy binary at {}", bin.display());
     }
@@ -289,7 +296,7 @@ fn huge_phase(bin: &Path, dir: &Path) -> Result<HugeFigures> {
     println!("\n2. huge file: {} of {} GiB, sparse", huge.display(), HUGE_BYTES >> 30);
     let mut results = Results::load(&vol)?;
     let mut lc = Logcopy::start(bin, &vol, dir, HUGE_PERIOD_S)?;
-    let guard = Guard::start(lc.pid(), &huge);
+    let guard = Guard::start(lc.pid(), &huge, &dir.join("out"));
     wait_read(&mut lc, &huge, "its first sync")?;
 
     let mut delays = Vec::new();
@@ -346,6 +353,14 @@ fn huge_phase(bin: &Path, dir: &Path) -> Result<HugeFigures> {
         }
     }
     let guard_cuts = guard.stop();
+    // What logcopy says it did with the file, for reading the figures.
+    let said = fs::read_to_string(&lc.out).unwrap_or_default();
+    for l in said
+        .lines()
+        .filter(|l| ["volume synced", "SIGTERM", "final sync", "did not finish"].iter().any(|k| l.contains(k)))
+    {
+        println!("   logcopy: {}", l.chars().take(200).collect::<String>());
+    }
     println!(
         "   SIGTERM at {:.1} GiB of the file: final flush logged after {}, exit after {exit_s:.1} s ({})",
         pos as f64 / (1u64 << 30) as f64,
@@ -377,20 +392,6 @@ fn wait_read(lc: &mut Logcopy, huge: &Path, during: &str) -> Result<()> {
     Ok(())
 }
 
-/// logcopy's read position in `path` when it has the file open (the furthest, if open more than once).
-fn read_position(pid: u32, path: &Path) -> Option<u64> {
-    let mut furthest = None;
-    for fd in fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
-        if fs::read_link(fd.path()).ok().as_deref() != Some(path) {
-            continue;
-        }
-        let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()));
-        let pos = info.ok().and_then(|i| i.lines().find_map(|l| l.strip_prefix("pos:")?.trim().parse::<u64>().ok()));
-        furthest = furthest.max(pos);
-    }
-    furthest
-}
-
 /// Truncates the huge file once logcopy has read [`GUARD_AT`] of it, so that no copy of 16 GiB is ever written.
 struct Guard {
     stop: Arc<AtomicBool>,
@@ -399,17 +400,30 @@ struct Guard {
 }
 
 impl Guard {
-    fn start(pid: u32, huge: &Path) -> Guard {
+    /// Follows logcopy's reads of `huge`, and the copy of it that the local store would write under `out`.
+    fn start(pid: u32, huge: &Path, out: &Path) -> Guard {
         let (stop, cuts) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
         let (s, c, huge) = (stop.clone(), cuts.clone(), huge.to_path_buf());
+        // The local store copies into `.<name>.part` beside the object, and its copy does not move the read position.
+        let part = out.join("s3/1").join(HUGE_REL).with_file_name(".huge.log.part");
+        let started = Instant::now();
         let thread = thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                if read_position(pid, &huge).is_some_and(|p| p >= GUARD_AT)
+                let why = if read_position(pid, &huge).is_some_and(|p| p >= GUARD_AT) {
+                    Some("logcopy read 15 GiB of it")
+                } else if fs::metadata(&part).is_ok_and(|m| m.len() > 0) {
+                    Some("the local store is copying it")
+                } else {
+                    None
+                };
+                if let Some(why) = why
+                    && fs::metadata(&huge).is_ok_and(|m| m.len() > 0)
                     && let Ok(f) = OpenOptions::new().write(true).open(&huge)
                     && f.set_len(0).is_ok()
                 {
                     c.fetch_add(1, Ordering::Relaxed);
-                    println!("   (guard: logcopy read 15 GiB of the huge file; truncated it to 0 bytes)");
+                    let at = started.elapsed().as_secs_f64();
+                    println!("   (guard, {at:.1} s: {why}; the huge file truncated to 0 bytes)");
                 }
                 sleep(Duration::from_millis(5));
             }
