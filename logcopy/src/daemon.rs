@@ -16,9 +16,9 @@
 //! Every handled end exits 0: under `restartPolicy: OnFailure` a non-zero exit would restart logcopy and spend the
 //! Job's retries. Only bad configuration exits non-zero (2).
 //!
-//! A cycle (reading the files, merging, writing the outputs with fsyncs) is blocking file work: the task takes the
-//! volume state to tokio's blocking pool for it and back ([`Held`]), so that the runtime's one thread, which the
-//! sinks share, never waits on the volume. Cycles stay one at a time, in the loop's order.
+//! A cycle (reading the files, merging, writing the outputs with fsyncs) is blocking file work: the task lends the
+//! volume state to a thread of its own for it and takes it back ([`Held`]), so that the runtime's one thread, which
+//! the sinks share, never waits on the volume. Cycles stay one at a time, in the loop's order.
 
 use crate::config::{EvalAiTarget, RunConfig, StorageTarget};
 use crate::publish::evalai::{EvalAiSettings, EvalAiSink, HttpTransport, Transport, redact_url};
@@ -28,7 +28,7 @@ use crate::publish::retry::RetryPolicy;
 use crate::publish::s3sync::StorageSink;
 use crate::publish::store::{LocalStore, S3Store};
 use crate::publish::table::{DynamoTable, ItemKey, LocalTable};
-use crate::publish::{End, FinalDecision, Outputs, SinkEvent, Snapshot, off_thread, spawn_supervised};
+use crate::publish::{End, FinalDecision, Lane, Outputs, SinkEvent, Snapshot, spawn_supervised};
 use crate::restore::manifest_target;
 use crate::results::file::{self, Loaded};
 use crate::results::model::route_sort_key;
@@ -646,21 +646,29 @@ pub async fn run(cfg: RunConfig) -> Result<End, SetupError> {
         }
     }
     drop((ev_tx, decision));
-    Engine { state: Held(Some(State::new(cfg))), snap_tx, events: ev_rx, sinks, seq: 0, unverified_cancel: None }
+    Engine { state: Held::new(State::new(cfg)), snap_tx, events: ev_rx, sinks, seq: 0, unverified_cancel: None }
         .run()
         .await
 }
 
-/// The volume state, which each cycle takes to the blocking pool and brings back; between two cycles it is here.
-struct Held(Option<State>);
+/// The volume state, which each cycle takes to the volume's own thread and brings back; between two cycles it is
+/// here.
+struct Held {
+    state: Option<State>,
+    lane: Lane,
+}
 
 const HELD: &str = "the volume state is back after each cycle";
 
 impl Held {
-    /// Runs `f` (a cycle, or anything else that reads or writes the volume) on the blocking pool.
-    async fn off_thread<R: Send + 'static>(&mut self, f: impl FnOnce(&mut State) -> R + Send + 'static) -> R {
-        let (state, r) = off_thread(self.0.take().expect(HELD), f).await;
-        self.0 = Some(state);
+    fn new(state: State) -> Held {
+        Held { state: Some(state), lane: Lane::new("logcopy-volume") }
+    }
+
+    /// Runs `f` (a cycle, or anything else that reads or writes the volume) on the volume's thread.
+    async fn lend<R: Send + 'static>(&mut self, f: impl FnOnce(&mut State) -> R + Send + 'static) -> R {
+        let (state, r) = self.lane.run(self.state.take().expect(HELD), f).await;
+        self.state = Some(state);
         r
     }
 }
@@ -668,13 +676,13 @@ impl Held {
 impl Deref for Held {
     type Target = State;
     fn deref(&self) -> &State {
-        self.0.as_ref().expect(HELD)
+        self.state.as_ref().expect(HELD)
     }
 }
 
 impl DerefMut for Held {
     fn deref_mut(&mut self) -> &mut State {
-        self.0.as_mut().expect(HELD)
+        self.state.as_mut().expect(HELD)
     }
 }
 
@@ -760,7 +768,7 @@ impl Engine {
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
 
-        self.state.off_thread(State::cycle).await;
+        self.state.lend(State::cycle).await;
         let marker_at_start = self.check_cancel_marker("at start");
         // Every worker had already ended (a restart after the last route): straight to the end, whose final
         // update carries the outputs; a partial update first would only spend the budget.
@@ -816,7 +824,7 @@ impl Engine {
                         next_rescan = Instant::now() + cfg.logs_period;
                     }
                     debounce.clear();
-                    if self.state.off_thread(State::cycle).await {
+                    if self.state.lend(State::cycle).await {
                         self.publish(None);
                     }
                 }
@@ -825,7 +833,7 @@ impl Engine {
                         if self.unverified_cancel.take().is_some() {
                             info!("EvalAI confirms the cancel marker: the submission is cancelled");
                         }
-                        self.state.off_thread(|s| {
+                        self.state.lend(|s| {
                             s.write_cancel_markers();
                             s.cycle()
                         })
@@ -866,7 +874,7 @@ impl Engine {
             error!("cannot write {}: {e}", Marker::LogcopyDone);
         }
         let last = end.clone();
-        self.state.off_thread(move |s| s.final_outputs(&last)).await;
+        self.state.lend(move |s| s.final_outputs(&last)).await;
         let end = self.state.final_verdict(end);
         match &end {
             End::Completed { finished: true, reason } => info!(reason, "all workers ended"),

@@ -7,14 +7,14 @@
 //! most once every `LOGS_PERIOD`, and always at the final flush. Steady state makes no S3 request.
 //!
 //! The plan (the walk, a stat of every file, the hashes) is blocking file work, and large: a rescan of 100,000
-//! files costs about 0.8 s of CPU, the hash of a 16 GiB sparse file about a minute. It runs on tokio's blocking
-//! pool, never on the runtime's one thread, which the volume loop and the other sinks share. It hands each file
+//! files costs about 0.8 s of CPU, the hash of a 16 GiB sparse file about a minute. It runs on a thread of its own
+//! (a [`Lane`]), never on the runtime's one thread, which the volume loop and the other sinks share. It hands each file
 //! to upload over a channel as soon as it is hashed, smallest first, so that uploads start at once and a huge file
 //! holds back no other. It stops between two files or two hashed chunks when told: when the run ends during a
 //! periodic sync (the final sync then starts at once), and when the sink is dropped (its final flush out of time).
 
 use super::store::{ObjectStore, PutStats, StoreError};
-use super::{End, Sink, SinkEvent, Snapshot, off_thread};
+use super::{End, Lane, Sink, SinkEvent, Snapshot};
 use crate::volume::TEMP_PREFIX;
 use crate::volume::manifest::{Entry, HASH_CHUNK, MANIFEST_REL, Manifest, mtime_ns, sha256_until};
 use crate::volume::safe::{object_key, open_beneath, open_root, walk};
@@ -67,7 +67,7 @@ struct Job {
     root: Arc<OwnedFd>,
 }
 
-/// What the sink remembers between syncs; lent to the plan's blocking thread for each sync.
+/// What the sink remembers between syncs; lent to the plan's thread for each sync.
 #[derive(Default)]
 struct Ledger {
     manifest: Manifest,
@@ -101,6 +101,8 @@ pub struct StorageSink<S: ObjectStore> {
     ledger: Ledger,
     min_interval: Duration,
     stop: Stop,
+    /// The plans' thread. Not the local store's: a plan waits for uploads to take its jobs.
+    lane: Lane,
 }
 
 impl<S: ObjectStore> StorageSink<S> {
@@ -113,6 +115,7 @@ impl<S: ObjectStore> StorageSink<S> {
             ledger: Ledger { manifest: Manifest::load(root, target), ..Ledger::default() },
             min_interval,
             stop: Stop(Arc::new(AtomicBool::new(false))),
+            lane: Lane::new("logcopy-s3-plan"),
         }
     }
 
@@ -173,7 +176,7 @@ impl<S: ObjectStore> StorageSink<S> {
         };
         let (jobs_tx, mut jobs) = mpsc::channel(CONCURRENCY);
         let mut planning =
-            std::pin::pin!(off_thread(std::mem::take(&mut self.ledger), move |ledger| plan.run(ledger, &jobs_tx)));
+            std::pin::pin!(self.lane.run(std::mem::take(&mut self.ledger), move |ledger| plan.run(ledger, &jobs_tx)));
         let mut ending = std::pin::pin!(ending);
         let mut planned = None;
         let (mut jobs_open, mut stopped) = (true, false);
@@ -232,7 +235,7 @@ impl<S: ObjectStore> StorageSink<S> {
             // A manifest of 100,000 files is megabytes of JSON, written atomically (fsync): blocking work too.
             let root = self.root.clone();
             let (ledger, saved) =
-                off_thread(std::mem::take(&mut self.ledger), move |l: &mut Ledger| l.manifest.save(&root)).await;
+                self.lane.run(std::mem::take(&mut self.ledger), move |l: &mut Ledger| l.manifest.save(&root)).await;
             self.ledger = ledger;
             if let Err(e) = saved {
                 error!("cannot save the upload manifest: {e}");
@@ -253,7 +256,7 @@ impl<S: ObjectStore> StorageSink<S> {
     }
 }
 
-/// One plan: what changed on the volume since its upload, hashed. Blocking file I/O, run on the blocking pool.
+/// One plan: what changed on the volume since its upload, hashed. Blocking file I/O, run on the plans' thread.
 struct Plan {
     root: PathBuf,
     prefix: String,

@@ -5,7 +5,7 @@
 //! [`crate::volume::safe`]), never reading a whole file into memory; files from [`MULTIPART_THRESHOLD`] up go
 //! as multipart uploads of [`PART_SIZE`] parts, and a failed multipart upload is aborted.
 
-use super::off_thread;
+use super::Lane;
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
@@ -241,30 +241,48 @@ impl ObjectStore for S3Store {
     }
 }
 
-/// A local upload under way: the volume's file copied into a temporary file beside the object.
+/// A local upload under way: the volume's file copied into a temporary file beside the object, then renamed over it.
 struct LocalCopy {
     from: File,
-    to: File,
+    to: Option<File>,
+    tmp: PathBuf,
+    dest: PathBuf,
     left: u64,
 }
 
 impl LocalCopy {
-    /// Copies the next chunk; `false` once all is copied (or the file ended early).
+    /// Copies the next chunk (the first one creates the temporary file, the last one renames it); `false` once done.
     fn step(&mut self) -> std::io::Result<bool> {
-        let n = std::io::copy(&mut (&mut self.from).take(self.left.min(COPY_CHUNK)), &mut self.to)?;
+        let to = match &mut self.to {
+            Some(to) => to,
+            None => {
+                if let Some(dir) = self.tmp.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                self.from.seek(SeekFrom::Start(0))?;
+                self.to.insert(File::create(&self.tmp)?)
+            }
+        };
+        let n = std::io::copy(&mut (&mut self.from).take(self.left.min(COPY_CHUNK)), to)?;
         self.left -= n;
-        Ok(n > 0 && self.left > 0)
+        if n > 0 && self.left > 0 {
+            return Ok(true);
+        }
+        std::fs::rename(&self.tmp, &self.dest)?;
+        Ok(false)
     }
 }
 
 /// The embedded stand-in for S3: objects are files under a local folder (`OUT/s3/<key>`).
 pub struct LocalStore {
     root: PathBuf,
+    /// Its copies' thread: a small file is one job on it, a large one a job per chunk.
+    lane: Lane,
 }
 
 impl LocalStore {
     pub fn new(root: &Path) -> Self {
-        LocalStore { root: root.to_path_buf() }
+        LocalStore { root: root.to_path_buf(), lane: Lane::new("logcopy-local-s3") }
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
@@ -284,46 +302,35 @@ impl ObjectStore for LocalStore {
     async fn put(&self, key: &str, file: File, len: u64) -> Result<PutStats, StoreError> {
         let dest = self.path(key)?;
         let tmp = dest.with_file_name(format!(".{}.part", dest.file_name().unwrap_or_default().to_string_lossy()));
-        // On the blocking pool, COPY_CHUNK at a time: the runtime's one thread never waits on the disk, and a sink
-        // stopped when its flush budget is spent stops the copy within one chunk.
-        let t = tmp.clone();
-        let (_, started) = off_thread((), move |_| -> std::io::Result<LocalCopy> {
-            if let Some(dir) = t.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut from = file;
-            from.seek(SeekFrom::Start(0))?;
-            Ok(LocalCopy { from, to: File::create(&t)?, left: len })
-        })
-        .await;
-        let mut copy = started.map_err(|e| err("put", key, e))?;
+        // On the store's own thread, COPY_CHUNK at a time: the runtime's one thread never waits on the disk, and a
+        // sink stopped when its flush budget is spent stops the copy within one chunk.
+        let mut copy = LocalCopy { from: file, to: None, tmp, dest, left: len };
         loop {
-            let (c, more) = off_thread(copy, LocalCopy::step).await;
+            let (c, more) = self.lane.run(copy, LocalCopy::step).await;
             copy = c;
             if !more.map_err(|e| err("put", key, e))? {
-                break;
+                return Ok(PutStats { requests: 1 });
             }
         }
-        let (_, renamed) = off_thread((), move |_| std::fs::rename(&tmp, &dest)).await;
-        renamed.map_err(|e| err("put", key, e))?;
-        Ok(PutStats { requests: 1 })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let prefix = prefix.trim_end_matches('/').to_string();
         let base = self.path(&prefix)?;
         // A walk and a stat of every object: blocking work, off the runtime's thread.
-        let (_, listed) = off_thread((), move |_| {
-            let (files, _) = crate::volume::safe::walk(&base, &|p| p.to_string_lossy().ends_with(".part"));
-            files
-                .into_iter()
-                .filter_map(|f| {
-                    let size = std::fs::symlink_metadata(base.join(&f.rel)).ok()?.len();
-                    Some(ObjectInfo { key: format!("{prefix}/{}", f.rel.to_str()?), size })
-                })
-                .collect()
-        })
-        .await;
+        let (_, listed) = self
+            .lane
+            .run((), move |_| {
+                let (files, _) = crate::volume::safe::walk(&base, &|p| p.to_string_lossy().ends_with(".part"));
+                files
+                    .into_iter()
+                    .filter_map(|f| {
+                        let size = std::fs::symlink_metadata(base.join(&f.rel)).ok()?.len();
+                        Some(ObjectInfo { key: format!("{prefix}/{}", f.rel.to_str()?), size })
+                    })
+                    .collect()
+            })
+            .await;
         Ok(listed)
     }
 
