@@ -34,7 +34,7 @@ mod common;
 mod fdinfo;
 
 use anyhow::{Context, Result, anyhow, bail};
-use common::{array, field};
+use common::{array, cpu_seconds, field};
 use fdinfo::read_position;
 use logcopy::results::pyjson::{self, Value};
 use std::collections::VecDeque;
@@ -43,8 +43,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -127,10 +127,11 @@ fn run(scratch: &Path) -> Result<()> {
     );
     let _ = writeln!(
         t,
-        "| logcopy CPU while rewriting during rescans (--logs-period {RESCAN_PERIOD_S}) | {:.2} s per s |",
+        "| logcopy CPU while rewriting during rescans (--logs-period {RESCAN_PERIOD_S}) | {:.2} s per s | |",
         rescan.cpu_per_s
     );
-    let _ = writeln!(t, "| first full sync of the {} files | {:.1} s |", SMALL_FILES, rescan.first_sync_s);
+    let _ = writeln!(t, "| first full sync of the {} files | {:.1} s | |", SMALL_FILES, rescan.first_sync_s);
+    let _ = writeln!(t, "| SIGTERM -> exit after the rescan phase | {:.1} s | |", rescan.exit_s);
     let delays: Vec<String> = huge.delays.iter().map(|d| format!("{d:.0}")).collect();
     let worst = huge.delays.iter().copied().fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.max(d))));
     let _ = writeln!(
@@ -172,6 +173,7 @@ struct RescanFigures {
     unseen: usize,
     cpu_per_s: f64,
     first_sync_s: f64,
+    exit_s: f64,
 }
 
 fn rescan_phase(bin: &Path, dir: &Path) -> Result<RescanFigures> {
@@ -211,8 +213,9 @@ fn rescan_phase(bin: &Path, dir: &Path) -> Result<RescanFigures> {
     println!("   first full sync: {uploaded} files in {first_sync_s:.1} s");
     sleep(Duration::from_secs(RESCAN_PERIOD_S));
 
-    let (cpu0, t0) = (cpu_ns(lc.pid()), Instant::now());
-    let mut fig = RescanFigures { latencies: Vec::new(), aligned: 0, unseen: 0, cpu_per_s: 0.0, first_sync_s };
+    let (cpu0, t0) = (cpu_seconds(lc.pid())?, Instant::now());
+    let mut fig =
+        RescanFigures { latencies: Vec::new(), aligned: 0, unseen: 0, cpu_per_s: 0.0, first_sync_s, exit_s: 0.0 };
     for k in 0..RESCAN_SAMPLES {
         let busy = wait_busy(&mut lc, Duration::from_secs(3 * RESCAN_PERIOD_S))?;
         fig.aligned += usize::from(busy);
@@ -234,9 +237,11 @@ fn rescan_phase(bin: &Path, dir: &Path) -> Result<RescanFigures> {
         // Past this rewrite's own merge and publishing, which must not count as a rescan.
         sleep(Duration::from_millis(300));
     }
-    fig.cpu_per_s = cpu_ns(lc.pid()).saturating_sub(cpu0) as f64 / 1e9 / t0.elapsed().as_secs_f64();
+    fig.cpu_per_s = (cpu_seconds(lc.pid())? - cpu0) / t0.elapsed().as_secs_f64();
     let (exit, took) = lc.terminate()?;
     println!("   SIGTERM: {exit} after {:.1} s", took.as_secs_f64());
+    fig.exit_s = took.as_secs_f64();
+    lc.show(&["SIGTERM", "final sync", "WARN", "ERROR"]);
     Ok(fig)
 }
 
@@ -264,7 +269,9 @@ fn wait_busy(lc: &mut Logcopy, limit: Duration) -> Result<bool> {
     Ok(false)
 }
 
-/// Nanoseconds on a CPU of the threads of `pid` now alive (`/proc/<pid>/task/*/schedstat`, first field).
+/// Nanoseconds on a CPU of the threads of `pid` now alive (`/proc/<pid>/task/*/schedstat`, first field), at a finer
+/// grain than `/proc/<pid>/stat`'s clock ticks. A thread that ends takes its time out of the sum: a window across
+/// its end reads as idle.
 fn cpu_ns(pid: u32) -> u64 {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
     tasks
@@ -285,7 +292,7 @@ struct HugeFigures {
     exit_s: f64,
     exit: String,
     cut_in_exit: bool,
-    guard_cuts: u32,
+    guard_cuts: usize,
 }
 
 fn huge_phase(bin: &Path, dir: &Path) -> Result<HugeFigures> {
@@ -315,7 +322,7 @@ fn huge_phase(bin: &Path, dir: &Path) -> Result<HugeFigures> {
         delays.push(ms);
         sleep(due.saturating_duration_since(Instant::now()));
     }
-    let cut_in_delays = guard.cuts() > 0;
+    let delays_end = Instant::now();
 
     println!("3. SIGTERM while the file is hashed");
     if read_position(lc.pid(), &huge).is_none() {
@@ -324,7 +331,6 @@ fn huge_phase(bin: &Path, dir: &Path) -> Result<HugeFigures> {
         f.set_len(HUGE_BYTES)?;
         wait_read(&mut lc, &huge, "a periodic sync")?;
     }
-    let cuts_before = guard.cuts();
     let pos = read_position(lc.pid(), &huge).unwrap_or(0);
     let sent = lc.signal_term()?;
     let (mut flush_ms, mut sink_ms) = (None, None);
@@ -352,7 +358,7 @@ fn huge_phase(bin: &Path, dir: &Path) -> Result<HugeFigures> {
             sink_ms = Some(exit_s * 1000.0);
         }
     }
-    let guard_cuts = guard.stop();
+    let cuts = guard.stop();
     // What logcopy says it did with the file, for reading the figures.
     let said = fs::read_to_string(&lc.out).unwrap_or_default();
     for l in said
@@ -369,13 +375,13 @@ fn huge_phase(bin: &Path, dir: &Path) -> Result<HugeFigures> {
     );
     Ok(HugeFigures {
         delays,
-        cut_in_delays,
+        cut_in_delays: cuts.iter().any(|t| *t < delays_end),
         flush_ms,
         sink_ms,
         exit_s,
         exit: status.to_string(),
-        cut_in_exit: guard_cuts > cuts_before,
-        guard_cuts,
+        cut_in_exit: cuts.iter().any(|t| *t >= sent),
+        guard_cuts: cuts.len(),
     })
 }
 
@@ -395,14 +401,14 @@ fn wait_read(lc: &mut Logcopy, huge: &Path, during: &str) -> Result<()> {
 /// Truncates the huge file once logcopy has read [`GUARD_AT`] of it, so that no copy of 16 GiB is ever written.
 struct Guard {
     stop: Arc<AtomicBool>,
-    cuts: Arc<AtomicU32>,
+    cuts: Arc<Mutex<Vec<Instant>>>,
     thread: thread::JoinHandle<()>,
 }
 
 impl Guard {
     /// Follows logcopy's reads of `huge`, and the copy of it that the local store would write under `out`.
     fn start(pid: u32, huge: &Path, out: &Path) -> Guard {
-        let (stop, cuts) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
+        let (stop, cuts) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
         let (s, c, huge) = (stop.clone(), cuts.clone(), huge.to_path_buf());
         // The local store copies into `.<name>.part` beside the object, and its copy does not move the read position.
         let part = out.join("s3/1").join(HUGE_REL).with_file_name(".huge.log.part");
@@ -421,7 +427,7 @@ impl Guard {
                     && let Ok(f) = OpenOptions::new().write(true).open(&huge)
                     && f.set_len(0).is_ok()
                 {
-                    c.fetch_add(1, Ordering::Relaxed);
+                    c.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
                     let at = started.elapsed().as_secs_f64();
                     println!("   (guard, {at:.1} s: {why}; the huge file truncated to 0 bytes)");
                 }
@@ -431,14 +437,11 @@ impl Guard {
         Guard { stop, cuts, thread }
     }
 
-    fn cuts(&self) -> u32 {
-        self.cuts.load(Ordering::Relaxed)
-    }
-
-    fn stop(self) -> u32 {
+    /// When it truncated the file, once it has stopped.
+    fn stop(self) -> Vec<Instant> {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
-        self.cuts.load(Ordering::Relaxed)
+        std::mem::take(&mut *self.cuts.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -567,6 +570,14 @@ impl Logcopy {
         let text = fs::read_to_string(&self.out).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         format!("\n--- last lines of logcopy ---\n{}", lines[lines.len().saturating_sub(15)..].join("\n"))
+    }
+
+    /// Prints logcopy's lines that hold one of `keys`, for reading the figures.
+    fn show(&self, keys: &[&str]) {
+        let text = fs::read_to_string(&self.out).unwrap_or_default();
+        for l in text.lines().filter(|l| keys.iter().any(|k| l.contains(k))) {
+            println!("   logcopy: {}", l.chars().take(200).collect::<String>());
+        }
     }
 
     fn signal_term(&mut self) -> Result<Instant> {
