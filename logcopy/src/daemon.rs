@@ -28,7 +28,7 @@ use crate::publish::retry::RetryPolicy;
 use crate::publish::s3sync::StorageSink;
 use crate::publish::store::{LocalStore, S3Store};
 use crate::publish::table::{DynamoTable, ItemKey, LocalTable};
-use crate::publish::{End, FinalDecision, Lane, Outputs, SinkEvent, Snapshot, spawn_supervised};
+use crate::publish::{End, FinalDecision, Lane, Outputs, SinkEvent, Snapshot, release_free_memory, spawn_supervised};
 use crate::restore::manifest_target;
 use crate::results::file::{self, Loaded};
 use crate::results::model::route_sort_key;
@@ -667,7 +667,12 @@ impl Held {
 
     /// Runs `f` (a cycle, or anything else that reads or writes the volume) on the volume's thread.
     async fn lend<R: Send + 'static>(&mut self, f: impl FnOnce(&mut State) -> R + Send + 'static) -> R {
-        let (state, r) = self.lane.run(self.state.take().expect(HELD), f).await;
+        let work = |state: &mut State| {
+            let r = f(state);
+            release_free_memory();
+            r
+        };
+        let (state, r) = self.lane.run(self.state.take().expect(HELD), work).await;
         self.state = Some(state);
         r
     }

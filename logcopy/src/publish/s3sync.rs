@@ -14,7 +14,7 @@
 //! periodic sync (the final sync then starts at once), and when the sink is dropped (its final flush out of time).
 
 use super::store::{ObjectStore, PutStats, StoreError};
-use super::{End, Lane, Sink, SinkEvent, Snapshot};
+use super::{End, Lane, Sink, SinkEvent, Snapshot, release_free_memory};
 use crate::volume::TEMP_PREFIX;
 use crate::volume::manifest::{Entry, HASH_CHUNK, MANIFEST_REL, Manifest, mtime_ns, sha256_until};
 use crate::volume::safe::{object_key, open_beneath, open_root, walk};
@@ -175,8 +175,11 @@ impl<S: ObjectStore> StorageSink<S> {
             stop: self.stop.0.clone(),
         };
         let (jobs_tx, mut jobs) = mpsc::channel(CONCURRENCY);
-        let mut planning =
-            std::pin::pin!(self.lane.run(std::mem::take(&mut self.ledger), move |ledger| plan.run(ledger, &jobs_tx)));
+        let mut planning = std::pin::pin!(self.lane.run(std::mem::take(&mut self.ledger), move |ledger| {
+            let planned = plan.run(ledger, &jobs_tx);
+            release_free_memory();
+            planned
+        }));
         let mut ending = std::pin::pin!(ending);
         let mut planned = None;
         let (mut jobs_open, mut stopped) = (true, false);
