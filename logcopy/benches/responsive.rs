@@ -4,7 +4,8 @@
 //! `cargo bench -p logcopy --bench responsive` runs the `logcopy` binary Cargo built for it as a child, with the
 //! embedded local sinks (`run --local OUT`: EvalAI requests go to a file, S3 objects under `OUT/s3/`), in
 //! `<target>/responsive/run-<pid>/` (`<target>`: `$CARGO_TARGET_DIR`, else the workspace's `target/`), removed at
-//! the end. Two logcopy processes, three figures:
+//! the end. Two logcopy processes, each with `--evalai-rpm 60` (at the default 6 a minute, the rewrites below would
+//! spend the EvalAI budget and the final flush would wait for a slot), three figures:
 //!
 //! 1. **Rescan.** A copy of `fixtures/volumes/lb2.0-mid-run` (4 workers, 20 routes) plus 100,000 small files in
 //!    1,000 folders; `--logs-period 2`, so the S3 sink walks and stats every file every 2 s. Once the first full
@@ -156,8 +157,9 @@ fn run(scratch: &Path) -> Result<()> {
     print!("{t}");
     println!(
         "\n{} CPUs. Command: `{BENCH_COMMAND}`, which runs `logcopy run --logs <vol> --local <out> --logs-period \
-         {RESCAN_PERIOD_S}` on {FIXTURE} + {} small files, then `logcopy run --logs <vol> --local <out> \
-         --logs-period {HUGE_PERIOD_S}` on {FIXTURE} + a 16 GiB sparse file (empty environment).",
+         {RESCAN_PERIOD_S} --evalai-rpm 60` on {FIXTURE} + {} small files, then `logcopy run --logs <vol> --local \
+         <out> --logs-period {HUGE_PERIOD_S} --evalai-rpm 60` on {FIXTURE} + a 16 GiB sparse file (empty \
+         environment).",
         cpus(),
         SMALL_FILES
     );
@@ -241,7 +243,7 @@ fn rescan_phase(bin: &Path, dir: &Path) -> Result<RescanFigures> {
     let (exit, took) = lc.terminate()?;
     println!("   SIGTERM: {exit} after {:.1} s", took.as_secs_f64());
     fig.exit_s = took.as_secs_f64();
-    lc.show(&["SIGTERM", "final sync", "WARN", "ERROR"]);
+    lc.show(&["SIGTERM", "final sync", "sink finished", "WARN", "ERROR"]);
     Ok(fig)
 }
 
@@ -422,13 +424,16 @@ impl Guard {
                 } else {
                     None
                 };
+                // Dated before the truncation: the kernel ends the reads at once but then drops the file's cached pages,
+                // which can take a second.
+                let now = Instant::now();
                 if let Some(why) = why
                     && fs::metadata(&huge).is_ok_and(|m| m.len() > 0)
                     && let Ok(f) = OpenOptions::new().write(true).open(&huge)
                     && f.set_len(0).is_ok()
                 {
-                    c.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
-                    let at = started.elapsed().as_secs_f64();
+                    c.lock().unwrap_or_else(|p| p.into_inner()).push(now);
+                    let at = now.duration_since(started).as_secs_f64();
                     println!("   (guard, {at:.1} s: {why}; the huge file truncated to 0 bytes)");
                 }
                 sleep(Duration::from_millis(5));
@@ -521,6 +526,8 @@ struct Logcopy {
 }
 
 impl Logcopy {
+    /// `logcopy run` with `--logs-period period_s` and an EvalAI budget of 60 requests a minute, so that pacing
+    /// never holds back the final flush (the default 6 a minute would after the many rewrites).
     fn start(bin: &Path, vol: &Path, dir: &Path, period_s: u64) -> Result<Logcopy> {
         let out = dir.join("logcopy.out");
         let file = File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -530,7 +537,7 @@ impl Logcopy {
             .arg(vol)
             .arg("--local")
             .arg(dir.join("out"))
-            .args(["--logs-period", &period_s.to_string()])
+            .args(["--logs-period", &period_s.to_string(), "--evalai-rpm", "60"])
             .env_clear()
             .current_dir(dir)
             .stdin(Stdio::null())
