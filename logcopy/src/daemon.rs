@@ -15,6 +15,10 @@
 //!
 //! Every handled end exits 0: under `restartPolicy: OnFailure` a non-zero exit would restart logcopy and spend the
 //! Job's retries. Only bad configuration exits non-zero (2).
+//!
+//! A cycle (reading the files, merging, writing the outputs with fsyncs) is blocking file work: the task lends the
+//! volume state to a thread of its own for it and takes it back ([`Held`]), so that the runtime's one thread, which
+//! the sinks share, never waits on the volume. Cycles stay one at a time, in the loop's order.
 
 use crate::config::{EvalAiTarget, RunConfig, StorageTarget};
 use crate::publish::evalai::{EvalAiSettings, EvalAiSink, HttpTransport, Transport, redact_url};
@@ -24,7 +28,7 @@ use crate::publish::retry::RetryPolicy;
 use crate::publish::s3sync::StorageSink;
 use crate::publish::store::{LocalStore, S3Store};
 use crate::publish::table::{DynamoTable, ItemKey, LocalTable};
-use crate::publish::{End, FinalDecision, Outputs, SinkEvent, Snapshot, spawn_supervised};
+use crate::publish::{End, FinalDecision, Lane, Outputs, SinkEvent, Snapshot, release_free_memory, spawn_supervised};
 use crate::restore::manifest_target;
 use crate::results::file::{self, Loaded};
 use crate::results::model::route_sort_key;
@@ -34,6 +38,7 @@ use crate::routes::{Assigned, Missing, SHOWN};
 use crate::volume::watch::{Debounce, watch};
 use crate::volume::{FileStamp, Layout, Root};
 use std::collections::HashSet;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch as watch_channel};
@@ -651,11 +656,53 @@ pub async fn run(cfg: RunConfig, root: Arc<Root>) -> Result<End, SetupError> {
         }
     }
     drop((ev_tx, decision));
-    Engine { state: State::new(cfg, root), snap_tx, events: ev_rx, sinks, seq: 0, unverified_cancel: None }.run().await
+    Engine { state: Held::new(State::new(cfg, root)), snap_tx, events: ev_rx, sinks, seq: 0, unverified_cancel: None }
+        .run()
+        .await
+}
+
+/// The volume state, which each cycle takes to the volume's own thread and brings back; between two cycles it is
+/// here.
+struct Held {
+    state: Option<State>,
+    lane: Lane,
+}
+
+const HELD: &str = "the volume state is back after each cycle";
+
+impl Held {
+    fn new(state: State) -> Held {
+        Held { state: Some(state), lane: Lane::new("logcopy-volume") }
+    }
+
+    /// Runs `f` (a cycle, or anything else that reads or writes the volume) on the volume's thread.
+    async fn lend<R: Send + 'static>(&mut self, f: impl FnOnce(&mut State) -> R + Send + 'static) -> R {
+        let work = |state: &mut State| {
+            let r = f(state);
+            release_free_memory();
+            r
+        };
+        let (state, r) = self.lane.run(self.state.take().expect(HELD), work).await;
+        self.state = Some(state);
+        r
+    }
+}
+
+impl Deref for Held {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.state.as_ref().expect(HELD)
+    }
+}
+
+impl DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut State {
+        self.state.as_mut().expect(HELD)
+    }
 }
 
 struct Engine {
-    state: State,
+    state: Held,
     snap_tx: watch_channel::Sender<Arc<Snapshot>>,
     events: mpsc::Receiver<SinkEvent>,
     sinks: Vec<JoinHandle<()>>,
@@ -737,7 +784,7 @@ impl Engine {
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
 
-        self.state.cycle();
+        self.state.lend(State::cycle).await;
         let marker_at_start = self.check_cancel_marker("at start");
         // Every worker had already ended (a restart after the last route): straight to the end, whose final
         // update carries the outputs; a partial update first would only spend the budget.
@@ -793,7 +840,7 @@ impl Engine {
                         next_rescan = Instant::now() + cfg.logs_period;
                     }
                     debounce.clear();
-                    if self.state.cycle() {
+                    if self.state.lend(State::cycle).await {
                         self.publish(None);
                     }
                 }
@@ -802,8 +849,11 @@ impl Engine {
                         if self.unverified_cancel.take().is_some() {
                             info!("EvalAI confirms the cancel marker: the submission is cancelled");
                         }
-                        self.state.write_cancel_markers();
-                        self.state.cycle();
+                        self.state.lend(|s| {
+                            s.write_cancel_markers();
+                            s.cycle()
+                        })
+                        .await;
                     }
                     SinkEvent::Status { status } => {
                         if let Some(found) = self.unverified_cancel.take() {
@@ -839,7 +889,8 @@ impl Engine {
         {
             error!("cannot write {}: {e}", Marker::LogcopyDone);
         }
-        self.state.final_outputs(&end);
+        let last = end.clone();
+        self.state.lend(move |s| s.final_outputs(&last)).await;
         let end = self.state.final_verdict(end);
         match &end {
             End::Completed { finished: true, reason } => info!(reason, "all workers ended"),

@@ -6,6 +6,8 @@
 //! second, 100 ms debounce) so each test takes seconds; the budget test alone waits for logcopy's fixed 60 s
 //! request window.
 
+#[path = "support/fdinfo.rs"]
+mod fdinfo;
 mod support;
 
 use std::time::Duration;
@@ -391,6 +393,37 @@ fn t10_sigterm_flushes_the_newest_change() {
     let reqs = fake.requests();
     let last = reqs.iter().rev().find(|r| r.is_partial_put() && r.acknowledged()).unwrap();
     assert_eq!(last.body_str("metadata"), Some(merged.as_str()), "the last PUT carries the newest content");
+}
+
+/// 18: a 256 GiB sparse file on the volume, whose hash takes minutes (the S3 sync hashes what it uploads): while
+/// logcopy hashes it, a rewritten results file is merged, and SIGTERM ends the run within the flush budget. Before
+/// the sync's plan left the runtime's one thread, the merge and the SIGTERM both waited for the whole hash.
+#[test]
+fn t18_hashing_a_huge_file_holds_back_neither_a_merge_nor_the_exit() {
+    let vol = Volume::from_fixture("lb2.0-mid-run");
+    let huge = vol.path("simulator/recorder/huge.log");
+    std::fs::create_dir_all(huge.parent().unwrap()).unwrap();
+    std::fs::File::create(&huge).unwrap().set_len(256 << 30).unwrap();
+    let out = vol.side_dir("local");
+    let mut lc =
+        LogcopyCmd::new(&vol).fast().flag("--flush-budget", "2").flag("--local", out.to_str().unwrap()).spawn();
+    let pid = lc.pid();
+    eventually_true(secs(30), "logcopy hashing the huge file", || {
+        fdinfo::read_position(pid, &huge).is_some_and(|p| p >= 64 << 20)
+    });
+
+    vol.write_in_place(&worker(4), worker_file("2.0", 4, 2, None).as_bytes());
+    eventually_true(secs(30), "the rewrite in the merged file", || {
+        vol.try_read(MERGED).is_some_and(|m| route_ids(&m).iter().any(|id| id == "RouteScenario_15_rep0"))
+    });
+    assert!(fdinfo::read_position(pid, &huge).is_some(), "merged while the huge file was still being hashed");
+    assert!(out.join("s3/1/agent/agent1/agent_results.json").exists(), "the small files went before the huge one");
+
+    lc.sigterm();
+    // The final flush ends at its budget (2 s): its sync hashes the huge file again until it is stopped.
+    assert_eq!(lc.wait_exit(secs(2 + 8)), Some(0), "exit code after SIGTERM (flush budget 2 s)\n{}", lc.output());
+    let log = lc.stdout_text();
+    assert!(log.contains("the periodic sync stops where it is and the final sync starts"), "{log}");
 }
 
 /// 11: every side done but worker 4 never wrote a results file: exit 0, logcopy.done, EvalAI `failed`, and

@@ -5,16 +5,25 @@
 //! without following links, skips files whose size, mtime and inode match the manifest, hashes the others, and
 //! uploads those whose content differs from what was uploaded. A file that keeps changing (a log) goes again at
 //! most once every `LOGS_PERIOD`, and always at the final flush. Steady state makes no S3 request.
+//!
+//! The plan (the walk, a stat of every file, the hashes) is blocking file work, and large: a rescan of 100,000
+//! files costs about 0.8 s of CPU, the hash of a 16 GiB sparse file about a minute. It runs on a thread of its own
+//! (a [`Lane`]), never on the runtime's one thread, which the volume loop and the other sinks share. It hands each file
+//! to upload over a channel as soon as it is hashed, smallest first, so that uploads start at once and a huge file
+//! holds back no other. It stops between two files or two hashed chunks when told: when the run ends during a
+//! periodic sync (the final sync then starts at once), and when the sink is dropped (its final flush out of time).
 
-use super::store::{ObjectStore, StoreError};
-use super::{End, Sink, SinkEvent, Snapshot};
+use super::store::{ObjectStore, PutStats, StoreError};
+use super::{End, Lane, Sink, SinkEvent, Snapshot, release_free_memory};
 use crate::volume::TEMP_PREFIX;
-use crate::volume::manifest::{Entry, MANIFEST_REL, Manifest, mtime_ns, sha256};
+use crate::volume::manifest::{Entry, HASH_CHUNK, MANIFEST_REL, Manifest, mtime_ns, sha256_until};
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -46,24 +55,53 @@ pub fn excluded(rel: &Path) -> bool {
     rel == Path::new(MANIFEST_REL) || rel.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX))
 }
 
-/// A file to upload, hashed and opened.
-/// One upload. The file is opened again (beneath the root, no link followed) only when its upload starts, so a
-/// sync of 100,000 changed files holds at most CONCURRENCY of them open.
+/// One upload, hashed. The file is opened again (beneath the root, no link followed) only when its upload starts,
+/// so a sync of 100,000 changed files holds at most CONCURRENCY of them open.
 struct Job {
     rel: String,
     key: String,
     path: PathBuf,
     entry: Entry,
+    /// The volume root, beneath which the upload opens the file.
+    root: Arc<Root>,
+}
+
+/// What the sink remembers between syncs; lent to the plan's thread for each sync.
+#[derive(Default)]
+struct Ledger {
+    manifest: Manifest,
+    last_upload: HashMap<String, Instant>,
+    warned: HashSet<String>,
+}
+
+impl Ledger {
+    fn warn_once(&mut self, what: String) {
+        if self.warned.insert(what.clone()) {
+            warn!("{what}");
+        }
+    }
+}
+
+/// Stops the plan in progress when set: by the run's end during a periodic sync, and for good when the sink is
+/// dropped (a final flush out of budget is aborted), so that no blocking thread hashes on for a sink that is gone
+/// (the runtime waits for its blocking threads before the process exits).
+struct Stop(Arc<AtomicBool>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 pub struct StorageSink<S: ObjectStore> {
     store: Arc<S>,
     root: Arc<Root>,
     prefix: String,
-    manifest: Manifest,
+    ledger: Ledger,
     min_interval: Duration,
-    last_upload: HashMap<String, Instant>,
-    warned: HashSet<String>,
+    stop: Stop,
+    /// The plans' thread. Not the local store's: a plan waits for uploads to take its jobs.
+    lane: Lane,
 }
 
 impl<S: ObjectStore> StorageSink<S> {
@@ -71,72 +109,13 @@ impl<S: ObjectStore> StorageSink<S> {
     pub fn new(store: S, root: Arc<Root>, prefix: &str, target: &str, min_interval: Duration) -> Self {
         StorageSink {
             store: Arc::new(store),
-            manifest: Manifest::load(&root, target),
+            ledger: Ledger { manifest: Manifest::load(&root, target), ..Ledger::default() },
             root,
             prefix: prefix.to_string(),
             min_interval,
-            last_upload: HashMap::new(),
-            warned: HashSet::new(),
+            stop: Stop(Arc::new(AtomicBool::new(false))),
+            lane: Lane::new("logcopy-s3-plan"),
         }
-    }
-
-    fn warn_once(&mut self, what: String) {
-        if self.warned.insert(what.clone()) {
-            warn!("{what}");
-        }
-    }
-
-    /// Finds what to upload: stat, then hash what changed. Blocking file I/O.
-    fn plan(&mut self, final_flush: bool) -> (Vec<Job>, usize, bool) {
-        let (files, skipped) = self.root.walk(&excluded);
-        for s in skipped {
-            self.warn_once(format!("not uploaded: {} is {}", s.rel.display(), s.reason));
-        }
-        let now = Instant::now();
-        let mut jobs = Vec::new();
-        let mut deferred = 0;
-        let mut manifest_changed = false;
-        for f in files {
-            let key = match object_key(&self.prefix, &f.rel) {
-                Ok(k) => k,
-                Err(reason) => {
-                    self.warn_once(format!("not uploaded: {:?}: {reason}", f.rel));
-                    continue;
-                }
-            };
-            let rel = key[self.prefix.len() + 1..].to_string();
-            let Ok(Some(meta)) = self.root.stat(&f.rel) else { continue };
-            if self.manifest.files.get(&rel).is_some_and(|e| e.stat_matches(&meta)) {
-                continue;
-            }
-            if !final_flush && self.last_upload.get(&rel).is_some_and(|t| now.duration_since(*t) < self.min_interval) {
-                deferred += 1;
-                continue;
-            }
-            let (file, len) = match self.root.open_read(&f.rel) {
-                Ok(x) => x,
-                Err(e) => {
-                    self.warn_once(format!("not uploaded: {rel}: {e}"));
-                    continue;
-                }
-            };
-            let Ok((hash, n)) = sha256(file.take(len)) else { continue };
-            let entry = Entry { size: n, sha256: hash, mtime_ns: mtime_ns(&meta), ino: meta.ino() };
-            if let Some(old) = self.manifest.files.get_mut(&rel)
-                && old.size == entry.size
-                && old.sha256 == entry.sha256
-            {
-                // Same content under a new stat (a restored file, a touch): remember the stat, upload nothing.
-                *old = entry;
-                manifest_changed = true;
-                continue;
-            }
-            jobs.push(Job { rel, key, path: f.rel, entry });
-        }
-        if !final_flush && jobs.iter().all(|j| j.rel == OWN_LOG_REL) {
-            jobs.clear();
-        }
-        (jobs, deferred, manifest_changed)
     }
 
     /// At the end: one LIST of the prefix, compared with the manifest by size. An object that is missing or of
@@ -155,6 +134,7 @@ impl<S: ObjectStore> StorageSink<S> {
             .filter_map(|o| Some((o.key.strip_prefix(&self.prefix)?.strip_prefix('/')?, o.size)))
             .collect();
         let stale: Vec<String> = self
+            .ledger
             .manifest
             .files
             .iter()
@@ -162,7 +142,7 @@ impl<S: ObjectStore> StorageSink<S> {
             .map(|(rel, _)| rel.clone())
             .collect();
         for rel in &stale {
-            self.manifest.files.remove(rel);
+            self.ledger.manifest.files.remove(rel);
         }
         if !stale.is_empty() {
             warn!(
@@ -177,32 +157,74 @@ impl<S: ObjectStore> StorageSink<S> {
 
     /// One sync pass.
     pub async fn sync(&mut self, final_flush: bool) -> SyncReport {
-        let (jobs, deferred, mut manifest_changed) = self.plan(final_flush);
-        let mut report = SyncReport { deferred, ..SyncReport::default() };
-        let mut pending = jobs.into_iter();
+        self.sync_until(final_flush, std::future::pending()).await.unwrap_or_default()
+    }
+
+    /// One sync pass, which stops where it is once `ending` resolves (the run ends): the plan between two files or
+    /// two hashed chunks, no further upload started (those under way finish). `None` when it stopped so; what it
+    /// did not upload, the final sync does.
+    async fn sync_until(&mut self, final_flush: bool, ending: impl Future<Output = ()>) -> Option<SyncReport> {
+        self.stop.0.store(false, Ordering::Relaxed);
+        let plan = Plan {
+            root: self.root.clone(),
+            prefix: self.prefix.clone(),
+            min_interval: self.min_interval,
+            final_flush,
+            now: Instant::now(),
+            stop: self.stop.0.clone(),
+        };
+        let (jobs_tx, mut jobs) = mpsc::channel(CONCURRENCY);
+        let mut planning = std::pin::pin!(self.lane.run(std::mem::take(&mut self.ledger), move |ledger| {
+            let planned = plan.run(ledger, &jobs_tx);
+            release_free_memory();
+            planned
+        }));
+        let mut ending = std::pin::pin!(ending);
+        let mut planned = None;
+        let (mut jobs_open, mut stopped) = (true, false);
         let mut running = JoinSet::new();
-        loop {
-            while running.len() < CONCURRENCY {
-                let Some(job) = pending.next() else { break };
-                let root = self.root.clone();
-                let store = self.store.clone();
-                running.spawn(async move {
-                    let r = match root.open_read(&job.path) {
-                        Ok((file, _)) => store.put(&job.key, file, job.entry.size).await,
-                        Err(e) => Err(StoreError { op: "open", key: job.key.clone(), reason: e.to_string() }),
-                    };
-                    (job.rel, job.entry, r)
-                });
+        let mut uploaded: Vec<(String, Entry, Result<PutStats, StoreError>, Instant)> = Vec::new();
+        while planned.is_none() || (jobs_open && !stopped) || !running.is_empty() {
+            tokio::select! {
+                p = &mut planning, if planned.is_none() => planned = Some(p),
+                job = jobs.recv(), if jobs_open && !stopped && running.len() < CONCURRENCY => match job {
+                    Some(job) => {
+                        let store = self.store.clone();
+                        running.spawn(async move {
+                            let r = match job.root.open_read(&job.path) {
+                                Ok((file, _)) => store.put(&job.key, file, job.entry.size).await,
+                                Err(e) => Err(StoreError { op: "open", key: job.key.clone(), reason: e.to_string() }),
+                            };
+                            (job.rel, job.entry, r, Instant::now())
+                        });
+                    }
+                    None => jobs_open = false,
+                },
+                Some(done) = running.join_next() => {
+                    if let Ok(done) = done {
+                        uploaded.push(done);
+                    }
+                }
+                () = &mut ending, if !stopped => {
+                    stopped = true;
+                    self.stop.0.store(true, Ordering::Relaxed);
+                    // A plan waiting to hand over a job is released (its send fails) and returns.
+                    jobs.close();
+                }
             }
-            let Some(done) = running.join_next().await else { break };
-            let Ok((rel, entry, result)) = done else { continue };
+        }
+        let (ledger, planned) = planned.unwrap_or_default();
+        self.ledger = ledger;
+        let mut report = SyncReport { deferred: planned.deferred, ..SyncReport::default() };
+        let mut manifest_changed = planned.manifest_changed;
+        for (rel, entry, result, at) in uploaded {
             match result {
                 Ok(stats) => {
                     report.uploaded += 1;
                     report.bytes += entry.size;
                     report.requests += stats.requests;
-                    self.last_upload.insert(rel.clone(), Instant::now());
-                    self.manifest.files.insert(rel, entry);
+                    self.ledger.last_upload.insert(rel.clone(), at);
+                    self.ledger.manifest.files.insert(rel, entry);
                     manifest_changed = true;
                 }
                 Err(e) => {
@@ -211,8 +233,15 @@ impl<S: ObjectStore> StorageSink<S> {
                 }
             }
         }
-        if manifest_changed && let Err(e) = self.manifest.save(&self.root) {
-            error!("cannot save the upload manifest: {e}");
+        if manifest_changed {
+            // A manifest of 100,000 files is megabytes of JSON, written atomically (fsync): blocking work too.
+            let root = self.root.clone();
+            let (ledger, saved) =
+                self.lane.run(std::mem::take(&mut self.ledger), move |l: &mut Ledger| l.manifest.save(&root)).await;
+            self.ledger = ledger;
+            if let Err(e) = saved {
+                error!("cannot save the upload manifest: {e}");
+            }
         }
         if report.uploaded + report.failed > 0 {
             info!(
@@ -225,7 +254,112 @@ impl<S: ObjectStore> StorageSink<S> {
                 "volume synced"
             );
         }
-        report
+        (!stopped).then_some(report)
+    }
+}
+
+/// One plan: what changed on the volume since its upload, hashed. Blocking file I/O, run on the plans' thread.
+struct Plan {
+    root: Arc<Root>,
+    prefix: String,
+    min_interval: Duration,
+    final_flush: bool,
+    now: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+/// What a plan tells besides the jobs it sent.
+#[derive(Default)]
+struct Planned {
+    /// Changed, but uploaded less than `LOGS_PERIOD` ago.
+    deferred: usize,
+    /// The manifest took a new stat for unchanged content.
+    manifest_changed: bool,
+}
+
+impl Plan {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Walks and stats the volume, then hashes what changed, smallest first, and sends each file whose content
+    /// differs from its upload as soon as it is hashed. Returns early when stopped, or when nobody takes the jobs.
+    fn run(&self, ledger: &mut Ledger, jobs: &mpsc::Sender<Job>) -> Planned {
+        let mut out = Planned::default();
+        // Once stopped, the walk's filter turns every entry away, so the walk ends after the folders it has listed.
+        let (files, skipped) = self.root.walk(&|rel| self.stopped() || excluded(rel));
+        for s in skipped {
+            ledger.warn_once(format!("not uploaded: {} is {}", s.rel.display(), s.reason));
+        }
+        let mut changed = Vec::new();
+        for f in files {
+            if self.stopped() {
+                return out;
+            }
+            let key = match object_key(&self.prefix, &f.rel) {
+                Ok(k) => k,
+                Err(reason) => {
+                    ledger.warn_once(format!("not uploaded: {:?}: {reason}", f.rel));
+                    continue;
+                }
+            };
+            let rel = key[self.prefix.len() + 1..].to_string();
+            let Ok(Some(meta)) = self.root.stat(&f.rel) else { continue };
+            if ledger.manifest.files.get(&rel).is_some_and(|e| e.stat_matches(&meta)) {
+                continue;
+            }
+            if !self.final_flush
+                && ledger.last_upload.get(&rel).is_some_and(|t| self.now.duration_since(*t) < self.min_interval)
+            {
+                out.deferred += 1;
+                continue;
+            }
+            changed.push((meta, rel, key, f.rel));
+        }
+        // Smallest first (a stable sort: by path among equal sizes): a huge file holds back no other upload, and
+        // what a final flush out of time leaves behind is the largest.
+        changed.sort_by_key(|(meta, ..)| meta.len());
+        let mut buf = vec![0u8; HASH_CHUNK];
+        // Outside the final flush, logcopy's own log goes only along with another upload.
+        let mut held: Option<Job> = None;
+        let mut sent_other = false;
+        for (meta, rel, key, path) in changed {
+            let (file, len) = match self.root.open_read(&path) {
+                Ok(x) => x,
+                Err(e) => {
+                    ledger.warn_once(format!("not uploaded: {rel}: {e}"));
+                    continue;
+                }
+            };
+            let (hash, n) = match sha256_until(file.take(len), &mut buf, || self.stopped()) {
+                Ok(Some(h)) => h,
+                Ok(None) => return out,
+                Err(_) => continue,
+            };
+            let entry = Entry { size: n, sha256: hash, mtime_ns: mtime_ns(&meta), ino: meta.ino() };
+            if let Some(old) = ledger.manifest.files.get_mut(&rel)
+                && old.size == entry.size
+                && old.sha256 == entry.sha256
+            {
+                // Same content under a new stat (a restored file, a touch): remember the stat, upload nothing.
+                *old = entry;
+                out.manifest_changed = true;
+                continue;
+            }
+            let job = Job { rel, key, path, entry, root: self.root.clone() };
+            if !self.final_flush && !sent_other && job.rel == OWN_LOG_REL {
+                held = Some(job);
+                continue;
+            }
+            sent_other |= job.rel != OWN_LOG_REL;
+            for job in std::iter::once(job).chain(held.take()) {
+                // Blocks while CONCURRENCY jobs wait; fails once the sync stopped taking them.
+                if jobs.blocking_send(job).is_err() {
+                    return out;
+                }
+            }
+        }
+        out
     }
 }
 
@@ -242,26 +376,81 @@ impl<S: ObjectStore> Sink for StorageSink<S> {
                 r = snapshots.changed() => r.is_err(),
                 _ = tick.tick() => false,
             };
-            let end = snapshots.borrow().end.clone();
-            let ending = closed || end.is_some();
-            let mut report = self.sync(ending).await;
-            if ending {
-                if !matches!(end, Some(End::Once)) && self.verify().await > 0 {
-                    report = self.sync(true).await;
+            if !closed && snapshots.borrow().end.is_none() {
+                // The run may end while this sync works (a SIGTERM during a long walk or hash): it then stops
+                // where it is and the final sync starts at once.
+                let ending = async {
+                    let _ = snapshots.wait_for(|s| s.end.is_some()).await;
+                };
+                if self.sync_until(false, ending).await.is_some() {
+                    continue;
                 }
-                // What failed is tried again until it is uploaded: the run loop stops this task when the flush
-                // budget is spent.
-                let mut pause = Duration::from_millis(250);
-                while report.failed > 0 && !matches!(end, Some(End::Once)) {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                    report = self.sync(true).await;
-                }
-                if matches!(end, Some(End::Once)) && report.failed > 0 {
-                    self.sync(true).await;
-                }
-                return;
+                info!("the run is ending: the periodic sync stops where it is and the final sync starts");
             }
+            let end = snapshots.borrow().end.clone();
+            let mut report = self.sync(true).await;
+            if !matches!(end, Some(End::Once)) && self.verify().await > 0 {
+                report = self.sync(true).await;
+            }
+            // What failed is tried again until it is uploaded: the run loop stops this task when the flush
+            // budget is spent.
+            let mut pause = Duration::from_millis(250);
+            while report.failed > 0 && !matches!(end, Some(End::Once)) {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                report = self.sync(true).await;
+            }
+            if matches!(end, Some(End::Once)) && report.failed > 0 {
+                self.sync(true).await;
+            }
+            return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plan hashes the smallest files first and hands each over at once; a stop ends it within one chunk of a
+    /// hash that would otherwise run for a long time (a 64 GiB sparse file, which sorts first by path).
+    #[test]
+    fn a_plan_sends_small_files_first_and_stops_within_a_chunk_of_a_huge_hash() {
+        let root = std::env::temp_dir().join(format!("logcopy-plan-stop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("agent")).unwrap();
+        std::fs::write(root.join("agent/a.log"), b"aaa").unwrap();
+        std::fs::write(root.join("agent/b.log"), b"bb").unwrap();
+        std::fs::File::create(root.join("a-huge.bin")).unwrap().set_len(64 << 30).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let plan = Plan {
+            root: Arc::new(Root::open(&root).unwrap()),
+            prefix: "1".into(),
+            min_interval: Duration::ZERO,
+            final_flush: false,
+            now: Instant::now(),
+            stop: stop.clone(),
+        };
+        let (tx, mut rx) = mpsc::channel(CONCURRENCY);
+        let planner = std::thread::spawn(move || {
+            let mut ledger = Ledger::default();
+            plan.run(&mut ledger, &tx);
+            ledger
+        });
+        let first: Vec<String> = (0..2).map(|_| rx.blocking_recv().unwrap().rel).collect();
+        assert_eq!(first, ["agent/b.log", "agent/a.log"], "by size, not by path");
+        assert!(!planner.is_finished(), "the plan goes on with the huge file");
+
+        stop.store(true, Ordering::Relaxed);
+        // Hashing 64 GiB takes half a minute at the least; a stop is seen within one chunk.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !planner.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "the plan did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let ledger = planner.join().unwrap();
+        assert!(rx.blocking_recv().is_none(), "no job for the huge file");
+        assert!(ledger.manifest.files.is_empty(), "the manifest changes only with uploads");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

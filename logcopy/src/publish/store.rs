@@ -5,6 +5,7 @@
 //! [`volume::safe`]), never reading a whole file into memory; files from [`MULTIPART_THRESHOLD`] up go
 //! as multipart uploads of [`PART_SIZE`] parts, and a failed multipart upload is aborted.
 
+use super::Lane;
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
@@ -12,8 +13,12 @@ use std::fs::File;
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use volume::layout::TEMP_PREFIX;
 use volume::safe::Root;
+
+/// How much the local store copies in one blocking step.
+const COPY_CHUNK: u64 = 8 * 1024 * 1024;
 
 /// Files at least this large are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
@@ -239,14 +244,26 @@ impl ObjectStore for S3Store {
     }
 }
 
+/// Set when the future that started a blocking copy is dropped, so that the copy stops within a chunk.
+#[derive(Default)]
+struct StopOnDrop(std::sync::Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The embedded stand-in for S3: objects are files under a local folder (`OUT/s3/<key>`).
 pub struct LocalStore {
     root: PathBuf,
+    /// Its copies' thread: each copy is one job there, which stops within a chunk once its sink is stopped.
+    lane: Lane,
 }
 
 impl LocalStore {
     pub fn new(root: &Path) -> Self {
-        LocalStore { root: root.to_path_buf() }
+        LocalStore { root: root.to_path_buf(), lane: Lane::new("logcopy-local-s3") }
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
@@ -263,35 +280,65 @@ impl ObjectStore for LocalStore {
         self.root.display().to_string()
     }
 
-    async fn put(&self, key: &str, mut file: File, len: u64) -> Result<PutStats, StoreError> {
+    async fn put(&self, key: &str, file: File, len: u64) -> Result<PutStats, StoreError> {
         let rel = self.path(key)?.strip_prefix(&self.root).map(Path::to_path_buf).unwrap_or_default();
-        let put_err = |e: &dyn std::fmt::Display| err("put", key, e);
-        std::fs::create_dir_all(&self.root).map_err(|e| put_err(&e))?;
-        let root = Root::open(&self.root).map_err(|e| put_err(&e))?;
-        if let Some(dir) = rel.parent() {
-            root.create_dir_all(dir).map_err(|e| put_err(&e))?;
-        }
-        // The same atomic write as the volume's: a reader never sees half an object.
-        root.write_atomic_with(&rel, |out| {
-            file.seek(SeekFrom::Start(0))?;
-            std::io::copy(&mut (&mut file).take(len), out).map(drop)
-        })
-        .map_err(|e| put_err(&e.source))?;
+        let store = self.root.clone();
+        // On the store's own thread, COPY_CHUNK at a time: the runtime's one thread never waits on the disk, and a
+        // sink stopped when its flush budget is spent (this future dropped) stops the copy within one chunk.
+        let stop = StopOnDrop::default();
+        let stopped = stop.0.clone();
+        let (_, done) = self
+            .lane
+            .run(file, move |file| {
+                std::fs::create_dir_all(&store)?;
+                let root = Root::open(&store)?;
+                if let Some(dir) = rel.parent() {
+                    root.create_dir_all(dir)?;
+                }
+                // The same atomic write as the volume's: a reader never sees half an object.
+                root.write_atomic_with(&rel, |out| {
+                    file.seek(SeekFrom::Start(0))?;
+                    let mut left = len;
+                    while left > 0 {
+                        if stopped.load(Ordering::Relaxed) {
+                            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "the sink was stopped"));
+                        }
+                        let n = std::io::copy(&mut (&mut *file).take(left.min(COPY_CHUNK)), out)?;
+                        if n == 0 {
+                            break;
+                        }
+                        left -= n;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| e.source)
+            })
+            .await;
+        drop(stop);
+        done.map_err(|e| err("put", key, e))?;
         Ok(PutStats { requests: 1 })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        let base = self.path(prefix.trim_end_matches('/'))?;
-        let Ok(root) = Root::open(&base) else { return Ok(Vec::new()) };
-        let (files, _) = root.walk(&|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX)));
-        Ok(files
-            .into_iter()
-            .filter_map(|f| {
-                let size = root.stat(&f.rel).ok()??.len();
-                let key = format!("{}/{}", prefix.trim_end_matches('/'), f.rel.to_str()?);
-                Some(ObjectInfo { key, size })
+        let prefix = prefix.trim_end_matches('/').to_string();
+        let base = self.path(&prefix)?;
+        // A walk and a stat of every object: blocking work, off the runtime's thread.
+        let (_, listed) = self
+            .lane
+            .run((), move |_| {
+                let Ok(root) = Root::open(&base) else { return Vec::new() };
+                let (files, _) =
+                    root.walk(&|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMP_PREFIX)));
+                files
+                    .into_iter()
+                    .filter_map(|f| {
+                        let size = root.stat(&f.rel).ok()??.len();
+                        Some(ObjectInfo { key: format!("{prefix}/{}", f.rel.to_str()?), size })
+                    })
+                    .collect()
             })
-            .collect())
+            .await;
+        Ok(listed)
     }
 
     async fn get(&self, key: &str, mut dest: File) -> Result<u64, StoreError> {
