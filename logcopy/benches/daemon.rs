@@ -33,7 +33,7 @@
 mod common;
 
 use anyhow::{Context, Result, anyhow, bail};
-use common::{array, cpu_seconds, field, memory_kib};
+use common::{array, field};
 use logcopy::results::pyjson::{self, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use testkit::procfs::{cpu_seconds, memory_kib};
 
 const WORKERS: usize = 4;
 const ROUTES_PER_WORKER: usize = 5;

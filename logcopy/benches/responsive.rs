@@ -31,12 +31,9 @@
 //! `LOGCOPY_BIN=<path>` measures another build of logcopy (an older commit's) with this same benchmark.
 
 mod common;
-#[path = "../tests/support/fdinfo.rs"]
-mod fdinfo;
 
 use anyhow::{Context, Result, anyhow, bail};
-use common::{array, cpu_seconds, field};
-use fdinfo::read_position;
+use common::{array, field};
 use logcopy::results::pyjson::{self, Value};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -48,6 +45,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant, SystemTime};
+use testkit::procfs::cpu_seconds;
+use testkit::procfs::read_position;
 
 const FIXTURE: &str = "lb2.0-mid-run";
 const SMALL_FILES: usize = 100_000;

@@ -33,7 +33,7 @@
 mod common;
 
 use anyhow::{Context, Result, bail};
-use common::{array, cpu_seconds, field, memory_kib, obj, record};
+use common::{array, field, obj, record};
 use logcopy::results::pyjson::{self, Value};
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant, SystemTime};
+use testkit::procfs::{cpu_seconds, memory_kib};
 
 const WORKERS: usize = 64;
 const ROUTES: usize = 10_000;

@@ -135,7 +135,7 @@ fn run(scratch: &Path, moto_dir: &mut Option<PathBuf>) -> Result<()> {
         catch_unwind(|| Moto::start("bench")).map_err(|p| anyhow!("moto_server did not start: {}", panic_text(&p)))?;
     *moto_dir = moto.recording.parent().map(Path::to_path_buf);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
-    catch_unwind(AssertUnwindSafe(|| rt.block_on(moto.setup(BUCKET))))
+    catch_unwind(AssertUnwindSafe(|| rt.block_on(moto.setup(BUCKET, moto::TABLE))))
         .map_err(|p| anyhow!("cannot create the bucket and the table on moto_server: {}", panic_text(&p)))?;
     println!("moto_server on {} (recording {})", moto.endpoint, moto.recording.display());
     let env = Env { bin: &bin, moto: &moto, scratch, clock };

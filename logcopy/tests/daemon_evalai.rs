@@ -6,8 +6,6 @@
 //! second, 100 ms debounce) so each test takes seconds; the budget test alone waits for logcopy's fixed 60 s
 //! request window.
 
-#[path = "support/fdinfo.rs"]
-mod fdinfo;
 mod support;
 
 use std::time::Duration;
@@ -409,14 +407,14 @@ fn t18_hashing_a_huge_file_holds_back_neither_a_merge_nor_the_exit() {
         LogcopyCmd::new(&vol).fast().flag("--flush-budget", "2").flag("--local", out.to_str().unwrap()).spawn();
     let pid = lc.pid();
     eventually_true(secs(30), "logcopy hashing the huge file", || {
-        fdinfo::read_position(pid, &huge).is_some_and(|p| p >= 64 << 20)
+        testkit::procfs::read_position(pid, &huge).is_some_and(|p| p >= 64 << 20)
     });
 
     vol.write_in_place(&worker(4), worker_file("2.0", 4, 2, None).as_bytes());
     eventually_true(secs(30), "the rewrite in the merged file", || {
         vol.try_read(MERGED).is_some_and(|m| route_ids(&m).iter().any(|id| id == "RouteScenario_15_rep0"))
     });
-    assert!(fdinfo::read_position(pid, &huge).is_some(), "merged while the huge file was still being hashed");
+    assert!(testkit::procfs::read_position(pid, &huge).is_some(), "merged while the huge file was still being hashed");
     assert!(out.join("s3/1/agent/agent1/agent_results.json").exists(), "the small files went before the huge one");
 
     lc.sigterm();

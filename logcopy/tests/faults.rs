@@ -153,7 +153,7 @@ fn partial_route_counts(reqs: &[Record]) -> Vec<usize> {
 #[test]
 fn remote_faults_of_every_kind_are_survived() {
     let moto = moto::Moto::start("faults-remote");
-    rt().block_on(moto.setup(BUCKET));
+    rt().block_on(moto.setup(BUCKET, moto::TABLE));
     let scratch = support::Scratch::new("faults-remote");
     let proxy = Proxy::start(moto.endpoint.trim_start_matches("http://"), &scratch.dir);
     let fake = FakeEvalAi::start();
@@ -196,7 +196,7 @@ fn remote_faults_of_every_kind_are_survived() {
     assert_eq!(stats["pending"], serde_json::json!([]), "every S3/DynamoDB fault was hit: {stats}");
     assert!(fake.pending_faults().is_empty(), "every EvalAI fault was hit: {:?}", fake.pending_faults());
     assert_s3_equals_volume(&moto, vol.root());
-    let item = rt().block_on(moto.item());
+    let item = rt().block_on(moto::item(&moto));
     assert_eq!(item.get("submission_status").map(String::as_str), Some("FINISHED"), "{item:?}");
     assert!(item.get("start_time").is_some_and(|t| t != "-"), "{item:?}");
     assert_eq!(fake.submission()["status"], "finished");
@@ -210,7 +210,7 @@ fn remote_faults_of_every_kind_are_survived() {
 #[test]
 fn evalai_down_the_evaluation_goes_on_and_the_newest_result_arrives_after() {
     let moto = moto::Moto::start("faults-down");
-    rt().block_on(moto.setup(BUCKET));
+    rt().block_on(moto.setup(BUCKET, moto::TABLE));
     let fake = FakeEvalAi::start();
     let vol = Volume::from_fixture("lb2.0-mid-run");
     let outage: u64 = std::env::var("EVALAI_OUTAGE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
@@ -244,7 +244,7 @@ fn evalai_down_the_evaluation_goes_on_and_the_newest_result_arrives_after() {
 #[test]
 fn sigkilled_twenty_times_while_uploading_loses_and_regresses_nothing() {
     let moto = moto::Moto::start("faults-kill");
-    rt().block_on(moto.setup(BUCKET));
+    rt().block_on(moto.setup(BUCKET, moto::TABLE));
     let fake = FakeEvalAi::start();
     let vol = Volume::from_fixture("lb2.0-mid-run");
     let finished = support::fixture_volume("lb2.0-finished");
@@ -291,7 +291,7 @@ fn sigkilled_twenty_times_while_uploading_loses_and_regresses_nothing() {
         }
         unsafe { libc::kill(lc.pid() as i32, libc::SIGKILL) };
         assert!(lc.wait_exit(secs(10)).is_some(), "round {round}: logcopy did not die");
-        let item = rt().block_on(moto.item());
+        let item = rt().block_on(moto::item(&moto));
         if let Some(t) = item.get("start_time").filter(|t| *t != "-") {
             let first = start_time.get_or_insert_with(|| t.clone());
             assert_eq!(t, first, "round {round}: start_time changed");
@@ -307,7 +307,7 @@ fn sigkilled_twenty_times_while_uploading_loses_and_regresses_nothing() {
         eprintln!("the final check found objects that a killed logcopy's late upload had overwritten");
     }
     assert_s3_equals_volume(&moto, vol.root());
-    let item = rt().block_on(moto.item());
+    let item = rt().block_on(moto::item(&moto));
     assert_eq!(item.get("start_time"), start_time.as_ref(), "start_time unchanged by the restarts");
     let counts = partial_route_counts(&fake.requests());
     assert!(counts.len() >= 2, "partial results were published: {counts:?}");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/results")
+    testkit::fixture("results")
 }
 
 fn logcopy(args: &[&std::ffi::OsStr]) -> Output {
@@ -18,10 +18,7 @@ fn logcopy(args: &[&std::ffi::OsStr]) -> Output {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("logcopy-golden-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    testkit::Scratch::new(&format!("golden-{name}")).keep()
 }
 
 struct Case {

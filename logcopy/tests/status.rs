@@ -8,12 +8,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
+use testkit::{copy_dir, fixture};
 use volume::markers::{Role, WorkerId};
 use volume::status::{End, ExitStatus, Reason, Record, State};
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fixtures").join(rel)
-}
 
 fn status(logs: &Path, extra: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_logcopy"))
@@ -95,23 +92,11 @@ fn every_recorded_volume_reads_from_its_markers_alone() {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap().flatten() {
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            fs::copy(e.path(), &dest).unwrap();
-        }
-    }
-}
-
 #[test]
 fn records_say_why_and_bad_records_are_reported_never_fatal() {
     let dir = std::env::temp_dir().join(format!("logcopy-status-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
-    copy_dir(&fixture("volumes/lb2.0-crash-marker"), &dir);
+    copy_dir(&fixture("volumes/lb2.0-crash-marker"), &dir).unwrap();
     let status_dir = dir.join("containers-status");
     let mut agent = Record::new(Role::Agent, WorkerId(2), 5);
     agent.routes_subset = Some("5-9".into());

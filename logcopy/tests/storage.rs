@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 #[tokio::test]
 async fn first_sync_uploads_every_regular_file_once_and_no_link_or_fifo() {
     let moto = Moto::start("first");
-    moto.setup("first").await;
+    moto.setup("first", TABLE).await;
     let vol = volume("lb2.0-mid-run", "first");
     let secret = scratch("secret").join("secret.txt");
     std::fs::write(&secret, b"AWS_SECRET=never-upload-me").unwrap();
@@ -52,7 +52,7 @@ async fn first_sync_uploads_every_regular_file_once_and_no_link_or_fifo() {
 #[tokio::test]
 async fn a_changed_file_goes_again_a_restart_uploads_nothing_else() {
     let moto = Moto::start("changed");
-    moto.setup("changed").await;
+    moto.setup("changed", TABLE).await;
     let vol = volume("lb2.0-mid-run", "changed");
     assert_eq!(logcopy(&moto, "changed", &vol, &["--once"]), 0);
 
@@ -83,7 +83,7 @@ async fn a_changed_file_goes_again_a_restart_uploads_nothing_else() {
 #[tokio::test]
 async fn a_growing_log_goes_at_most_once_per_period_and_whole_at_the_end() {
     let moto = Moto::start("growing");
-    moto.setup("growing").await;
+    moto.setup("growing", TABLE).await;
     let vol = volume("lb2.0-mid-run", "growing");
     let mut child =
         daemon(&moto, "growing", &vol, &["--logs-period", "2", "--status-period", "30", "--debounce", "100ms"]);
@@ -111,7 +111,7 @@ async fn a_growing_log_goes_at_most_once_per_period_and_whole_at_the_end() {
 #[tokio::test]
 async fn large_files_go_in_parts() {
     let moto = Moto::start("multipart");
-    moto.setup("multipart").await;
+    moto.setup("multipart", TABLE).await;
     let vol = volume("lb2.0-mid-run", "multipart");
     let rec = vol.join("simulator/recording.log");
     let mut f = std::fs::File::create(&rec).unwrap();
@@ -136,7 +136,7 @@ async fn large_files_go_in_parts() {
 #[tokio::test]
 async fn restore_then_run_uploads_nothing_again() {
     let moto = Moto::start("restore");
-    moto.setup("restore").await;
+    moto.setup("restore", TABLE).await;
     let vol = volume("lb2.0-crash-marker", "restore-src");
     assert_eq!(logcopy(&moto, "restore", &vol, &["--once"]), 0);
     let before = moto.objects("restore").await;
@@ -175,7 +175,7 @@ async fn restore_then_run_uploads_nothing_again() {
 #[tokio::test]
 async fn start_time_is_set_over_the_pre_run_dash_and_kept_across_restarts() {
     let moto = Moto::start("start");
-    moto.setup("start").await;
+    moto.setup("start", TABLE).await;
     // The row as the pre-run step writes it.
     let s = |v: &str| AttributeValue::S(v.into());
     moto.dynamo()
@@ -194,7 +194,7 @@ async fn start_time_is_set_over_the_pre_run_dash_and_kept_across_restarts() {
         .unwrap();
     let vol = volume("lb2.0-mid-run", "start");
     assert_eq!(logcopy(&moto, "start", &vol, &["--once"]), 0);
-    let item = moto.item().await;
+    let item = moto::item(&moto).await;
     assert_eq!(item["submission_status"], "RUNNING");
     assert_eq!(item["results"], "s3://start/4321");
     assert_eq!(item["team_name"], "My Team", "the update replaced the row");
@@ -202,16 +202,16 @@ async fn start_time_is_set_over_the_pre_run_dash_and_kept_across_restarts() {
     assert!(first.ends_with(" UTC") && first.len() == 23, "start_time {first:?}");
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(logcopy(&moto, "start", &vol, &["--once"]), 0);
-    assert_eq!(moto.item().await["start_time"], first, "a restart moved the start time");
+    assert_eq!(moto::item(&moto).await["start_time"], first, "a restart moved the start time");
 }
 
 #[tokio::test]
 async fn the_final_record_has_the_status_end_time_and_15_metrics() {
     let moto = Moto::start("final");
-    moto.setup("final").await;
+    moto.setup("final", TABLE).await;
     let vol = volume("lb2.0-finished", "final");
     assert_eq!(logcopy(&moto, "final", &vol, &["--final-status"]), 0);
-    let item = moto.item().await;
+    let item = moto::item(&moto).await;
     assert_eq!(item["submission_status"], "FINISHED");
     assert!(item["end_time"].ends_with(" UTC"));
     let results: serde_json::Value =
@@ -228,7 +228,7 @@ async fn the_final_record_has_the_status_end_time_and_15_metrics() {
 
     // An incomplete submission: FAILED, and every metric "-".
     let moto2 = Moto::start("failed");
-    moto2.setup("failed").await;
+    moto2.setup("failed", TABLE).await;
     let vol2 = volume("lb2.0-mid-run", "failed");
     for i in 1..=4 {
         for side in ["agent", "simulator"] {
@@ -236,7 +236,7 @@ async fn the_final_record_has_the_status_end_time_and_15_metrics() {
         }
     }
     assert_eq!(logcopy(&moto2, "failed", &vol2, &["--final-status"]), 0);
-    let item = moto2.item().await;
+    let item = moto::item(&moto2).await;
     assert_eq!(item["submission_status"], "FAILED");
     assert_eq!(item["driving_score"], "-");
     assert_eq!(item["agent_blocked"], "-");
@@ -245,7 +245,7 @@ async fn the_final_record_has_the_status_end_time_and_15_metrics() {
 #[tokio::test]
 async fn an_idle_volume_makes_no_request_and_the_log_still_arrives_at_the_end() {
     let moto = Moto::start("idle");
-    moto.setup("idle").await;
+    moto.setup("idle", TABLE).await;
     let vol = volume("lb2.0-mid-run", "idle");
     let mut child = daemon(&moto, "idle", &vol, &["--logs-period", "1", "--status-period", "30"]);
     // The first sync: every file of the volume in S3.
@@ -301,7 +301,7 @@ fn restore_private_status_keeps_the_shared_folders_from_the_evaluator() {
 async fn hostile_names_links_and_special_files_are_skipped_without_blocking() {
     use std::os::unix::ffi::OsStrExt;
     let moto = Moto::start("hostile");
-    moto.setup("hostile").await;
+    moto.setup("hostile", TABLE).await;
     let vol = volume("lb2.0-mid-run", "hostile");
     let a1 = vol.join("agent/agent1");
     // Links: a loop, a dangling one, one out of the volume, one to a folder out of it.

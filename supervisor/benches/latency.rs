@@ -40,7 +40,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::fmt::Write as _;
 use std::fs;
-use std::net::TcpListener;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -138,26 +137,13 @@ fn stamps(p: &Path) -> Vec<i128> {
 }
 
 /// Polls `f` every millisecond until it gives a value, for at most [`STEP_TIMEOUT`].
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("timed out after {STEP_TIMEOUT:?} waiting for {what}"));
-        }
-        sleep(POLL);
-    }
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> Result<T, String> {
+    testkit::poll_every(STEP_TIMEOUT, POLL, what, f)
 }
 
 /// The `n`-th stamp of `p` (0-based), once written.
 fn wait_stamp(p: &Path, n: usize) -> Result<i128, String> {
     wait_for(&format!("stamp {n} in {}", p.display()), || stamps(p).get(n).copied())
-}
-
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| e.to_string())
 }
 
 /// When each file appeared in a folder (`IN_CREATE`, `IN_MOVED_TO`), as the wall time at which a thread blocked in
@@ -275,7 +261,7 @@ impl Sample {
     fn new(dir: PathBuf) -> Result<Sample, String> {
         fs::create_dir_all(dir.join("status")).map_err(|e| format!("{}: {e}", dir.display()))?;
         let seen = Appearances::watch(&dir.join("status"))?;
-        Ok(Sample { dir, port: free_port()?, sups: Vec::new(), keep: false, seen })
+        Ok(Sample { dir, port: testkit::free_port(), sups: Vec::new(), keep: false, seen })
     }
 
     fn status(&self) -> PathBuf {

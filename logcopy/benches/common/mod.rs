@@ -1,12 +1,11 @@
 //! What the benchmark binaries share (each includes it with `mod common;`): a generator of realistic 2.0 route
-//! records, mutable access into a results file, and a process's CPU time and memory from /proc.
+//! records and mutable access into a results file (a process's CPU time and memory: `testkit::procfs`).
 
 #![allow(dead_code)]
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use logcopy::results::model::INFRACTIONS_V2 as INFRACTIONS;
 use logcopy::results::pyjson::{Object, Value};
-use std::fs;
 use std::sync::Arc;
 
 pub fn obj(entries: Vec<(&str, Value)>) -> Value {
@@ -68,36 +67,4 @@ pub fn array(v: &mut Value) -> Result<&mut Vec<Value>> {
         Value::Array(a) => Ok(Arc::make_mut(a)),
         other => bail!("expected a list, found {}", other.type_name()),
     }
-}
-
-/// utime + stime of a process, in seconds (`/proc/<pid>/stat`, fields 14 and 15).
-pub fn cpu_seconds(pid: impl std::fmt::Display) -> Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let after = stat.rfind(')').map(|i| &stat[i + 1..]).ok_or_else(|| anyhow!("{path}: unexpected format"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |n: usize| -> Result<u64> {
-        fields.get(n - 3).and_then(|f| f.parse().ok()).ok_or_else(|| anyhow!("{path}: no field {n}"))
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        n if n > 0 => n as f64,
-        _ => 100.0,
-    };
-    Ok((ticks(14)? + ticks(15)?) as f64 / hz)
-}
-
-/// (VmHWM, VmRSS) of a process in KiB.
-pub fn memory_kib(pid: impl std::fmt::Display) -> Result<(u64, u64)> {
-    let path = format!("/proc/{pid}/status");
-    let status = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let value = |key: &str| -> Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| anyhow!("{path}: no {key}"))
-    };
-    Ok((value("VmHWM:")?, value("VmRSS:")?))
 }

@@ -3,12 +3,10 @@
 //! - [`FakeEvalAi`]: `fixtures/bin/fake-evalai` on 127.0.0.1 (port 0, read back from its port file), killed by
 //!   pid on drop. A server that cannot start fails the test; it never skips it. Helpers read what it recorded
 //!   (`/__fake__/requests`), flip a submission's status and queue faults.
-//! - [`Volume`]: a copy of a recorded volume from `fixtures/volumes/` in a fresh folder, with helpers that
-//!   write worker results files the way the evaluator does (in place, not atomically) or atomically, and add
-//!   marker files.
+//! - [`Volume`], [`Scratch`], [`eventually`] (from the workspace's test kit, `testkit`): a private copy of a
+//!   recorded volume, scratch folders, bounded polls.
 //! - [`LogcopyCmd`] / [`Logcopy`]: the real `logcopy run` binary as a child process with a clean environment,
 //!   its stdout and stderr captured to files, SIGTERM, and a bounded wait for its exit.
-//! - [`eventually`]: a bounded poll for something the server records or a file shows.
 //!
 //! Scratch folders are removed on drop, except when the test is failing: then they are kept, and their path is
 //! printed, together with logcopy's output, to help the diagnosis.
@@ -17,14 +15,16 @@
 
 use logcopy::results::pyjson::{self, Object, Value};
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[allow(unused_imports)]
+pub use testkit::{Scratch, Volume, eventually, eventually_true, files_under, fixture_volume, repo_root};
 
 /// The ids every test's fake submission uses (each test runs its own server).
 pub const SUBMISSION: u64 = 4321;
@@ -34,195 +34,9 @@ pub const TEAM: &str = "987";
 /// The host token the fake server accepts. Long and distinctive, so a leak is found by a plain search.
 pub const TOKEN: &str = "tok-LOGCOPY-IT-5f3a9c1e7b2d4680";
 
-/// The workspace root (fixtures live there).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-pub fn fixture_volume(name: &str) -> PathBuf {
-    repo_root().join("fixtures/volumes").join(name)
-}
-
 /// Wall-clock seconds since the epoch, the clock of the fake server's record timestamps (`t`).
 pub fn now_epoch() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock before 1970").as_secs_f64()
-}
-
-/// Polls `f` until it returns `Some`, for at most `timeout`; panics naming `what` otherwise. It polls every 25 ms
-/// for the first second, then every 100 ms (a long wait should not keep the fake server busy encoding records).
-pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if start.elapsed() >= timeout {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        let pause = if start.elapsed() < Duration::from_secs(1) { 25 } else { 100 };
-        std::thread::sleep(Duration::from_millis(pause));
-    }
-}
-
-/// `eventually` for a plain condition.
-pub fn eventually_true(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    eventually(timeout, what, || f().then_some(()))
-}
-
-// ------------------------------------------------------------------------------------------------------------
-// Scratch folders
-// ------------------------------------------------------------------------------------------------------------
-
-static SCRATCH_SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A fresh folder, unique per test (pid + counter + name); removed on drop unless the test is failing.
-pub struct Scratch {
-    pub dir: PathBuf,
-}
-
-impl Scratch {
-    pub fn new(name: &str) -> Scratch {
-        let n = SCRATCH_SEQ.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("logcopy-it-{}-{n}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        Scratch { dir }
-    }
-
-    pub fn path(&self, rel: &str) -> PathBuf {
-        self.dir.join(rel)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("(scratch folder kept for diagnosis: {})", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
-    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
-        let entry = entry.unwrap();
-        let ty = entry.file_type().unwrap();
-        let dest = to.join(entry.file_name());
-        if ty.is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else if ty.is_file() {
-            std::fs::copy(entry.path(), &dest).unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
-        }
-    }
-}
-
-/// Every regular file under `dir`, recursively.
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for entry in entries.flatten() {
-            let Ok(ty) = entry.file_type() else { continue };
-            if ty.is_dir() {
-                stack.push(entry.path());
-            } else if ty.is_file() {
-                out.push(entry.path());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-// ------------------------------------------------------------------------------------------------------------
-// Volumes
-// ------------------------------------------------------------------------------------------------------------
-
-/// A private copy of a recorded logs volume.
-pub struct Volume {
-    scratch: Scratch,
-    root: PathBuf,
-}
-
-impl Volume {
-    /// Copies `fixtures/volumes/<name>` into a fresh folder.
-    pub fn from_fixture(name: &str) -> Volume {
-        let scratch = Scratch::new(&format!("vol-{name}"));
-        let root = scratch.path("logs");
-        copy_dir(&fixture_volume(name), &root);
-        Volume { scratch, root }
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    pub fn path(&self, rel: &str) -> PathBuf {
-        self.root.join(rel)
-    }
-
-    /// A folder beside the volume (not inside it), for logcopy's stdout/stderr and local outputs.
-    pub fn side_dir(&self, name: &str) -> PathBuf {
-        let d = self.scratch.path(name);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    pub fn read(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
-    }
-
-    pub fn try_read(&self, rel: &str) -> Option<String> {
-        std::fs::read_to_string(self.path(rel)).ok()
-    }
-
-    pub fn exists(&self, rel: &str) -> bool {
-        self.path(rel).exists()
-    }
-
-    /// Worker `i`'s results file (generation 1 layout).
-    pub fn worker_rel(i: u32) -> String {
-        format!("agent/agent{i}/agent_results.json")
-    }
-
-    /// Writes a file atomically (temporary file in the same folder + rename), as a careful writer would.
-    pub fn write_atomic(&self, rel: &str, bytes: &[u8]) {
-        let path = self.path(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let tmp = path.with_file_name(format!(".it-tmp.{}", path.file_name().unwrap().to_string_lossy()));
-        std::fs::write(&tmp, bytes).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-    }
-
-    /// Writes a file in place, the way the evaluator does (`open(path, 'w')` then `json.dump`): truncate, then
-    /// write, so a reader in between sees an empty or partial file.
-    pub fn write_in_place(&self, rel: &str, bytes: &[u8]) {
-        let path = self.path(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(&path).unwrap();
-        f.write_all(bytes).unwrap();
-        f.flush().unwrap();
-    }
-
-    /// Truncates a file in place to its first `len` bytes (a writer stopped mid-write).
-    pub fn truncate_in_place(&self, rel: &str, len: usize) {
-        let bytes = std::fs::read(self.path(rel)).unwrap();
-        self.write_in_place(rel, &bytes[..len.min(bytes.len())]);
-    }
-
-    /// Adds an empty marker file in `containers-status/`.
-    pub fn add_marker(&self, name: &str) {
-        let dir = self.path("containers-status");
-        std::fs::create_dir_all(&dir).unwrap();
-        File::create(dir.join(name)).unwrap_or_else(|e| panic!("marker {name}: {e}"));
-    }
-
-    pub fn has_marker(&self, name: &str) -> bool {
-        self.path("containers-status").join(name).exists()
-    }
 }
 
 // ------------------------------------------------------------------------------------------------------------

@@ -13,11 +13,9 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
-use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -30,85 +28,17 @@ macro_rules! ensure {
     };
 }
 
-pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fixtures").join("bin").join(name)
-}
+#[allow(unused_imports)]
+pub use testkit::procfs::{all_pids, ignores, pid_exists, proc_state, signal, zombies_of};
+pub use testkit::{free_port, wait_for};
 
-/// Polls `cond` every 50 ms until it holds or `timeout` passes; whether it held.
-pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// A fake program of `fixtures/bin`.
+pub fn fixture(name: &str) -> PathBuf {
+    testkit::fixture("bin").join(name)
 }
 
 pub fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
-}
-
-/// Ports handed out in this test process, so that two scenes never get P and P+10 of each other.
-static PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-
-/// A free TCP port P with P+10 (the traffic manager's) free too: bound on 127.0.0.1:0, then released.
-pub fn free_port() -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let p = l.local_addr().expect("local_addr").port();
-        if p > 65000 || TcpListener::bind(("127.0.0.1", p + 10)).is_err() {
-            continue;
-        }
-        let mut used = PORTS.lock().unwrap_or_else(|e| e.into_inner());
-        if used.iter().any(|u| u.abs_diff(p) == 0 || u.abs_diff(p) == 10) {
-            continue;
-        }
-        used.push(p);
-        return p;
-    }
-}
-
-/// Whether a process with this pid exists (a zombie still counts): `kill(pid, 0)` does not fail with ESRCH.
-pub fn pid_exists(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-}
-
-/// Whether the process ignores `sig` (its bit in SigIgn of /proc/<pid>/status).
-pub fn ignores(pid: i32, sig: i32) -> bool {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1u64 << (sig - 1)) != 0)
-}
-
-/// State letter and parent pid from /proc/<pid>/stat.
-pub fn proc_state(pid: i32) -> Option<(char, i32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: parse after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut it = rest.split_whitespace();
-    let state = it.next()?.chars().next()?;
-    let ppid = it.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-fn all_pids() -> Vec<i32> {
-    fs::read_dir("/proc")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok())).collect())
-        .unwrap_or_default()
-}
-
-/// Zombies whose parent is `ppid`.
-pub fn zombies_of(ppid: i32) -> Vec<i32> {
-    all_pids().into_iter().filter(|p| proc_state(*p).is_some_and(|(s, pp)| s == 'Z' && pp == ppid)).collect()
 }
 
 /// Live (non-zombie) processes carrying `PAIRS_SCENE=<tag>` in their environment.
@@ -123,13 +53,6 @@ fn tagged(tag: &str) -> Vec<i32> {
                 .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
         })
         .collect()
-}
-
-pub fn signal(pid: i32, sig: i32) {
-    // SAFETY: kill with a pid this test started.
-    unsafe {
-        libc::kill(pid, sig);
-    }
 }
 
 /// The tail of a text file, `n` lines.
