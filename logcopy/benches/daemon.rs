@@ -92,7 +92,7 @@ fn run(scratch: &Path) -> Result<()> {
 
     // 1. The volume.
     let vol = scratch.join("logs");
-    let mut volume = Volume::create(&fixture, &vol)?;
+    let mut volume = Workload::create(&fixture, &vol)?;
     println!(
         "volume: {} ({WORKERS} workers, {} routes, {} files)",
         vol.display(),
@@ -284,8 +284,8 @@ struct Edit {
     marker: String,
 }
 
-/// The volume and the workers' results as the benchmark last wrote them.
-struct Volume {
+/// The benchmark's workload: the volume and the workers' results as the benchmark last wrote them.
+struct Workload {
     root: PathBuf,
     /// Worker i's file content at index i-1.
     files: Vec<Value>,
@@ -293,12 +293,13 @@ struct Volume {
     templates: Vec<Value>,
 }
 
-impl Volume {
+impl Workload {
     fn create(fixture: &Path, root: &Path) -> Result<Self> {
         if !fixture.is_dir() {
             bail!("the fixture volume {} is missing", fixture.display());
         }
-        copy_tree(fixture, root).with_context(|| format!("cannot copy {} to {}", fixture.display(), root.display()))?;
+        testkit::copy_dir(fixture, root)
+            .with_context(|| format!("cannot copy {} to {}", fixture.display(), root.display()))?;
         let mut files = Vec::new();
         for i in 1..=3 {
             let path = results_path(root, i);
@@ -315,7 +316,7 @@ impl Volume {
         *field(cp, "progress")? = Value::array(vec![Value::Int(0), Value::Int(ROUTES_PER_WORKER as i64)]);
         *field(cp, "records")? = Value::empty_array();
         files.push(w4);
-        let volume = Volume { root: root.to_path_buf(), files, templates };
+        let volume = Workload { root: root.to_path_buf(), files, templates };
         volume.write_worker(4)?;
         make_log_files(root)?;
         Ok(volume)
@@ -388,20 +389,6 @@ fn records(file: &Value) -> Result<&[Value]> {
         .and_then(|c| c.get("records"))
         .and_then(Value::as_array)
         .ok_or_else(|| anyhow!("a results file without `_checkpoint.records`"))
-}
-
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    fs::create_dir_all(to)?;
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
 }
 
 /// 2,000 log files of a few hundred bytes: per worker, 5 route folders of 50 under `agent/agent<i>/logs/` and

@@ -134,7 +134,7 @@ fn run(scratch: &Path) -> Result<()> {
 
     // 1. The volume.
     let built = Instant::now();
-    let mut volume = Volume::create(&vol)?;
+    let mut volume = Workload::create(&vol)?;
     let build_s = built.elapsed().as_secs_f64();
     let census = census(&vol)?;
     println!(
@@ -459,7 +459,7 @@ struct RoundRow {
 fn rewrite_round(
     k: usize,
     round: &Round,
-    volume: &mut Volume,
+    volume: &mut Workload,
     proc: &mut Proc,
     mon: &mut Monitor,
     merged: &Path,
@@ -577,7 +577,7 @@ fn mtime_since(path: &Path, since: Instant) -> Result<Duration> {
 // The volume
 // ---------------------------------------------------------------------------------------------------------------
 
-struct Volume {
+struct Workload {
     root: PathBuf,
     /// Worker i's results at index i-1.
     files: Vec<Value>,
@@ -591,11 +591,11 @@ fn results_rel(worker: usize) -> String {
     format!("agent/agent{worker}/agent_results.json")
 }
 
-impl Volume {
+impl Workload {
     fn create(root: &Path) -> Result<Self> {
         fs::create_dir_all(root)?;
         let block = log_block();
-        let mut v = Volume { root: root.to_path_buf(), files: worker_files(), block, log_bytes: 0, results_bytes: 0 };
+        let mut v = Workload { root: root.to_path_buf(), files: worker_files(), block, log_bytes: 0, results_bytes: 0 };
         let status = root.join("containers-status");
         fs::create_dir_all(&status)?;
         for i in 1..=WORKERS {
