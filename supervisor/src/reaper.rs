@@ -164,6 +164,69 @@ pub fn spawn(report: impl Fn(SignalEvent) -> bool + Send + 'static) -> std::io::
     })
 }
 
+/// A process seen in `/proc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: i32,
+    /// The state letter (`Z` for a zombie, `D` for uninterruptible sleep).
+    pub state: char,
+    pub ppid: i32,
+    pub pgid: i32,
+    /// The command name (at most 15 bytes, chosen by the process itself: never trusted, only shown).
+    pub comm: String,
+}
+
+impl Proc {
+    /// Parses `/proc/<pid>/stat`: `pid (comm) state ppid pgrp ...`. The command name may hold spaces and
+    /// parentheses, so the fields are read after its last `)`.
+    pub fn parse(stat: &str) -> Option<Proc> {
+        let open = stat.find(" (")?;
+        let close = stat.rfind(')')?;
+        let pid = stat[..open].trim().parse().ok()?;
+        let comm = stat.get(open + 2..close)?.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+        let mut it = stat[close + 1..].split_whitespace();
+        let state = it.next()?.chars().next()?;
+        let ppid = it.next()?.parse().ok()?;
+        let pgid = it.next()?.parse().ok()?;
+        Some(Proc { pid, state, ppid, pgid, comm })
+    }
+}
+
+/// Every process descended from `root` (by parent pid, zombies included), found by one walk of `/proc`. With the
+/// supervisor a child subreaper (or PID 1), a process that left the child's session or group and whose parent
+/// exited is re-parented to the supervisor, so it is still found here. A process that exits during the walk is
+/// simply missed; one forked during it is found by the next walk.
+pub fn descendants(root: i32) -> Vec<Proc> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let all: Vec<Proc> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| Proc::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?))
+        .collect();
+    let mut children: std::collections::HashMap<i32, Vec<usize>> = std::collections::HashMap::new();
+    for (i, p) in all.iter().enumerate() {
+        children.entry(p.ppid).or_default().push(i);
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![root];
+    let mut seen = std::collections::HashSet::from([root]);
+    while let Some(pid) = todo.pop() {
+        for &i in children.get(&pid).map(Vec::as_slice).unwrap_or_default() {
+            if seen.insert(all[i].pid) {
+                todo.push(all[i].pid);
+                out.push(all[i].clone());
+            }
+        }
+    }
+    out
+}
+
+/// Sends `sig` to one process; `false` when it is gone.
+pub fn signal_pid(pid: i32, sig: i32) -> bool {
+    // SAFETY: kill with a positive pid addresses one process.
+    pid > 0 && unsafe { libc::kill(pid, sig) == 0 }
+}
+
 /// Sends `sig` to every process of group `pgid`; `false` when the group has no process left.
 pub fn signal_group(pgid: i32, sig: i32) -> bool {
     // SAFETY: kill with a negative pid addresses the process group.
@@ -173,4 +236,38 @@ pub fn signal_group(pgid: i32, sig: i32) -> bool {
 /// Whether any process of group `pgid` is left (zombies included, until reaped).
 pub fn group_alive(pgid: i32) -> bool {
     signal_group(pgid, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_hostile_command_names_parse() {
+        let p = Proc::parse("42 (a) b) (c) S 7 42 42 0 -1 4194560").unwrap();
+        assert_eq!((p.pid, p.comm.as_str(), p.state, p.ppid, p.pgid), (42, "a) b) (c", 'S', 7, 42));
+        let p = Proc::parse("9 (x\ny) Z 1 9 9").unwrap();
+        assert_eq!((p.comm.as_str(), p.state), ("x?y", 'Z'));
+        for bad in ["", "42", "42 (a", "x (a) S 1 1", "42 (a) S", "42 (a) S one 1", ")( 1 2 3"] {
+            assert_eq!(Proc::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn descendants_include_grandchildren_and_not_the_root() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let grandchild: i32 = line.trim().parse().unwrap();
+        let me = std::process::id() as i32;
+        let found: Vec<i32> = descendants(me).iter().map(|p| p.pid).collect();
+        assert!(found.contains(&(child.id() as i32)) && found.contains(&grandchild), "{found:?}");
+        assert!(!found.contains(&me));
+        signal_pid(grandchild, libc::SIGKILL);
+        child.wait().unwrap();
+    }
 }

@@ -18,7 +18,7 @@ use crate::config::{Common, RestartMode};
 use crate::reaper::{self, Exit, SignalEvent};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -96,8 +96,9 @@ pub struct Engine {
     /// The status folder (`--status-dir`), opened once: markers are read and written beneath it.
     status: Root,
     rx: Receiver<Event>,
-    /// Exits reaped and not yet claimed.
-    reaped: HashMap<i32, Exit>,
+    /// The pid of the running attempt's child, and its exit once reaped. The signal thread reaps every child
+    /// (orphans of the attempt too); only this one's exit is kept.
+    child: Option<(i32, Option<Exit>)>,
     /// A terminating signal that arrived; the supervisor exits after the child does.
     terminating: Option<i32>,
     _watcher: Option<RecommendedWatcher>,
@@ -149,7 +150,7 @@ impl Engine {
             log,
             status,
             rx,
-            reaped: HashMap::new(),
+            child: None,
             terminating: None,
             _watcher: watcher,
             own: RefCell::new(None),
@@ -260,7 +261,11 @@ impl Engine {
     fn next_event(&mut self, timeout: Duration) -> Option<Event> {
         match self.rx.recv_timeout(timeout) {
             Ok(Event::Signal(SignalEvent::Reaped { pid, exit })) => {
-                self.reaped.insert(pid, exit);
+                if let Some((child, status)) = &mut self.child
+                    && *child == pid
+                {
+                    *status = Some(exit);
+                }
                 Some(Event::Signal(SignalEvent::Reaped { pid, exit }))
             }
             Ok(ev) => Some(ev),
@@ -295,28 +300,79 @@ impl Engine {
         }
     }
 
-    /// Stops the child's process group: SIGTERM, the grace period, SIGKILL; returns once no process of the group is
-    /// left (and the leader is reaped), or after a bounded extra wait.
+    /// The exit of the running attempt's child, once reaped.
+    fn child_exit(&self) -> Option<Exit> {
+        self.child.and_then(|(_, exit)| exit)
+    }
+
+    /// Stops every process of the attempt: the child's process group first (SIGTERM, the grace period, SIGKILL),
+    /// then whatever is left of the attempt outside it ([`Engine::kill_descendants`]). Returns the child's exit.
     pub fn stop(&mut self, child: &Child, grace: Duration) -> Option<Exit> {
         let pgid = child.pid;
-        if !reaper::group_alive(pgid) {
-            return self.reaped.remove(&child.pid);
-        }
-        reaper::signal_group(pgid, libc::SIGTERM);
-        if !self.wait_group_gone(child, grace) {
-            self.note(&format!("the child's process group outlived the {grace:?} grace period: SIGKILL"));
-            reaper::signal_group(pgid, libc::SIGKILL);
-            if !self.wait_group_gone(child, Duration::from_secs(10)) {
-                self.note("processes of the child's group are still alive after SIGKILL (stuck in the kernel?)");
+        if reaper::group_alive(pgid) {
+            reaper::signal_group(pgid, libc::SIGTERM);
+            if !self.wait_group_gone(child, grace) {
+                self.note(&format!("the child's process group outlived the {grace:?} grace period: SIGKILL"));
+                reaper::signal_group(pgid, libc::SIGKILL);
+                if !self.wait_group_gone(child, Duration::from_secs(10)) {
+                    self.note("processes of the child's group are still alive after SIGKILL (stuck in the kernel?)");
+                }
             }
         }
-        self.reaped.remove(&child.pid)
+        self.kill_descendants();
+        self.child.take().and_then(|(_, exit)| exit)
+    }
+
+    /// SIGKILLs every descendant of the supervisor, whatever its session or process group (`setsid`, a double
+    /// fork, `setpgid`: orphans are re-parented to the supervisor, a child subreaper or PID 1), and waits until
+    /// each is reaped and the running child's exit has arrived. The walk repeats until nothing is left (a process
+    /// forked between a walk and its kill is found by the next one), within [`SWEEP_LIMIT`]; what is still there
+    /// then is logged.
+    pub fn kill_descendants(&mut self) {
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        let deadline = Instant::now() + SWEEP_LIMIT;
+        let mut killed = BTreeMap::new();
+        loop {
+            let left = reaper::descendants(me);
+            if left.is_empty() && (self.child.is_none() || self.child_exit().is_some()) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.note(&format!(
+                    "processes of the attempt are still there {SWEEP_LIMIT:?} after SIGKILL (stuck in the kernel?): \
+                     {}",
+                    list(left.iter().map(|p| (p.pid, format!("{} {}", p.comm, p.state))))
+                ));
+                break;
+            }
+            for p in left.iter().filter(|p| p.state != 'Z') {
+                if reaper::signal_pid(p.pid, libc::SIGKILL) {
+                    killed.insert(p.pid, p.comm.clone());
+                }
+            }
+            if let Some(Event::Signal(SignalEvent::Signal(s))) =
+                self.next_event(Duration::from_millis(20).min(deadline - now))
+                && is_terminating(s)
+            {
+                self.terminating.get_or_insert(s);
+            }
+        }
+        if !killed.is_empty() {
+            self.note(&format!(
+                "SIGKILLed {} processes of the attempt outside the child's process group (another session or group, \
+                 or orphans): {}",
+                killed.len(),
+                list(killed.into_iter())
+            ));
+        }
     }
 
     fn wait_group_gone(&mut self, child: &Child, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
-            if self.reaped.contains_key(&child.pid) && !reaper::group_alive(child.pid) {
+            if self.child_exit().is_some() && !reaper::group_alive(child.pid) {
                 return true;
             }
             let now = Instant::now();
@@ -340,7 +396,7 @@ impl Engine {
         let mut next_route = Instant::now();
         loop {
             // Peeked, not taken: `stop` still needs to know the leader is reaped when it waits for the group.
-            if let Some(exit) = self.reaped.get(&child.pid).copied() {
+            if let Some(exit) = self.child_exit() {
                 self.last_exit = Some(exit);
                 return match self.terminating {
                     Some(_) => Outcome::Terminated(exit),
@@ -409,6 +465,19 @@ impl Engine {
     }
 }
 
+/// How long [`Engine::kill_descendants`] keeps killing and waiting for the reaps.
+pub const SWEEP_LIMIT: Duration = Duration::from_secs(10);
+
+/// `pid name, pid name, ...`: the first ten, then how many more (a fork bomb must not make a huge line).
+fn list(procs: impl Iterator<Item = (i32, String)>) -> String {
+    let all: Vec<String> = procs.map(|(pid, name)| format!("{pid} {name}")).collect();
+    let mut s = all.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+    if all.len() > 10 {
+        s += &format!(" and {} more", all.len() - 10);
+    }
+    s
+}
+
 /// How often the status record's current route is refreshed while the child runs.
 const ROUTE_REFRESH: Duration = Duration::from_secs(2);
 
@@ -462,8 +531,14 @@ pub fn is_terminating(s: i32) -> bool {
     matches!(s, libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGQUIT)
 }
 
-/// Runs one side of the pair until it ends; returns the process exit code.
+/// Runs one side of the pair until it ends; returns the process exit code. No descendant outlives it.
 pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
+    let code = run_attempts(&mut eng, spec);
+    eng.kill_descendants();
+    code
+}
+
+fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
     let (role, worker) = (eng.role, eng.worker);
     let peer = role.peer();
     loop {
@@ -491,7 +566,7 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                 _ => State::Failed,
             };
             eng.set_state(state, attempt);
-            return end_for_peer(&eng, spec);
+            return end_for_peer(eng, spec);
         }
         if spec.ends_with_peer_done() && set.is_done(peer, worker) {
             eng.write(Marker::Done { role, worker });
@@ -528,7 +603,7 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
         let attempt = plan.attempt;
         (eng.record.routes_subset, eng.record.repetitions) = spec.routes();
         eng.set_state(State::Starting, attempt);
-        let outcome = match spec.prepare(&mut eng, attempt) {
+        let outcome = match spec.prepare(eng, attempt) {
             Err(o) => o,
             Ok(()) => {
                 let s = spec.spec(attempt);
@@ -536,6 +611,7 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                 match child::spawn(&s, log, &format!("{role}-{worker} attempt {attempt}")) {
                     Err(e) => Outcome::Crash(format!("cannot start {}: {e}", s.display())),
                     Ok(child) => {
+                        eng.child = Some((child.pid, None));
                         eng.last_exit = None;
                         eng.set_state(State::Running, attempt);
                         let o = eng.monitor(spec, &child, attempt);
@@ -553,7 +629,7 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                 }
             }
         };
-        let route = spec.current_route(&eng);
+        let route = spec.current_route(eng);
         eng.set_current_route(route);
         let (side, reason) = match classify(role, &outcome) {
             // The evaluator may exit on its own, having lost its CARLA, before this side reads the simulator's
@@ -592,11 +668,11 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                 if eng.common.restart == RestartMode::Container {
                     return 1;
                 }
-                spec.after_crash(&mut eng, attempt);
+                spec.after_crash(eng, attempt);
             }
             Outcome::Done => {
                 eng.write(Marker::Done { role, worker });
-                spec.after_done(&mut eng, attempt);
+                spec.after_done(eng, attempt);
                 return 0;
             }
             Outcome::Failed(reason) => {
@@ -604,7 +680,7 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                 eng.write(Marker::Failed { role, worker });
                 return 0;
             }
-            Outcome::PeerFailed => return end_for_peer(&eng, spec),
+            Outcome::PeerFailed => return end_for_peer(eng, spec),
             Outcome::Cancelled => {
                 eng.note("the submission is cancelled: stopped");
                 return 0;
