@@ -8,15 +8,86 @@
 //! and SIGUSR2 are reported for the run loop to forward to the child's process group. This is the one owner of
 //! `waitpid` in the process: nothing else waits, so no exit status is ever stolen.
 
-/// The signals forwarded to the child's process group.
-pub const FORWARDED: [i32; 6] =
-    [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
+/// A signal the supervisor takes, sends, forwards or sees a child end by. The raw numbers stay at the edges
+/// (`sigwaitinfo`, `kill`, `WTERMSIG`, the status record's field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    Term,
+    Int,
+    Hup,
+    Quit,
+    Usr1,
+    Usr2,
+    Kill,
+    Chld,
+    Segv,
+    Abrt,
+    Bus,
+    Pipe,
+    /// Any other signal, by number (a child may die by any).
+    Other(i32),
+}
+
+/// The named signals, with their numbers and names.
+const NAMED: [(Signal, i32, &str); 12] = [
+    (Signal::Term, libc::SIGTERM, "SIGTERM"),
+    (Signal::Int, libc::SIGINT, "SIGINT"),
+    (Signal::Hup, libc::SIGHUP, "SIGHUP"),
+    (Signal::Quit, libc::SIGQUIT, "SIGQUIT"),
+    (Signal::Usr1, libc::SIGUSR1, "SIGUSR1"),
+    (Signal::Usr2, libc::SIGUSR2, "SIGUSR2"),
+    (Signal::Kill, libc::SIGKILL, "SIGKILL"),
+    (Signal::Chld, libc::SIGCHLD, "SIGCHLD"),
+    (Signal::Segv, libc::SIGSEGV, "SIGSEGV"),
+    (Signal::Abrt, libc::SIGABRT, "SIGABRT"),
+    (Signal::Bus, libc::SIGBUS, "SIGBUS"),
+    (Signal::Pipe, libc::SIGPIPE, "SIGPIPE"),
+];
+
+impl Signal {
+    /// The signals forwarded to the child's process group.
+    pub const FORWARDED: [Signal; 6] =
+        [Signal::Term, Signal::Int, Signal::Hup, Signal::Quit, Signal::Usr1, Signal::Usr2];
+
+    /// The signal of a raw number (`Other` for one without a name here).
+    pub fn from_raw(raw: i32) -> Signal {
+        NAMED.iter().find(|(_, r, _)| *r == raw).map_or(Signal::Other(raw), |(s, _, _)| *s)
+    }
+
+    /// The number `kill` takes.
+    pub fn raw(self) -> i32 {
+        match self {
+            Signal::Other(raw) => raw,
+            named => NAMED.iter().find(|(s, _, _)| *s == named).map_or(0, |(_, r, _)| *r),
+        }
+    }
+
+    /// `SIGTERM`, ..., or `signal` for an `Other`.
+    pub fn name(self) -> &'static str {
+        NAMED.iter().find(|(s, _, _)| *s == self).map_or("signal", |(_, _, n)| n)
+    }
+
+    /// A signal that ends the supervisor once forwarded (the container is being stopped); SIGUSR1 and SIGUSR2
+    /// are only passed on.
+    pub fn is_terminating(self) -> bool {
+        matches!(self, Signal::Term | Signal::Int | Signal::Hup | Signal::Quit)
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Signal::Other(raw) => write!(f, "signal {raw}"),
+            named => f.write_str(named.name()),
+        }
+    }
+}
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Code(i32),
-    Signal(i32),
+    Signal(Signal),
 }
 
 impl Exit {
@@ -24,7 +95,7 @@ impl Exit {
     pub fn shell_code(self) -> i32 {
         match self {
             Exit::Code(c) => c,
-            Exit::Signal(s) => 128 + s,
+            Exit::Signal(s) => 128 + s.raw(),
         }
     }
 
@@ -37,25 +108,8 @@ impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Exit::Code(c) => write!(f, "exit code {c}"),
-            Exit::Signal(s) => write!(f, "signal {s} ({})", signal_name(*s)),
+            Exit::Signal(s) => write!(f, "signal {} ({})", s.raw(), s.name()),
         }
-    }
-}
-
-pub fn signal_name(s: i32) -> &'static str {
-    match s {
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGINT => "SIGINT",
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGPIPE => "SIGPIPE",
-        _ => "signal",
     }
 }
 
@@ -65,7 +119,7 @@ pub enum SignalEvent {
     /// A child was reaped.
     Reaped { pid: i32, exit: Exit },
     /// A signal to forward arrived.
-    Signal(i32),
+    Signal(Signal),
 }
 
 fn handled_set() -> libc::sigset_t {
@@ -73,9 +127,9 @@ fn handled_set() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-        for s in FORWARDED {
-            libc::sigaddset(&mut set, s);
+        libc::sigaddset(&mut set, Signal::Chld.raw());
+        for s in Signal::FORWARDED {
+            libc::sigaddset(&mut set, s.raw());
         }
         set
     }
@@ -115,7 +169,7 @@ fn decode(status: i32) -> Option<Exit> {
     if libc::WIFEXITED(status) {
         Some(Exit::Code(libc::WEXITSTATUS(status)))
     } else if libc::WIFSIGNALED(status) {
-        Some(Exit::Signal(libc::WTERMSIG(status)))
+        Some(Exit::Signal(Signal::from_raw(libc::WTERMSIG(status))))
     } else {
         None
     }
@@ -153,7 +207,8 @@ pub fn spawn(report: impl Fn(SignalEvent) -> bool + Send + 'static) -> std::io::
             if sig < 0 {
                 continue; // EINTR
             }
-            if sig == libc::SIGCHLD {
+            let sig = Signal::from_raw(sig);
+            if sig == Signal::Chld {
                 reap_all(|pid, exit| {
                     report(SignalEvent::Reaped { pid, exit });
                 });
@@ -222,25 +277,42 @@ pub fn descendants(root: i32) -> Vec<Proc> {
 }
 
 /// Sends `sig` to one process; `false` when it is gone.
-pub fn signal_pid(pid: i32, sig: i32) -> bool {
-    // SAFETY: kill with a positive pid addresses one process.
-    pid > 0 && unsafe { libc::kill(pid, sig) == 0 }
+pub fn signal_pid(pid: i32, sig: Signal) -> bool {
+    pid > 0 && kill(pid, sig.raw())
 }
 
 /// Sends `sig` to every process of group `pgid`; `false` when the group has no process left.
-pub fn signal_group(pgid: i32, sig: i32) -> bool {
-    // SAFETY: kill with a negative pid addresses the process group.
-    unsafe { libc::kill(-pgid, sig) == 0 }
+pub fn signal_group(pgid: i32, sig: Signal) -> bool {
+    pgid > 0 && kill(-pgid, sig.raw())
 }
 
-/// Whether any process of group `pgid` is left (zombies included, until reaped).
+/// Whether any process of group `pgid` is left (zombies included, until reaped): signal 0 checks, sends nothing.
 pub fn group_alive(pgid: i32) -> bool {
-    signal_group(pgid, 0)
+    pgid > 0 && kill(-pgid, 0)
+}
+
+fn kill(target: i32, raw: i32) -> bool {
+    // SAFETY: kill has no memory preconditions; callers never pass 0 or -1 (the caller's group, every process).
+    unsafe { libc::kill(target, raw) == 0 }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signals_convert_both_ways() {
+        for raw in 1..=64 {
+            assert_eq!(Signal::from_raw(raw).raw(), raw);
+        }
+        assert_eq!(Signal::from_raw(libc::SIGTERM), Signal::Term);
+        assert_eq!(Signal::from_raw(34), Signal::Other(34));
+        assert_eq!((Signal::Kill.to_string(), Signal::Other(34).to_string()), ("SIGKILL".into(), "signal 34".into()));
+        assert_eq!(Exit::Signal(Signal::Kill).shell_code(), 137);
+        assert_eq!(Exit::Signal(Signal::Segv).to_string(), "signal 11 (SIGSEGV)");
+        let terminating: Vec<Signal> = Signal::FORWARDED.into_iter().filter(|s| s.is_terminating()).collect();
+        assert_eq!(terminating, [Signal::Term, Signal::Int, Signal::Hup, Signal::Quit]);
+    }
 
     #[test]
     fn stat_lines_with_hostile_command_names_parse() {
@@ -267,7 +339,7 @@ mod tests {
         let found: Vec<i32> = descendants(me).iter().map(|p| p.pid).collect();
         assert!(found.contains(&(child.id() as i32)) && found.contains(&grandchild), "{found:?}");
         assert!(!found.contains(&me));
-        signal_pid(grandchild, libc::SIGKILL);
+        signal_pid(grandchild, Signal::Kill);
         child.wait().unwrap();
     }
 }

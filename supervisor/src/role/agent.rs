@@ -193,7 +193,7 @@ impl RoleSpec for Agent {
         let set = match r {
             Ok(set) => set,
             Err(WaitEnd::Signal(s)) => {
-                eng.note(&format!("{} while waiting for the simulator", crate::reaper::signal_name(s)));
+                eng.note(&format!("{s} while waiting for the simulator"));
                 return Err(Outcome::Terminated(Exit::Signal(s)));
             }
             Err(WaitEnd::Timeout) => {

@@ -15,7 +15,7 @@ pub mod simulator;
 
 use crate::child::{self, Child, LogFile};
 use crate::config::{Common, RestartMode};
-use crate::reaper::{self, Exit, SignalEvent};
+use crate::reaper::{self, Exit, Signal, SignalEvent};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
@@ -100,7 +100,7 @@ pub struct Engine {
     /// (orphans of the attempt too); only this one's exit is kept.
     child: Option<(i32, Option<Exit>)>,
     /// A terminating signal that arrived; the supervisor exits after the child does.
-    terminating: Option<i32>,
+    terminating: Option<Signal>,
     _watcher: Option<RecommendedWatcher>,
     /// This side's own markers that it wrote, or found at its first look (an earlier container's): any other
     /// marker of this side that appears was written by someone else.
@@ -226,7 +226,7 @@ impl Engine {
     pub fn set_end(&mut self, side: Role, reason: Reason, detail: &str, attempt: Attempt) {
         let exit = self.last_exit.take().map(|e| match e {
             Exit::Code(c) => status::ExitStatus::Code(c),
-            Exit::Signal(s) => status::ExitStatus::Signal(s),
+            Exit::Signal(s) => status::ExitStatus::Signal(s.raw()),
         });
         let at = volume::time::unix_now();
         let attempt = attempt.0;
@@ -294,7 +294,7 @@ impl Engine {
                 return Err(WaitEnd::Timeout);
             }
             match self.next_event(self.common.marker_poll.min(deadline - now)) {
-                Some(Event::Signal(SignalEvent::Signal(s))) if is_terminating(s) => return Err(WaitEnd::Signal(s)),
+                Some(Event::Signal(SignalEvent::Signal(s))) if s.is_terminating() => return Err(WaitEnd::Signal(s)),
                 _ => {}
             }
         }
@@ -310,10 +310,10 @@ impl Engine {
     pub fn stop(&mut self, child: &Child, grace: Duration) -> Option<Exit> {
         let pgid = child.pid;
         if reaper::group_alive(pgid) {
-            reaper::signal_group(pgid, libc::SIGTERM);
+            reaper::signal_group(pgid, Signal::Term);
             if !self.wait_group_gone(child, grace) {
                 self.note(&format!("the child's process group outlived the {grace:?} grace period: SIGKILL"));
-                reaper::signal_group(pgid, libc::SIGKILL);
+                reaper::signal_group(pgid, Signal::Kill);
                 if !self.wait_group_gone(child, Duration::from_secs(10)) {
                     self.note("processes of the child's group are still alive after SIGKILL (stuck in the kernel?)");
                 }
@@ -348,13 +348,13 @@ impl Engine {
                 break;
             }
             for p in left.iter().filter(|p| p.state != 'Z') {
-                if reaper::signal_pid(p.pid, libc::SIGKILL) {
+                if reaper::signal_pid(p.pid, Signal::Kill) {
                     killed.insert(p.pid, p.comm.clone());
                 }
             }
             if let Some(Event::Signal(SignalEvent::Signal(s))) =
                 self.next_event(Duration::from_millis(20).min(deadline - now))
-                && is_terminating(s)
+                && s.is_terminating()
             {
                 self.terminating.get_or_insert(s);
             }
@@ -382,7 +382,7 @@ impl Engine {
             if let Some(Event::Signal(SignalEvent::Signal(s))) =
                 self.next_event(Duration::from_millis(20).min(deadline - now))
             {
-                if is_terminating(s) {
+                if s.is_terminating() {
                     self.terminating.get_or_insert(s);
                 }
                 reaper::signal_group(child.pid, s);
@@ -426,12 +426,12 @@ impl Engine {
                 Some(Event::Markers) => next_markers = Instant::now(),
                 Some(Event::Signal(SignalEvent::Signal(s))) => {
                     reaper::signal_group(child.pid, s);
-                    if is_terminating(s) {
-                        self.note(&format!("{}: forwarded to the child's process group", reaper::signal_name(s)));
+                    if s.is_terminating() {
+                        self.note(&format!("{s}: forwarded to the child's process group"));
                         self.terminating.get_or_insert(s);
                         // The child's own handling decides; after the grace period the group is killed.
                         if !self.wait_group_gone(child, self.common.grace) {
-                            reaper::signal_group(child.pid, libc::SIGKILL);
+                            reaper::signal_group(child.pid, Signal::Kill);
                             self.wait_group_gone(child, Duration::from_secs(10));
                         }
                     }
@@ -524,11 +524,7 @@ pub const CANCEL_GRACE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitEnd {
     Timeout,
-    Signal(i32),
-}
-
-pub fn is_terminating(s: i32) -> bool {
-    matches!(s, libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGQUIT)
+    Signal(Signal),
 }
 
 /// Runs one side of the pair until it ends; returns the process exit code. No descendant outlives it.
@@ -543,8 +539,8 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
     let peer = role.peer();
     loop {
         if let Some(s) = eng.terminating {
-            eng.note(&format!("ending after {}", reaper::signal_name(s)));
-            return 128 + s;
+            eng.note(&format!("ending after {s}"));
+            return Exit::Signal(s).shell_code();
         }
         let set = eng.markers();
         if set.cancelled(worker) {
@@ -728,7 +724,7 @@ mod tests {
             (a, Outcome::PeerFailed, s, Reason::PeerFailed),
             (s, Outcome::Cancelled, s, Reason::Cancelled),
             (a, Outcome::Done, a, Reason::Finished),
-            (a, Outcome::Terminated(Exit::Signal(15)), a, Reason::Terminated),
+            (a, Outcome::Terminated(Exit::Signal(Signal::Term)), a, Reason::Terminated),
         ];
         for (role, outcome, side, reason) in cases {
             assert_eq!(classify(role, &outcome), (side, reason), "{outcome:?}");
