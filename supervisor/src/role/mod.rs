@@ -39,8 +39,8 @@ pub enum Event {
 pub enum Outcome {
     /// Crash (or hang, or the peer crashed): crash marker, then the next attempt.
     Crash(String),
-    /// This side finished: done marker.
-    Done,
+    /// This side finished: done marker. The words say how ([`FINISHED`] when there is nothing more to say).
+    Done(String),
     /// This side ends for good without finishing: failed marker.
     Failed(String),
     /// The peer ended for good: this side ends too.
@@ -486,7 +486,8 @@ const ROUTE_REFRESH: Duration = Duration::from_secs(2);
 pub fn classify(role: Role, outcome: &Outcome) -> (Role, Reason) {
     let peer = role.peer();
     match outcome {
-        Outcome::Done => (role, Reason::Finished),
+        Outcome::Done(why) if why.contains("could not be set up") => (role, Reason::AgentSetupFailed),
+        Outcome::Done(_) => (role, Reason::Finished),
         Outcome::Cancelled => (role, Reason::Cancelled),
         Outcome::PeerFailed => (peer, Reason::PeerFailed),
         Outcome::Terminated(_) => (role, Reason::Terminated),
@@ -494,7 +495,9 @@ pub fn classify(role: Role, outcome: &Outcome) -> (Role, Reason) {
         Outcome::Failed(why) if why.contains("could not be set up") => (role, Reason::AgentSetupFailed),
         Outcome::Failed(_) => (role, Reason::Unknown),
         Outcome::Crash(why) => {
-            if why.contains("(hang)") {
+            if why.contains("could not be set up") {
+                (role, Reason::AgentSetupFailed)
+            } else if why.contains("(hang)") {
                 (role, Reason::Hang)
             } else if why.starts_with("cannot start ") {
                 (role, Reason::SpawnFailed)
@@ -508,6 +511,9 @@ pub fn classify(role: Role, outcome: &Outcome) -> (Role, Reason) {
         }
     }
 }
+
+/// The words of a plain [`Outcome::Done`].
+pub const FINISHED: &str = "finished";
 
 /// The reason of a crash of `role`'s child.
 pub fn crashed(role: Role) -> Reason {
@@ -638,8 +644,7 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
             other => other,
         };
         let detail = match &outcome {
-            Outcome::Crash(why) | Outcome::Failed(why) => why.clone(),
-            Outcome::Done => "finished".to_owned(),
+            Outcome::Crash(why) | Outcome::Failed(why) | Outcome::Done(why) => why.clone(),
             Outcome::PeerFailed => format!("the {peer} ended for good"),
             Outcome::Cancelled => "the submission is cancelled".to_owned(),
             Outcome::Terminated(exit) => format!("the child ended after a forwarded signal ({exit})"),
@@ -647,7 +652,7 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
         eng.set_end(side, reason, &detail, attempt);
         let state = match &outcome {
             Outcome::Crash(_) => State::Restarting,
-            Outcome::Done => State::Done,
+            Outcome::Done(_) => State::Done,
             Outcome::Failed(_) => State::Failed,
             Outcome::PeerFailed => match spec.end_for_failed_peer(worker) {
                 Marker::Done { .. } => State::Done,
@@ -666,7 +671,7 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
                 }
                 spec.after_crash(eng, attempt);
             }
-            Outcome::Done => {
+            Outcome::Done(_) => {
                 eng.write(Marker::Done { role, worker });
                 spec.after_done(eng, attempt);
                 return 0;
@@ -723,7 +728,23 @@ mod tests {
             ),
             (a, Outcome::PeerFailed, s, Reason::PeerFailed),
             (s, Outcome::Cancelled, s, Reason::Cancelled),
-            (a, Outcome::Done, a, Reason::Finished),
+            (a, Outcome::Done(FINISHED.into()), a, Reason::Finished),
+            (
+                a,
+                Outcome::Done(
+                    "the evaluator finished, but the agent could not be set up for any of the 5 routes".into(),
+                ),
+                a,
+                Reason::AgentSetupFailed,
+            ),
+            (
+                a,
+                crash(
+                    "the agent could not be set up for any of the 2 routes recorded; the evaluator ended (exit code 1)",
+                ),
+                a,
+                Reason::AgentSetupFailed,
+            ),
             (a, Outcome::Terminated(Exit::Signal(Signal::Term)), a, Reason::Terminated),
         ];
         for (role, outcome, side, reason) in cases {
