@@ -95,3 +95,21 @@ fn escapers_of_a_crashed_attempt_and_of_the_last_are_killed() {
     let left = scene.live_processes();
     ensure!(scene, left.is_empty(), "processes of the scene outlived both supervisors: {left:?}");
 }
+
+#[test]
+fn escapers_do_not_outlive_a_supervisor_stopped_by_sigterm() {
+    // The container is being stopped: the SIGTERM is forwarded to CARLA's group, CARLA exits, and the supervisor
+    // exits with CARLA's status; the escapers of the attempt, outside the group, go with it.
+    let scene = Scene::new("escapers-sigterm");
+    let file = scene.path("simulator-escapers");
+    let mut sim = scene.sim().command(wrapped("fake-carla")).env("ESCAPERS", file.to_string_lossy()).start();
+    scene.expect_marker("simulator-1.start0", STEP);
+    scene.expect(STEP, "the wrapper logged its five escapers", || escapers(&scene, "simulator").len() == 5);
+    let list = escapers(&scene, "simulator");
+    ensure!(scene, alive(&list).len() == 5, "the escapers run: {list:?}");
+    sim.signal(libc::SIGTERM);
+    expect_exit(&scene, &mut sim, 0, STEP);
+    ensure!(scene, alive(&list).is_empty(), "escapers outlived the supervisor: {:?}", alive(&list));
+    let left = scene.live_processes();
+    ensure!(scene, left.is_empty(), "processes of the scene outlived the supervisor: {left:?}");
+}
