@@ -6,7 +6,10 @@
 //! signal with `sigwaitinfo`: SIGCHLD drives a single `waitpid(-1, WNOHANG)` loop that reaps every child (the
 //! main child and any orphan re-parented to us) and reports each exit; SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1
 //! and SIGUSR2 are reported for the run loop to forward to the child's process group. This is the one owner of
-//! `waitpid` in the process: nothing else waits, so no exit status is ever stolen.
+//! `waitpid` in the process: nothing else waits, so no exit status is ever stolen (the run loop keeps the exit of
+//! the attempt's child and drops the others). Being the subreaper is also what lets a stop reach every process of
+//! an attempt: one that left the child's process group (`setsid`, a double fork, `setpgid`) is re-parented to us
+//! when its parent exits, and [`descendants`] finds it by parent pid.
 
 /// A signal the supervisor takes, sends, forwards or sees a child end by. The raw numbers stay at the edges
 /// (`sigwaitinfo`, `kill`, `WTERMSIG`, the status record's field).
