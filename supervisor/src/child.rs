@@ -3,7 +3,8 @@
 //! Upstream starts the child in the background of a bash script, kills it with `pkill -9 'python|java|ros|...'`
 //! (which misses what is not named so and kills unrelated processes that are) and tees its output with
 //! `exec > >(tee -a $LOG)`. Here the child leads its own process group, so a stop reaches everything it started
-//! (SIGTERM to the group, a grace period, then SIGKILL to the group) and nothing else; its stdout and stderr go to
+//! (SIGTERM to the group, a grace period, then SIGKILL to the group, then to every descendant that left the group:
+//! [`crate::role::Engine::stop`]) and nothing else; its stdout and stderr go to
 //! the container's stdout and are appended (never truncated) to its log file on the volume, each attempt under a
 //! banner; and the time of its last output feeds the silence (hang) detector.
 

@@ -129,3 +129,50 @@ fn a_spent_budget_is_recorded() {
         ensure!(scene, ok && matches!(r.state, State::Failed | State::Done), "{r:?}");
     }
 }
+
+#[test]
+fn an_agent_that_cannot_be_set_up_is_recorded_as_such() {
+    // The evaluator records "Failed - Agent couldn't be set up" for every route and finishes: scored as upstream
+    // scores it (the worker is done), and the record names the end for what it was.
+    let mut scene = Scene::new("record-setup");
+    scene.env("FAKE_EVAL_AGENT_SETUP_FAILS", "1");
+    let (mut sim, mut agent) = scene.pair();
+    expect_exit(&scene, &mut agent, 0, RUN);
+    expect_exit(&scene, &mut sim, 0, STEP);
+    ensure!(scene, scene.has("agent-1.done") && scene.crash_markers().is_empty(), "done, no retry");
+    let a = record(&scene, "agent").unwrap();
+    let end = a.last_end.clone().unwrap();
+    ensure!(scene, a.state == State::Done && end.reason == Reason::AgentSetupFailed, "the agent's record: {a:?}");
+    ensure!(scene, end.side == Role::Agent && end.exit == Some(ExitStatus::Code(0)), "{end:?}");
+    ensure!(scene, end.detail.contains("could not be set up for any of the 5 routes"), "the words: {end:?}");
+    let s = record(&scene, "simulator").unwrap();
+    ensure!(scene, s.state == State::Done && reason(&s) == Some(Reason::Finished), "the simulator served: {s:?}");
+}
+
+#[test]
+fn an_evaluator_that_fails_after_no_agent_set_up_is_an_agent_set_up_failure() {
+    // Attempt 0: every route fails its set-up and the evaluator exits 1 (a crash: restarted in place). Attempt 1
+    // resumes past the last route and finishes; every record still says the agent was never set up.
+    let mut scene = Scene::new("record-setup-crash");
+    scene
+        .env("FAKE_EVAL_AGENT_SETUP_FAILS", "1")
+        .env("FAKE_EVAL_EXIT_CODE", "1")
+        .pathenv("FAKE_EVAL_FAULT_ONCE", "eval-fault-once");
+    let (mut sim, mut agent) = scene.pair();
+    expect_exit(&scene, &mut agent, 0, RUN);
+    expect_exit(&scene, &mut sim, 0, STEP);
+    ensure!(scene, scene.crash_markers() == ["agent-1.crash0", "simulator-1.crash0"], "one crash, attempt 0");
+    let out = scene.output(&agent);
+    ensure!(
+        scene,
+        out.contains("attempt 0 crashed: the agent could not be set up for any of the 5 routes recorded")
+            && out.contains("the evaluator ended (exit code 1)"),
+        "the crash is named for the set-up failure"
+    );
+    let a = record(&scene, "agent").unwrap();
+    ensure!(scene, a.changes.iter().any(|c| c.state == State::Restarting && c.attempt == 0), "{a:?}");
+    let end = a.last_end.clone().unwrap();
+    ensure!(scene, a.state == State::Done && end.reason == Reason::AgentSetupFailed && end.attempt == 1, "{a:?}");
+    let s = record(&scene, "simulator").unwrap();
+    ensure!(scene, s.changes.iter().any(|c| c.state == State::Restarting && c.attempt == 0), "{s:?}");
+}

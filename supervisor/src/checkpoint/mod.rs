@@ -54,6 +54,10 @@ pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// `FAILURE_MESSAGES["Simulation"]`'s route status suffix; the evaluator tests it with `in`.
 const SIMULATION_CRASHED: &str = "Simulation crashed";
 
+/// `FAILURE_MESSAGES["Agent_init"]`'s route status suffix: the agent's set-up raised (or timed out) for the route;
+/// the evaluator records it, keeps `entry_status` `Started` and moves on to the next route.
+pub const AGENT_NOT_SET_UP: &str = "Agent couldn't be set up";
+
 /// Where a checkpoint is: its folder, opened once as a root (the agent container's mount of its worker's folder),
 /// and its name there. Every file the guard keeps beside it (the last good copy, a corrupt file moved aside, the
 /// copy before a skip) is in the same folder, reached beneath the same root.
@@ -109,6 +113,15 @@ pub struct Summary {
     /// `_checkpoint.global_record` is `{}` (or absent): the evaluator did not reach its global
     /// statistics. Upstream's `run_leaderboard.sh` reads this as a crash.
     pub global_record_empty: bool,
+    /// Route records whose status says the agent could not be set up ([`AGENT_NOT_SET_UP`]).
+    pub agent_not_set_up: usize,
+}
+
+impl Summary {
+    /// Every route recorded failed the agent's set-up (and there is at least one): the agent never ran.
+    pub fn agent_never_set_up(&self) -> bool {
+        self.records > 0 && self.agent_not_set_up == self.records
+    }
 }
 
 /// Summarizes a results file; `None` when it is missing or is not a results file.
@@ -119,9 +132,14 @@ pub fn summarize(file: &CheckpointFile) -> Result<Option<Summary>, CheckpointErr
     };
     let Ok(v) = parse_results(&bytes) else { return Ok(None) };
     let cp = &v["_checkpoint"];
+    let records = cp["records"].as_array().map_or(&[][..], Vec::as_slice);
     Ok(Some(Summary {
         entry_status: v["entry_status"].as_str().map(str::to_owned),
-        records: cp["records"].as_array().map_or(0, Vec::len),
+        records: records.len(),
+        agent_not_set_up: records
+            .iter()
+            .filter(|r| r["status"].as_str().is_some_and(|s| s.contains(AGENT_NOT_SET_UP)))
+            .count(),
         progress: progress_pair(cp),
         global_record_empty: cp.get("global_record").is_none_or(|g| g.as_object().is_some_and(|o| o.is_empty())),
     }))
@@ -427,9 +445,11 @@ mod tests {
                 entry_status: Some("Finished".into()),
                 records: 2,
                 progress: Some((2, 2)),
-                global_record_empty: false
+                global_record_empty: false,
+                agent_not_set_up: 0,
             }
         );
+        assert!(!s.agent_never_set_up());
         assert!(exists_with_data(&d.cp()));
 
         let rejected = serde_json::json!({"_checkpoint": {"global_record": {}, "progress": [1, 5], "records": [
@@ -439,6 +459,21 @@ mod tests {
         let s = summarize(&d.cp()).unwrap().unwrap();
         assert_eq!(s.entry_status.as_deref(), Some("Rejected"));
         assert_eq!((s.records, s.progress, s.global_record_empty), (1, Some((1, 5)), true));
+        assert!(!s.agent_never_set_up());
+
+        let setup = |statuses: &[&str]| {
+            let records: Vec<Value> = statuses.iter().map(|st| serde_json::json!({"status": st})).collect();
+            let v = serde_json::json!({"_checkpoint": {"global_record": {}, "progress": [1, 5], "records": records},
+                "entry_status": "Started"});
+            std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+            summarize(&d.cp()).unwrap().unwrap()
+        };
+        let failed = "Failed - Agent couldn't be set up";
+        assert!(setup(&[failed, failed]).agent_never_set_up());
+        let s = setup(&[failed, "Perfect"]);
+        assert_eq!(s.agent_not_set_up, 1);
+        assert!(!s.agent_never_set_up(), "one route ran: the agent was set up once");
+        assert!(!setup(&[]).agent_never_set_up(), "nothing recorded is no evidence");
 
         std::fs::write(&p, MID_RUN).unwrap();
         let s = summarize(&d.cp()).unwrap().unwrap();

@@ -8,7 +8,7 @@
 //! each good version is kept, and before a resume a corrupt file is replaced by it and the progress repaired
 //! ([`crate::checkpoint`]). ROUTES, ROUTES_SUBSET and REPETITIONS are never changed between attempts.
 
-use super::{Engine, Outcome, RoleSpec, WaitEnd};
+use super::{Engine, FINISHED, Outcome, RoleSpec, WaitEnd};
 pub use crate::checkpoint::RouteRetries;
 use crate::checkpoint::{self, CheckpointFile, Guard, Observed};
 use crate::child::{Child, LogFile, RunAs, Spec};
@@ -193,7 +193,7 @@ impl RoleSpec for Agent {
         let set = match r {
             Ok(set) => set,
             Err(WaitEnd::Signal(s)) => {
-                eng.note(&format!("{} while waiting for the simulator", crate::reaper::signal_name(s)));
+                eng.note(&format!("{s} while waiting for the simulator"));
                 return Err(Outcome::Terminated(Exit::Signal(s)));
             }
             Err(WaitEnd::Timeout) => {
@@ -282,18 +282,38 @@ impl RoleSpec for Agent {
                 "the evaluator rejected the agent's sensors (entry_status Rejected); retrying cannot help".into(),
             );
         }
+        // The evaluator records a set-up failure and moves on to the next route; when every record says so, the
+        // participant's agent never ran (an import error, a missing model, a set-up past its watchdog).
+        let never_set_up = summary.as_ref().filter(|s| s.agent_never_set_up()).map(|s| {
+            format!(
+                "the agent could not be set up for any of the {} routes recorded (\"Failed - {}\")",
+                s.records,
+                checkpoint::AGENT_NOT_SET_UP
+            )
+        });
         if !exit.success() {
-            return Outcome::Crash(format!("the evaluator ended ({exit})"));
+            return Outcome::Crash(match never_set_up {
+                Some(why) => format!("{why}; the evaluator ended ({exit})"),
+                None => format!("the evaluator ended ({exit})"),
+            });
         }
         match summary {
             None => Outcome::Crash("the evaluator ended without a results file".into()),
             Some(s) if s.global_record_empty => {
                 Outcome::Crash("the evaluator ended with an empty global_record".into())
             }
-            Some(_) => {
-                eng.note("the evaluator finished");
-                Outcome::Done
-            }
+            Some(_) => match never_set_up {
+                // Scored as upstream scores it (each route failed, the run finished); the end is named for what it was.
+                Some(why) => {
+                    let why = format!("the evaluator finished, but {why}");
+                    eng.note(&why);
+                    Outcome::Done(why)
+                }
+                None => {
+                    eng.note("the evaluator finished");
+                    Outcome::Done(FINISHED.into())
+                }
+            },
         }
     }
 

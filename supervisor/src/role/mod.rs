@@ -15,10 +15,10 @@ pub mod simulator;
 
 use crate::child::{self, Child, LogFile};
 use crate::config::{Common, RestartMode};
-use crate::reaper::{self, Exit, SignalEvent};
+use crate::reaper::{self, Exit, Signal, SignalEvent};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -39,8 +39,8 @@ pub enum Event {
 pub enum Outcome {
     /// Crash (or hang, or the peer crashed): crash marker, then the next attempt.
     Crash(String),
-    /// This side finished: done marker.
-    Done,
+    /// This side finished: done marker. The words say how ([`FINISHED`] when there is nothing more to say).
+    Done(String),
     /// This side ends for good without finishing: failed marker.
     Failed(String),
     /// The peer ended for good: this side ends too.
@@ -96,10 +96,11 @@ pub struct Engine {
     /// The status folder (`--status-dir`), opened once: markers are read and written beneath it.
     status: Root,
     rx: Receiver<Event>,
-    /// Exits reaped and not yet claimed.
-    reaped: HashMap<i32, Exit>,
+    /// The pid of the running attempt's child, and its exit once reaped. The signal thread reaps every child
+    /// (orphans of the attempt too); only this one's exit is kept.
+    child: Option<(i32, Option<Exit>)>,
     /// A terminating signal that arrived; the supervisor exits after the child does.
-    terminating: Option<i32>,
+    terminating: Option<Signal>,
     _watcher: Option<RecommendedWatcher>,
     /// This side's own markers that it wrote, or found at its first look (an earlier container's): any other
     /// marker of this side that appears was written by someone else.
@@ -149,7 +150,7 @@ impl Engine {
             log,
             status,
             rx,
-            reaped: HashMap::new(),
+            child: None,
             terminating: None,
             _watcher: watcher,
             own: RefCell::new(None),
@@ -225,7 +226,7 @@ impl Engine {
     pub fn set_end(&mut self, side: Role, reason: Reason, detail: &str, attempt: Attempt) {
         let exit = self.last_exit.take().map(|e| match e {
             Exit::Code(c) => status::ExitStatus::Code(c),
-            Exit::Signal(s) => status::ExitStatus::Signal(s),
+            Exit::Signal(s) => status::ExitStatus::Signal(s.raw()),
         });
         let at = volume::time::unix_now();
         let attempt = attempt.0;
@@ -260,7 +261,11 @@ impl Engine {
     fn next_event(&mut self, timeout: Duration) -> Option<Event> {
         match self.rx.recv_timeout(timeout) {
             Ok(Event::Signal(SignalEvent::Reaped { pid, exit })) => {
-                self.reaped.insert(pid, exit);
+                if let Some((child, status)) = &mut self.child
+                    && *child == pid
+                {
+                    *status = Some(exit);
+                }
                 Some(Event::Signal(SignalEvent::Reaped { pid, exit }))
             }
             Ok(ev) => Some(ev),
@@ -289,34 +294,85 @@ impl Engine {
                 return Err(WaitEnd::Timeout);
             }
             match self.next_event(self.common.marker_poll.min(deadline - now)) {
-                Some(Event::Signal(SignalEvent::Signal(s))) if is_terminating(s) => return Err(WaitEnd::Signal(s)),
+                Some(Event::Signal(SignalEvent::Signal(s))) if s.is_terminating() => return Err(WaitEnd::Signal(s)),
                 _ => {}
             }
         }
     }
 
-    /// Stops the child's process group: SIGTERM, the grace period, SIGKILL; returns once no process of the group is
-    /// left (and the leader is reaped), or after a bounded extra wait.
+    /// The exit of the running attempt's child, once reaped.
+    fn child_exit(&self) -> Option<Exit> {
+        self.child.and_then(|(_, exit)| exit)
+    }
+
+    /// Stops every process of the attempt: the child's process group first (SIGTERM, the grace period, SIGKILL),
+    /// then whatever is left of the attempt outside it ([`Engine::kill_descendants`]). Returns the child's exit.
     pub fn stop(&mut self, child: &Child, grace: Duration) -> Option<Exit> {
         let pgid = child.pid;
-        if !reaper::group_alive(pgid) {
-            return self.reaped.remove(&child.pid);
-        }
-        reaper::signal_group(pgid, libc::SIGTERM);
-        if !self.wait_group_gone(child, grace) {
-            self.note(&format!("the child's process group outlived the {grace:?} grace period: SIGKILL"));
-            reaper::signal_group(pgid, libc::SIGKILL);
-            if !self.wait_group_gone(child, Duration::from_secs(10)) {
-                self.note("processes of the child's group are still alive after SIGKILL (stuck in the kernel?)");
+        if reaper::group_alive(pgid) {
+            reaper::signal_group(pgid, Signal::Term);
+            if !self.wait_group_gone(child, grace) {
+                self.note(&format!("the child's process group outlived the {grace:?} grace period: SIGKILL"));
+                reaper::signal_group(pgid, Signal::Kill);
+                if !self.wait_group_gone(child, Duration::from_secs(10)) {
+                    self.note("processes of the child's group are still alive after SIGKILL (stuck in the kernel?)");
+                }
             }
         }
-        self.reaped.remove(&child.pid)
+        self.kill_descendants();
+        self.child.take().and_then(|(_, exit)| exit)
+    }
+
+    /// SIGKILLs every descendant of the supervisor, whatever its session or process group (`setsid`, a double
+    /// fork, `setpgid`: orphans are re-parented to the supervisor, a child subreaper or PID 1), and waits until
+    /// each is reaped and the running child's exit has arrived. The walk repeats until nothing is left (a process
+    /// forked between a walk and its kill is found by the next one), within [`SWEEP_LIMIT`]; what is still there
+    /// then is logged.
+    pub fn kill_descendants(&mut self) {
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        let deadline = Instant::now() + SWEEP_LIMIT;
+        let mut killed = BTreeMap::new();
+        loop {
+            let left = reaper::descendants(me);
+            if left.is_empty() && (self.child.is_none() || self.child_exit().is_some()) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.note(&format!(
+                    "processes of the attempt are still there {SWEEP_LIMIT:?} after SIGKILL (stuck in the kernel?): \
+                     {}",
+                    list(left.iter().map(|p| (p.pid, format!("{} {}", p.comm, p.state))))
+                ));
+                break;
+            }
+            for p in left.iter().filter(|p| p.state != 'Z') {
+                if reaper::signal_pid(p.pid, Signal::Kill) {
+                    killed.insert(p.pid, p.comm.clone());
+                }
+            }
+            if let Some(Event::Signal(SignalEvent::Signal(s))) =
+                self.next_event(Duration::from_millis(20).min(deadline - now))
+                && s.is_terminating()
+            {
+                self.terminating.get_or_insert(s);
+            }
+        }
+        if !killed.is_empty() {
+            self.note(&format!(
+                "SIGKILLed {} processes of the attempt outside the child's process group (another session or group, \
+                 or orphans): {}",
+                killed.len(),
+                list(killed.into_iter())
+            ));
+        }
     }
 
     fn wait_group_gone(&mut self, child: &Child, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
-            if self.reaped.contains_key(&child.pid) && !reaper::group_alive(child.pid) {
+            if self.child_exit().is_some() && !reaper::group_alive(child.pid) {
                 return true;
             }
             let now = Instant::now();
@@ -326,7 +382,7 @@ impl Engine {
             if let Some(Event::Signal(SignalEvent::Signal(s))) =
                 self.next_event(Duration::from_millis(20).min(deadline - now))
             {
-                if is_terminating(s) {
+                if s.is_terminating() {
                     self.terminating.get_or_insert(s);
                 }
                 reaper::signal_group(child.pid, s);
@@ -340,7 +396,7 @@ impl Engine {
         let mut next_route = Instant::now();
         loop {
             // Peeked, not taken: `stop` still needs to know the leader is reaped when it waits for the group.
-            if let Some(exit) = self.reaped.get(&child.pid).copied() {
+            if let Some(exit) = self.child_exit() {
                 self.last_exit = Some(exit);
                 return match self.terminating {
                     Some(_) => Outcome::Terminated(exit),
@@ -370,12 +426,12 @@ impl Engine {
                 Some(Event::Markers) => next_markers = Instant::now(),
                 Some(Event::Signal(SignalEvent::Signal(s))) => {
                     reaper::signal_group(child.pid, s);
-                    if is_terminating(s) {
-                        self.note(&format!("{}: forwarded to the child's process group", reaper::signal_name(s)));
+                    if s.is_terminating() {
+                        self.note(&format!("{s}: forwarded to the child's process group"));
                         self.terminating.get_or_insert(s);
                         // The child's own handling decides; after the grace period the group is killed.
                         if !self.wait_group_gone(child, self.common.grace) {
-                            reaper::signal_group(child.pid, libc::SIGKILL);
+                            reaper::signal_group(child.pid, Signal::Kill);
                             self.wait_group_gone(child, Duration::from_secs(10));
                         }
                     }
@@ -409,6 +465,19 @@ impl Engine {
     }
 }
 
+/// How long [`Engine::kill_descendants`] keeps killing and waiting for the reaps.
+pub const SWEEP_LIMIT: Duration = Duration::from_secs(10);
+
+/// `pid name, pid name, ...`: the first ten, then how many more (a fork bomb must not make a huge line).
+fn list(procs: impl Iterator<Item = (i32, String)>) -> String {
+    let all: Vec<String> = procs.map(|(pid, name)| format!("{pid} {name}")).collect();
+    let mut s = all.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+    if all.len() > 10 {
+        s += &format!(" and {} more", all.len() - 10);
+    }
+    s
+}
+
 /// How often the status record's current route is refreshed while the child runs.
 const ROUTE_REFRESH: Duration = Duration::from_secs(2);
 
@@ -417,7 +486,8 @@ const ROUTE_REFRESH: Duration = Duration::from_secs(2);
 pub fn classify(role: Role, outcome: &Outcome) -> (Role, Reason) {
     let peer = role.peer();
     match outcome {
-        Outcome::Done => (role, Reason::Finished),
+        Outcome::Done(why) if why.contains("could not be set up") => (role, Reason::AgentSetupFailed),
+        Outcome::Done(_) => (role, Reason::Finished),
         Outcome::Cancelled => (role, Reason::Cancelled),
         Outcome::PeerFailed => (peer, Reason::PeerFailed),
         Outcome::Terminated(_) => (role, Reason::Terminated),
@@ -425,7 +495,9 @@ pub fn classify(role: Role, outcome: &Outcome) -> (Role, Reason) {
         Outcome::Failed(why) if why.contains("could not be set up") => (role, Reason::AgentSetupFailed),
         Outcome::Failed(_) => (role, Reason::Unknown),
         Outcome::Crash(why) => {
-            if why.contains("(hang)") {
+            if why.contains("could not be set up") {
+                (role, Reason::AgentSetupFailed)
+            } else if why.contains("(hang)") {
                 (role, Reason::Hang)
             } else if why.starts_with("cannot start ") {
                 (role, Reason::SpawnFailed)
@@ -439,6 +511,9 @@ pub fn classify(role: Role, outcome: &Outcome) -> (Role, Reason) {
         }
     }
 }
+
+/// The words of a plain [`Outcome::Done`].
+pub const FINISHED: &str = "finished";
 
 /// The reason of a crash of `role`'s child.
 pub fn crashed(role: Role) -> Reason {
@@ -455,21 +530,23 @@ pub const CANCEL_GRACE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitEnd {
     Timeout,
-    Signal(i32),
+    Signal(Signal),
 }
 
-pub fn is_terminating(s: i32) -> bool {
-    matches!(s, libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGQUIT)
-}
-
-/// Runs one side of the pair until it ends; returns the process exit code.
+/// Runs one side of the pair until it ends; returns the process exit code. No descendant outlives it.
 pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
+    let code = run_attempts(&mut eng, spec);
+    eng.kill_descendants();
+    code
+}
+
+fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
     let (role, worker) = (eng.role, eng.worker);
     let peer = role.peer();
     loop {
         if let Some(s) = eng.terminating {
-            eng.note(&format!("ending after {}", reaper::signal_name(s)));
-            return 128 + s;
+            eng.note(&format!("ending after {s}"));
+            return Exit::Signal(s).shell_code();
         }
         let set = eng.markers();
         if set.cancelled(worker) {
@@ -491,7 +568,7 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                 _ => State::Failed,
             };
             eng.set_state(state, attempt);
-            return end_for_peer(&eng, spec);
+            return end_for_peer(eng, spec);
         }
         if spec.ends_with_peer_done() && set.is_done(peer, worker) {
             eng.write(Marker::Done { role, worker });
@@ -528,7 +605,7 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
         let attempt = plan.attempt;
         (eng.record.routes_subset, eng.record.repetitions) = spec.routes();
         eng.set_state(State::Starting, attempt);
-        let outcome = match spec.prepare(&mut eng, attempt) {
+        let outcome = match spec.prepare(eng, attempt) {
             Err(o) => o,
             Ok(()) => {
                 let s = spec.spec(attempt);
@@ -536,6 +613,7 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                 match child::spawn(&s, log, &format!("{role}-{worker} attempt {attempt}")) {
                     Err(e) => Outcome::Crash(format!("cannot start {}: {e}", s.display())),
                     Ok(child) => {
+                        eng.child = Some((child.pid, None));
                         eng.last_exit = None;
                         eng.set_state(State::Running, attempt);
                         let o = eng.monitor(spec, &child, attempt);
@@ -553,7 +631,7 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                 }
             }
         };
-        let route = spec.current_route(&eng);
+        let route = spec.current_route(eng);
         eng.set_current_route(route);
         let (side, reason) = match classify(role, &outcome) {
             // The evaluator may exit on its own, having lost its CARLA, before this side reads the simulator's
@@ -566,8 +644,7 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
             other => other,
         };
         let detail = match &outcome {
-            Outcome::Crash(why) | Outcome::Failed(why) => why.clone(),
-            Outcome::Done => "finished".to_owned(),
+            Outcome::Crash(why) | Outcome::Failed(why) | Outcome::Done(why) => why.clone(),
             Outcome::PeerFailed => format!("the {peer} ended for good"),
             Outcome::Cancelled => "the submission is cancelled".to_owned(),
             Outcome::Terminated(exit) => format!("the child ended after a forwarded signal ({exit})"),
@@ -575,7 +652,7 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
         eng.set_end(side, reason, &detail, attempt);
         let state = match &outcome {
             Outcome::Crash(_) => State::Restarting,
-            Outcome::Done => State::Done,
+            Outcome::Done(_) => State::Done,
             Outcome::Failed(_) => State::Failed,
             Outcome::PeerFailed => match spec.end_for_failed_peer(worker) {
                 Marker::Done { .. } => State::Done,
@@ -592,11 +669,11 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                 if eng.common.restart == RestartMode::Container {
                     return 1;
                 }
-                spec.after_crash(&mut eng, attempt);
+                spec.after_crash(eng, attempt);
             }
-            Outcome::Done => {
+            Outcome::Done(_) => {
                 eng.write(Marker::Done { role, worker });
-                spec.after_done(&mut eng, attempt);
+                spec.after_done(eng, attempt);
                 return 0;
             }
             Outcome::Failed(reason) => {
@@ -604,7 +681,7 @@ pub fn run(mut eng: Engine, spec: &mut dyn RoleSpec) -> i32 {
                 eng.write(Marker::Failed { role, worker });
                 return 0;
             }
-            Outcome::PeerFailed => return end_for_peer(&eng, spec),
+            Outcome::PeerFailed => return end_for_peer(eng, spec),
             Outcome::Cancelled => {
                 eng.note("the submission is cancelled: stopped");
                 return 0;
@@ -651,8 +728,24 @@ mod tests {
             ),
             (a, Outcome::PeerFailed, s, Reason::PeerFailed),
             (s, Outcome::Cancelled, s, Reason::Cancelled),
-            (a, Outcome::Done, a, Reason::Finished),
-            (a, Outcome::Terminated(Exit::Signal(15)), a, Reason::Terminated),
+            (a, Outcome::Done(FINISHED.into()), a, Reason::Finished),
+            (
+                a,
+                Outcome::Done(
+                    "the evaluator finished, but the agent could not be set up for any of the 5 routes".into(),
+                ),
+                a,
+                Reason::AgentSetupFailed,
+            ),
+            (
+                a,
+                crash(
+                    "the agent could not be set up for any of the 2 routes recorded; the evaluator ended (exit code 1)",
+                ),
+                a,
+                Reason::AgentSetupFailed,
+            ),
+            (a, Outcome::Terminated(Exit::Signal(Signal::Term)), a, Reason::Terminated),
         ];
         for (role, outcome, side, reason) in cases {
             assert_eq!(classify(role, &outcome), (side, reason), "{outcome:?}");

@@ -4,7 +4,7 @@
 //! waits a full minute every attempt and still races a slow start. Here readiness is a TCP connect to the RPC
 //! port every 50 ms, within `--ready-timeout`; the start marker is written the moment it succeeds.
 
-use super::{Engine, Outcome, RoleSpec};
+use super::{Engine, FINISHED, Outcome, RoleSpec};
 use crate::child::{Child, Spec};
 use crate::reaper::Exit;
 use std::ffi::OsString;
@@ -97,7 +97,7 @@ impl RoleSpec for Simulator {
         let (agent, w) = (Role::Agent, eng.worker);
         if set.is_done(agent, w) {
             eng.note("the agent is done: stopping CARLA");
-            return Some(Outcome::Done);
+            return Some(Outcome::Done(FINISHED.into()));
         }
         if set.is_failed(agent, w) {
             return Some(Outcome::PeerFailed);

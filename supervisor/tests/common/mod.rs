@@ -288,6 +288,11 @@ impl Scene {
         s
     }
 
+    /// Live (non-zombie) processes this scene started, directly or not (the test process excepted).
+    pub fn live_processes(&self) -> Vec<i32> {
+        tagged(&self.tag)
+    }
+
     /// SIGKILLs every live process of this scene, by pid, until none is left (bounded).
     pub fn kill_all(&self) {
         for _ in 0..100 {
