@@ -34,6 +34,8 @@ static OPENAT2: AtomicU8 = AtomicU8::new(0);
 pub struct Root {
     fd: OwnedFd,
     path: PathBuf,
+    /// The owner (uid, gid) given to a file that a write creates where none was (see [`Root::new_files_owned_by`]).
+    new_owner: Option<(u32, u32)>,
 }
 
 /// A file whose content cannot be used: why, without the path (the caller names it).
@@ -275,7 +277,16 @@ impl Root {
         let c = cstr(path.as_os_str())?;
         // SAFETY: a valid NUL-terminated path; the returned fd is owned.
         let fd = owned(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;
-        Ok(Root { fd, path: path.to_path_buf() })
+        Ok(Root { fd, path: path.to_path_buf(), new_owner: None })
+    }
+
+    /// Files that an atomic write creates beneath this root where no regular file was (a checkpoint restored
+    /// after it went missing) are given to `uid:gid`, as a replacement keeps the owner of the file it replaces: a
+    /// root supervisor writing for an evaluator that runs as another user (`--run-as`) leaves every file it writes
+    /// there writable by that user. Only a root process can give a file away; elsewhere the file stays the writer's.
+    pub fn new_files_owned_by(mut self, uid: u32, gid: u32) -> Root {
+        self.new_owner = Some((uid, gid));
+        self
     }
 
     /// Opens the folder of the file `path` (`.` for a bare name) as a root, creating it first when `create`;
@@ -548,8 +559,9 @@ impl Root {
         unlink(dir.raw(), &tmp);
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
         let mut file = File::from(openat(dir.raw(), &tmp, flags, 0o666)?);
-        let written =
-            fill(&mut file).and_then(|()| keep_owner_and_mode(dir.raw(), name, &file)).and_then(|()| file.sync_all());
+        let written = fill(&mut file)
+            .and_then(|()| keep_owner_and_mode(dir.raw(), name, &file, self.new_owner))
+            .and_then(|()| file.sync_all());
         if let Err(e) = written {
             unlink(dir.raw(), &tmp);
             return Err(e);
@@ -577,13 +589,18 @@ impl Root {
 /// A replacement keeps the owner and the permission bits (`0o777`: never set-id bits) of the regular file it
 /// replaces, as the evaluator's own in-place `open(path, 'w')` would: a root supervisor that repairs the checkpoint of
 /// an evaluator running as another user (`--run-as`) must leave it writable by that user. A new file keeps the
-/// writer's owner and mode. A failed `fchown` (a writer that is not root cannot give a file away) is not an error.
-fn keep_owner_and_mode(dir: RawFd, name: &CStr, file: &File) -> io::Result<()> {
+/// writer's owner and mode, or `new_owner` when set ([`Root::new_files_owned_by`]). A failed `fchown` (a writer that
+/// is not root cannot give a file away) is not an error.
+fn keep_owner_and_mode(dir: RawFd, name: &CStr, file: &File, new_owner: Option<(u32, u32)>) -> io::Result<()> {
     // SAFETY: stat is plain data, filled by fstatat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a valid descriptor, a NUL-terminated name and a stat buffer.
     let found = unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } == 0;
     if !found || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        if let Some((uid, gid)) = new_owner {
+            // SAFETY: fchown on a descriptor we own.
+            unsafe { libc::fchown(file.as_raw_fd(), uid, gid) };
+        }
         return Ok(());
     }
     // SAFETY: fchown and fchmod on a descriptor we own.

@@ -70,7 +70,18 @@ pub struct CheckpointFile {
 impl CheckpointFile {
     /// Opens the folder of `path` (creating it when missing) as the root of the checkpoint's files.
     pub fn open(path: &Path) -> std::io::Result<CheckpointFile> {
+        CheckpointFile::open_for(path, None)
+    }
+
+    /// [`CheckpointFile::open`] for an evaluator that runs as `owner` (uid, gid: `--run-as`): a file the supervisor
+    /// creates in the folder (the checkpoint restored after it went missing) is given to it, so that the evaluator
+    /// can rewrite it; a file rewritten keeps its owner and mode in any case.
+    pub fn open_for(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<CheckpointFile> {
         let (root, name) = Root::open_parent(path, true)?;
+        let root = match owner {
+            Some((uid, gid)) => root.new_files_owned_by(uid, gid),
+            None => root,
+        };
         Ok(CheckpointFile { root: Arc::new(root), name })
     }
 
