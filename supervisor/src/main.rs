@@ -68,7 +68,7 @@ fn main() -> ExitCode {
                 }
             }
             // The checkpoint's folder (the worker's mount of the volume) is opened once, as a root.
-            let checkpoint = match CheckpointFile::open(&a.checkpoint) {
+            let checkpoint = match CheckpointFile::open_for(&a.checkpoint, a.run_as.map(|r| (r.uid, r.gid))) {
                 Ok(c) => c,
                 Err(e) => return config_error(&format!("--checkpoint {}: {e}", a.checkpoint.display())),
             };

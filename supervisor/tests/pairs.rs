@@ -870,20 +870,16 @@ fn a_forged_attempt_number_beyond_the_budget_cannot_make_a_side_spin() {
     assert_complete(&scene, 5);
 }
 
-#[test]
-fn a_checkpoint_restored_after_it_went_missing_under_run_as_is_the_evaluators() {
-    // With --run-as, the evaluator removes its checkpoint and dies; the (root) supervisor restores the last good
-    // copy before the resume. No file was there to keep the owner of: the restored file must still be the
-    // evaluator's, or its next write fails with PermissionError and the worker fails.
+/// A run under `--run-as` in which the evaluator damages its checkpoint once (`fault`, a FAKE_EVAL_*_AT_ROUTE knob,
+/// at route 2) and dies; the (root) supervisor restores the last good copy (its log says `restored`) before the
+/// resume. The worker must end done with the checkpoint still the evaluator's.
+fn run_as_repair(name: &str, fault: &str, restored: &str) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return; // Only root can run the evaluator as another user; run_as_runs_* covers the refusal.
     }
-    let mut scene = Scene::new("run-as-missing");
-    scene
-        .env("FAKE_EVAL_DELETE_AT_ROUTE", "2")
-        .pathenv("FAKE_EVAL_FAULT_ONCE", "eval-fault-once")
-        .env("FAKE_EVAL_ROUTE_SECONDS", "0.6");
+    let mut scene = Scene::new(name);
+    scene.env(fault, "2").pathenv("FAKE_EVAL_FAULT_ONCE", "eval-fault-once").env("FAKE_EVAL_ROUTE_SECONDS", "0.6");
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     for d in [scene.dir.clone(), scene.path("agent")] {
         fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
@@ -894,11 +890,7 @@ fn a_checkpoint_restored_after_it_went_missing_under_run_as_is_the_evaluators() 
     expect_exit(&scene, &mut agent, 0, RUN);
     expect_exit(&scene, &mut sim, 0, STEP);
     let out = scene.output(&agent);
-    ensure!(
-        scene,
-        out.contains("the checkpoint was missing: restored the last good copy"),
-        "the checkpoint was restored"
-    );
+    ensure!(scene, out.contains(restored), "the checkpoint was restored ({restored:?})");
     ensure!(scene, scene.has("agent-1.done") && !scene.has("agent-1.failed"), "the worker ends done");
     let meta = fs::metadata(scene.path("agent/agent_results.json")).unwrap();
     ensure!(scene, (meta.uid(), meta.gid()) == (65534, 65533), "owner {}:{}", meta.uid(), meta.gid());
@@ -906,33 +898,20 @@ fn a_checkpoint_restored_after_it_went_missing_under_run_as_is_the_evaluators() 
 }
 
 #[test]
+fn a_checkpoint_restored_after_it_went_missing_under_run_as_is_the_evaluators() {
+    // The evaluator removes its checkpoint: no file is there to keep the owner of, and a root-owned restored file
+    // made the evaluator's next write fail with PermissionError until the worker failed.
+    run_as_repair(
+        "run-as-missing",
+        "FAKE_EVAL_DELETE_AT_ROUTE",
+        "the checkpoint was missing: restored the last good copy",
+    );
+}
+
+#[test]
 fn a_repair_under_run_as_leaves_the_checkpoint_the_evaluators() {
-    // With --run-as, the evaluator truncates its checkpoint and dies (a crash mid-write); the (root) supervisor
-    // restores the last good copy before the resume. The restored file must keep the evaluator's owner and mode:
-    // root-owned 0644 made the evaluator fail with PermissionError on every later attempt, and the worker failed
-    // where the same run without --run-as ends done (issue 19, break 2).
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return; // Only root can run the evaluator as another user; run_as_runs_* covers the refusal.
-    }
-    let mut scene = Scene::new("run-as-repair");
-    scene
-        .env("FAKE_EVAL_TRUNCATE_AT_ROUTE", "2")
-        .pathenv("FAKE_EVAL_FAULT_ONCE", "eval-fault-once")
-        .env("FAKE_EVAL_ROUTE_SECONDS", "0.6");
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    for d in [scene.dir.clone(), scene.path("agent")] {
-        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
-    }
-    fs::set_permissions(&scene.status, fs::Permissions::from_mode(0o2775)).unwrap();
-    let mut sim = scene.sim().start();
-    let mut agent = scene.agent().arg("--run-as").arg("65534:65533").start();
-    expect_exit(&scene, &mut agent, 0, RUN);
-    expect_exit(&scene, &mut sim, 0, STEP);
-    let out = scene.output(&agent);
-    ensure!(scene, out.contains("restored the last good copy"), "the checkpoint was restored");
-    ensure!(scene, scene.has("agent-1.done") && !scene.has("agent-1.failed"), "the worker ends done");
-    let meta = fs::metadata(scene.path("agent/agent_results.json")).unwrap();
-    ensure!(scene, (meta.uid(), meta.gid()) == (65534, 65533), "owner {}:{}", meta.uid(), meta.gid());
-    assert_complete(&scene, 5);
+    // The evaluator truncates its checkpoint (a crash mid-write). The restored file must keep the evaluator's owner
+    // and mode: root-owned 0644 made the evaluator fail with PermissionError on every later attempt, and the worker
+    // failed where the same run without --run-as ends done (issue 19, break 2).
+    run_as_repair("run-as-repair", "FAKE_EVAL_TRUNCATE_AT_ROUTE", "restored the last good copy");
 }
