@@ -1,8 +1,21 @@
 //! logcopy: the sidecar of every CARLA Leaderboard submission Job.
 //!
-//! It replaces upstream's `run_logcopy.sh` and the Python scripts it calls: it merges the workers' route
-//! results into one Leaderboard results file, converts that file to what EvalAI shows, and (in later
-//! modules) publishes it and keeps S3 and DynamoDB in step with the shared volume.
+//! It replaces upstream's `run_logcopy.sh` and the Python scripts it calls. One volume loop watches the workers'
+//! results files and markers, merges them byte-identically to upstream and converts the merge to EvalAI's three
+//! files; each outward edge is a sink task that publishes the newest snapshot within its own budget.
+//!
+//! - [`cli`], [`config`]: the subcommands and their typed, validated configuration (every error at once, exit 2);
+//! - [`daemon`]: `logcopy run`: the volume loop (merge cycles on a thread of their own), the end conditions, the
+//!   cancel check, the final flush;
+//! - [`results`]: the Leaderboard files: version detection, the N-way merge, global statistics, the EvalAI
+//!   conversion, reading a worker's file off the volume;
+//! - [`publish`]: the sinks: EvalAI (paced, guarded writes), S3 (manifest-based sync), DynamoDB (the submission
+//!   record), and their embedded local stand-ins;
+//! - [`volume`]: watching the volume and the upload manifest (the contract itself is the `volume` crate);
+//! - [`routes`]: the routes each worker is assigned (upstream's subset formula) and which are missing;
+//! - [`status`]: `logcopy status`, the read-only view of a live or finished volume;
+//! - [`restore`]: the init container's job (the volume back from S3 on a resume);
+//! - [`logging`]: text or JSON log lines, one per entry.
 
 pub mod cli;
 pub mod config;
