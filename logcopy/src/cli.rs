@@ -115,6 +115,14 @@ fn run_daemon(r: RunCommand) -> ExitCode {
     if let Some(problem) = crate::logging::init(cfg.log_format, r.log_level, volume_log) {
         tracing::warn!("{problem}");
     }
+    // Where each outward edge goes, one line each: a local edge is never a silent default.
+    for (warn, line) in &cfg.edges {
+        if *warn {
+            tracing::warn!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
