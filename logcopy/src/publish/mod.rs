@@ -7,6 +7,7 @@
 //! time budget. A sink that dies before that (a panic, or a return before the end) is logged and started again
 //! ([`spawn_supervised`]), so no edge can go quiet while the daemon runs on.
 
+pub mod aws;
 pub mod budget;
 pub mod evalai;
 pub mod local;
