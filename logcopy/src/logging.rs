@@ -2,8 +2,8 @@
 //! appended to `logcopy/logcopy.log` on the volume, which is uploaded with the rest of the logs.
 //!
 //! Every entry is one line (log collectors split on newlines): a multi-line message or field (an SDK error's
-//! chain of causes) has its lines joined with ` | `. A warning or an error that repeats (the same call site: one
-//! S3 upload failing per file, or per sync) is written once, and the repeats within [`REPEAT_WINDOW`] of it are
+//! chain of causes) has its lines joined with ` | `. A warning or an error that repeats (the same call site and
+//! message, whatever its other fields: one S3 upload failing per file, or per sync) is written once, and the repeats within [`REPEAT_WINDOW`] of it are
 //! counted and written as one line, the last of them with the count, when the window ends or at [`flush`].
 //!
 //! Secrets never reach a log: the EvalAI token lives in [`crate::config::Secret`], whose `Debug` and `Display`
@@ -97,7 +97,7 @@ pub fn one_line(s: &str) -> String {
 /// Formats an event with `inner`, on one line, and holds back the repeats of a warning or an error.
 struct OneLine<F> {
     inner: F,
-    repeats: Mutex<Repeats<tracing::callsite::Identifier>>,
+    repeats: Mutex<Repeats<(tracing::callsite::Identifier, String)>>,
 }
 
 impl<F> OneLine<F> {
@@ -120,7 +120,7 @@ where
         } else {
             let mut buf = String::new();
             self.inner.format_event(ctx, Writer::new(&mut buf), event)?;
-            let key = (*meta.level() <= Level::WARN).then(|| meta.callsite());
+            let key = (*meta.level() <= Level::WARN).then(|| (meta.callsite(), message(event)));
             self.repeats.lock().unwrap_or_else(PoisonError::into_inner).event(key, one_line(&buf), now)
         };
         for l in lines {
@@ -128,6 +128,27 @@ where
         }
         Ok(())
     }
+}
+
+/// An event's message, without its other fields: the same failure of another file (a field) is a repeat, a
+/// different message from the same place (`warn!("{m}")`) is not.
+fn message(event: &Event<'_>) -> String {
+    struct Message(String);
+    impl tracing::field::Visit for Message {
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            if field.name() == "message" {
+                self.0 = value.to_string();
+            }
+        }
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+    let mut m = Message(String::new());
+    event.record(&mut m);
+    m.0
 }
 
 /// Repeats of one kind of entry (a key: the call site), counted within a window from the first.
@@ -270,13 +291,18 @@ mod tests {
                     let e = format!("put {i}/agent.log: dispatch failure\n  caused by: no credentials\n    in chain");
                     tracing::warn!(error = %e, "upload failed; it will be retried at the next sync");
                 }
+                for m in ["worker 1's file is bad", "worker 2's file is bad"] {
+                    tracing::warn!("{m}");
+                }
                 tracing::info!("multi\nline info");
                 flush();
             });
             let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
             let lines: Vec<&str> = text.lines().collect();
-            assert_eq!(lines.len(), 3, "{format:?}: {text}");
-            assert!(lines[0].contains("put 0/agent.log: dispatch failure") && lines[2].contains("put 32/"), "{text}");
+            assert_eq!(lines.len(), 5, "{format:?}: {text}");
+            assert!(lines[0].contains("put 0/agent.log: dispatch failure") && lines[4].contains("put 32/"), "{text}");
+            assert!(lines[1].contains("worker 1's") && lines[2].contains("worker 2's"), "another message: {text}");
+            let lines = [lines[0], lines[3], lines[4]];
             match format {
                 LogFormat::Human => {
                     assert!(lines[0].contains("dispatch failure | caused by: no credentials | in chain"), "{text}");
