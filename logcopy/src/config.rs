@@ -68,8 +68,8 @@ pub struct RunArgs {
     /// A file holding the EvalAI host token (e.g. a mounted Kubernetes secret).
     #[arg(long, env = "EVALAI_TOKEN_FILE")]
     pub evalai_token_file: Option<PathBuf>,
-    /// EvalAI API base URL, e.g. https://eval.ai. Without it, EvalAI requests go to the local embedded sink.
-    /// Plain http:// is refused unless the host is loopback (127.0.0.0/8, ::1, localhost) or
+    /// EvalAI API base URL, e.g. https://eval.ai. Required once S3 or DynamoDB is remote (else --local-evalai or
+    /// --local; with nothing set at all, every edge goes to the embedded default, ./logcopy-local). Plain http:// is refused unless the host is loopback (127.0.0.0/8, ::1, localhost) or
     /// --allow-insecure-evalai is given.
     #[arg(long, env = "EVALAI_API_SERVER")]
     pub evalai_api_server: Option<String>,
