@@ -176,6 +176,20 @@ class WholeJob(unittest.TestCase):
                     self.assertNotIn(secret, data, f"{secret.decode()} leaked into {path}")
         self.assertGreater(searched, 50, "the search saw the Job's files")
 
+    def test_mixed_modes_send_each_edge_where_asked(self):
+        """local-job's mixed modes (issue 19): logcopy refuses an EvalAI server without a bucket and a bucket without
+        a server, so each mode passes its local edge's own flag (--local-storage, --local-evalai); the Job ends, and
+        the local edge, only it, is in the local folder."""
+        for name, flags, local, remote in [
+            ("mixed-fake-evalai-local-aws", ["--aws", "local"], "s3", "evalai-requests.jsonl"),
+            ("mixed-local-evalai-moto", ["--evalai", "local"], "evalai-requests.jsonl", "s3"),
+        ]:
+            _, s = run_job(self, name, "--workers", "1", "--routes", "2", "--route-seconds", "0.2", *flags)
+            self.assertEqual([r["state"] for r in s["workers"]], ["done"], s["workers"])
+            sinks = Path(s["sinks"])
+            self.assertTrue((sinks / local).exists(), f"{name}: {local} is not in {sinks}")
+            self.assertFalse((sinks / remote).exists(), f"{name}: {remote} went to {sinks}, not to the remote")
+
     def test_cancel_stops_every_process_within_2_s_and_no_partial_put_follows(self):
         job, s = run_job(self, "cancel", "--route-seconds", "1", "--cancel-after", "4")
         cancel_at = s["cancel_at"]

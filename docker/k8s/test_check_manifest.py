@@ -17,8 +17,12 @@ ROOT = HERE.parent.parent
 BIN = os.environ.get("CHECK_BIN_DIR", str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"))
 
 
+# The committed example's placeholder ids (run-scripts/lint-deploy's).
+IDS = ["--submission-id", "111111", "--challenge-id", "22", "--track-id", "333", "--team-id", "4444"]
+
+
 def manifest():
-    out = subprocess.run([sys.executable, str(HERE / "make-job")], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, str(HERE / "make-job"), *IDS], capture_output=True, text=True, check=True)
     return yaml.safe_load(out.stdout)
 
 

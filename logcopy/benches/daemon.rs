@@ -12,8 +12,8 @@
 //! 2. **EvalAI.** `fake-evalai` on 127.0.0.1 (any free port), throttled like EvalAI at 60 requests a minute, with
 //!    submission 1 of challenge 1, phase 1, `submitted`.
 //! 3. **logcopy** `run --logs <vol> --status-period 30 --evalai-rpm 60 --logs-period 10`, with only the EvalAI
-//!    settings in its environment (no `S3_BUCKET`: the S3 and DynamoDB sinks are the embedded local ones, writing
-//!    under the scratch folder, its working folder), its output in a file. The benchmark waits for its first
+//!    settings in its environment and `--local-storage logcopy-local` (the S3 and DynamoDB sinks are the local
+//!    ones, writing under the scratch folder, its working folder), its output in a file. The benchmark waits for its first
 //!    partial PUT (start-up time).
 //! 4. **Latency.** 20 times, 2.5 s apart, one worker's results file is rewritten the evaluator's way (truncate and
 //!    write in place, no rename): first the 10 missing routes are appended one by one, then 10 scores change.
@@ -115,6 +115,7 @@ fn run(scratch: &Path) -> Result<()> {
         .args(["--status-period", &STATUS_PERIOD_S.to_string()])
         .args(["--evalai-rpm", &EVALAI_RPM.to_string()])
         .args(["--logs-period", &LOGS_PERIOD_S.to_string()])
+        .args(["--local-storage", "logcopy-local"])
         // Only the settings below: an S3_BUCKET or LOGS_DIR in the caller's environment must not leak in.
         .env_clear()
         .env("CHALLENGE_ID", "1")
@@ -246,8 +247,8 @@ fn run(scratch: &Path) -> Result<()> {
         "`logcopy run --logs <vol> --status-period {STATUS_PERIOD_S} --evalai-rpm {EVALAI_RPM} --logs-period \
          {LOGS_PERIOD_S}` with CHALLENGE_ID=1 SUBMISSION_ID=1 TRACK_ID=1 TEAM_ID=1 \
          EVALAI_API_SERVER=http://127.0.0.1:<port> EVALAI_AUTH_TOKEN=<token>, against \
-         `fixtures/bin/fake-evalai --rate 60 --window 60 --submission {SUBMISSION}`; no S3_BUCKET, so S3 and \
-         DynamoDB are the embedded local sinks."
+         `fixtures/bin/fake-evalai --rate 60 --window 60 --submission {SUBMISSION}`, and --local-storage \
+         logcopy-local: S3 and DynamoDB are the local sinks."
     );
     if idle_gets != idle_total {
         println!("Note: the idle minute saw requests other than status GETs.");

@@ -359,7 +359,7 @@ struct Env<'a> {
 
 impl Env<'_> {
     /// A clean environment for logcopy: PATH, HOME, TMPDIR, the AWS settings of `tests/storage.rs` and the ids.
-    /// Without EVALAI_API_SERVER, EvalAI requests go to the embedded local sink (under the working folder).
+    /// EvalAI goes to the local file (`--local-evalai logcopy-local`, under the working folder).
     fn environment(&self, cmd: &mut Command) {
         cmd.env_clear();
         for k in ["PATH", "HOME", "TMPDIR"] {
@@ -376,7 +376,14 @@ impl Env<'_> {
 
     /// `logcopy run --once --logs VOL`, measured.
     fn once(&self, name: &str, vol: &Path) -> Result<Measured> {
-        let args: Vec<OsString> = vec!["run".into(), "--once".into(), "--logs".into(), vol.into()];
+        let args: Vec<OsString> = vec![
+            "run".into(),
+            "--once".into(),
+            "--logs".into(),
+            vol.into(),
+            "--local-evalai".into(),
+            "logcopy-local".into(),
+        ];
         self.measure(name, &args, &[])
     }
 
@@ -444,6 +451,7 @@ impl Env<'_> {
         cmd.arg("run")
             .arg("--logs")
             .arg(vol)
+            .args(["--local-evalai", "logcopy-local"])
             .args(["--logs-period", &LOGS_PERIOD_S.to_string()])
             .current_dir(&cwd)
             .stdin(Stdio::null())

@@ -4,7 +4,9 @@
 //! exited 1: a merge that stops on duplicate routes, a file that is not a results file, ...); 2 bad usage or
 //! configuration.
 
-use crate::config::{RestoreArgs, RunArgs};
+use crate::config::{ConfigErrors, RestoreArgs, RunArgs, StorageTarget};
+use crate::logging::one_line;
+use crate::publish::aws::Checked;
 use crate::results::file::{self, DEFAULT_MAX_BYTES, LoadError, Loaded};
 use crate::results::pyjson::{self, Object, Value};
 use crate::results::{self, Input, MergeFailure, Version, evalai};
@@ -109,12 +111,6 @@ fn run_daemon(r: RunCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // The volume's root is opened once, here: the log, the merge, the outputs and the S3 sync all go beneath it.
-    let volume = crate::daemon::open_volume(&cfg.logs);
-    let volume_log = volume.as_ref().ok().map(|root| (&**root, std::path::Path::new(crate::volume::LOG_REL)));
-    if let Some(problem) = crate::logging::init(cfg.log_format, r.log_level, volume_log) {
-        tracing::warn!("{problem}");
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -122,22 +118,61 @@ fn run_daemon(r: RunCommand) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The AWS chain is checked before logging starts: the SDK's own multi-line warnings while it searches the chain
+    // stay out of the log, and a missing region or provider is one line and exit 2.
+    let aws_warning = match &cfg.storage {
+        StorageTarget::Aws { .. } => match runtime.block_on(check_aws(cfg.storage_timeout)) {
+            Ok(Checked::Ready) => None,
+            Ok(Checked::Transient(w)) => Some(w),
+            Err(errors) => {
+                eprintln!("logcopy run: configuration error: {}", ConfigErrors(errors));
+                return ExitCode::from(2);
+            }
+        },
+        StorageTarget::Local { .. } => None,
+    };
+    // The volume's root is opened once, here: the log, the merge, the outputs and the S3 sync all go beneath it.
+    let volume = crate::daemon::open_volume(&cfg.logs);
+    let volume_log = volume.as_ref().ok().map(|root| (&**root, std::path::Path::new(crate::volume::LOG_REL)));
+    if let Some(problem) = crate::logging::init(cfg.log_format, r.log_level, volume_log) {
+        tracing::warn!("{problem}");
+    }
+    // Where each outward edge goes, one line each: a local edge is never a silent default.
+    for (warn, line) in &cfg.edges {
+        if *warn {
+            tracing::warn!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+    }
+    if let Some(w) = aws_warning {
+        tracing::warn!("{w}");
+    }
     let span = tracing::info_span!("logcopy", submission = cfg.submission_id);
     let result = match volume {
         Ok(root) => runtime.block_on(tracing::Instrument::instrument(crate::daemon::run(cfg, root), span)),
         Err(e) => Err(e),
     };
-    match result {
+    let code = match result {
         Ok(end) => {
             tracing::info!(?end, "logcopy ends");
             ExitCode::SUCCESS
         }
         Err(e) => {
+            let e = one_line(&e.to_string());
             tracing::error!("{e}");
             eprintln!("logcopy run: configuration error: {e}");
             ExitCode::from(2)
         }
-    }
+    };
+    crate::logging::flush();
+    code
+}
+
+/// The AWS SDK's configuration from the standard chain, checked ([`crate::publish::aws::check`]).
+async fn check_aws(timeout: std::time::Duration) -> Result<Checked, Vec<crate::config::ConfigError>> {
+    let sdk = crate::publish::store::sdk_config(timeout).await;
+    crate::publish::aws::check(&sdk, crate::publish::aws::CHECK_WAIT).await
 }
 
 /// `logcopy status`: 0 with a report (whatever it says), 2 on bad configuration (an unusable volume root included).
@@ -163,7 +198,6 @@ fn run_restore(a: RestoreArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::logging::init(crate::config::LogFormat::Human, LevelFilter::INFO, None);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -171,14 +205,36 @@ fn run_restore(a: RestoreArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(crate::restore::restore(&cfg)) {
+    // Only a resume touches S3. Its chain is checked before logging starts (as `run`'s); a provider that does not
+    // answer is asked again, a few times, before the restore goes on (and fails with exit 1 if S3 stays out of reach).
+    let mut warnings = Vec::new();
+    if cfg.resume && matches!(cfg.storage, StorageTarget::Aws { .. }) {
+        for wait in [1, 2, 4, 8, 0] {
+            match runtime.block_on(check_aws(crate::publish::store::DEFAULT_STORAGE_TIMEOUT)) {
+                Ok(Checked::Ready) => break,
+                Ok(Checked::Transient(w)) => warnings.push(w),
+                Err(errors) => {
+                    eprintln!("logcopy restore: configuration error: {}", ConfigErrors(errors));
+                    return ExitCode::from(2);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_secs(wait));
+        }
+    }
+    crate::logging::init(crate::config::LogFormat::Human, LevelFilter::INFO, None);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let result = runtime.block_on(crate::restore::restore(&cfg));
+    crate::logging::flush();
+    match result {
         Ok(r) => {
             let what = if cfg.resume { "resumed" } else { "fresh" };
             tracing::info!(downloaded = r.downloaded, bytes = r.bytes, skipped = r.skipped, "{what} volume ready");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("logcopy restore: error: {e}");
+            eprintln!("logcopy restore: error: {}", one_line(&e.to_string()));
             ExitCode::from(1)
         }
     }

@@ -68,8 +68,8 @@ pub struct RunArgs {
     /// A file holding the EvalAI host token (e.g. a mounted Kubernetes secret).
     #[arg(long, env = "EVALAI_TOKEN_FILE")]
     pub evalai_token_file: Option<PathBuf>,
-    /// EvalAI API base URL, e.g. https://eval.ai. Without it, EvalAI requests go to the local embedded sink.
-    /// Plain http:// is refused unless the host is loopback (127.0.0.0/8, ::1, localhost) or
+    /// EvalAI API base URL, e.g. https://eval.ai. Required once S3 or DynamoDB is remote (else --local-evalai or
+    /// --local; with nothing set at all, every edge goes to the embedded default, ./logcopy-local). Plain http:// is refused unless the host is loopback (127.0.0.0/8, ::1, localhost) or
     /// --allow-insecure-evalai is given.
     #[arg(long, env = "EVALAI_API_SERVER")]
     pub evalai_api_server: Option<String>,
@@ -130,9 +130,19 @@ pub struct RunArgs {
     /// Log format on stdout (the volume's logcopy/logcopy.log gets the same).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
-    /// Embedded local sinks: EvalAI requests go to OUT/evalai-requests.jsonl instead of the network.
-    #[arg(long, value_name = "OUT")]
+    /// Every outward edge to local files under OUT (EvalAI requests to OUT/evalai-requests.jsonl, S3 objects under
+    /// OUT/s3/, the DynamoDB item to OUT/dynamodb.json), whatever server, bucket or table is set: each edge is named
+    /// in one line at start, with the setting it ignores.
+    #[arg(long, value_name = "OUT", conflicts_with_all = ["local_evalai", "local_storage"])]
     pub local: Option<PathBuf>,
+    /// EvalAI alone to the local file OUT/evalai-requests.jsonl (EVALAI_API_SERVER ignored); S3 and DynamoDB need
+    /// their bucket and table, or --local-storage.
+    #[arg(long, value_name = "OUT")]
+    pub local_evalai: Option<PathBuf>,
+    /// S3 and DynamoDB alone to local files (objects under OUT/s3/, the item in OUT/dynamodb.json; S3_BUCKET and
+    /// DYNAMODB_SUBMISSIONS_TABLE ignored); EvalAI needs its server, or --local-evalai.
+    #[arg(long, value_name = "OUT")]
+    pub local_storage: Option<PathBuf>,
     /// Run one cycle (scan, merge, publish) and exit.
     #[arg(long)]
     pub once: bool,
@@ -171,9 +181,10 @@ impl RouteArgs {
 /// Where the volume's files and the submission's record go.
 #[derive(Debug, Args)]
 pub struct StorageArgs {
-    /// S3 bucket that receives the volume under `<SUBMISSION_ID>/`. Without it (or with --local), the objects go
-    /// under OUT/s3/ and the DynamoDB item to OUT/dynamodb.json. Endpoint, region and credentials come from the
-    /// AWS SDK's standard chain (AWS_ENDPOINT_URL, AWS_REGION, IRSA web identity, ...).
+    /// S3 bucket that receives the volume under `<SUBMISSION_ID>/`; required, with the table, once an EvalAI server,
+    /// a bucket or a table is set (docs/configuration.md: where each edge goes). Endpoint, region and credentials
+    /// come from the AWS SDK's standard chain (AWS_ENDPOINT_URL, AWS_REGION, IRSA web identity, ...), checked at
+    /// start.
     #[arg(long, env = "S3_BUCKET")]
     pub s3_bucket: Option<String>,
     /// DynamoDB submissions table (key team_id + submission_id).
@@ -195,22 +206,37 @@ pub enum StorageTarget {
 }
 
 impl StorageArgs {
-    fn validate(&self, local: Option<&Path>) -> Result<StorageTarget, ConfigError> {
-        if let Some(out) = local {
-            return Ok(StorageTarget::Local { out: out.to_path_buf() });
-        }
-        let bucket = self.s3_bucket.as_deref().map(str::trim).filter(|b| !b.is_empty());
-        let table = self.dynamodb_table.as_deref().map(str::trim).filter(|t| !t.is_empty());
-        match (bucket, table) {
-            (None, _) => Ok(StorageTarget::Local { out: PathBuf::from(DEFAULT_LOCAL_OUT) }),
-            (Some(b), _) if !valid_bucket(b) => {
-                Err(bad("--s3-bucket / S3_BUCKET", format!("{b:?} is not an S3 bucket name")))
+    fn bucket(&self) -> Option<&str> {
+        self.s3_bucket.as_deref().map(str::trim).filter(|b| !b.is_empty())
+    }
+
+    fn table(&self) -> Option<&str> {
+        self.dynamodb_table.as_deref().map(str::trim).filter(|t| !t.is_empty())
+    }
+
+    /// S3 and DynamoDB, remote: both the bucket and the table are required (each missing one is reported).
+    fn remote(&self, errors: &mut Collect, why: &str) -> Option<StorageTarget> {
+        let or_local = "(or --local-storage OUT / --local OUT for local files)";
+        let bucket = match self.bucket() {
+            None => errors.take(Err(bad(BUCKET, format!("is required {why} {or_local}")))),
+            Some(b) if !valid_bucket(b) => errors.take(Err(bad(BUCKET, format!("{b:?} is not an S3 bucket name")))),
+            Some(b) => Some(b),
+        };
+        let table = match self.table() {
+            None if self.bucket().is_some() => {
+                errors.take(Err(bad(TABLE, format!("is required with S3_BUCKET {or_local}"))))
             }
-            (Some(_), None) => Err(bad("--dynamodb-table / DYNAMODB_SUBMISSIONS_TABLE", "is required with S3_BUCKET")),
-            (Some(b), Some(t)) => Ok(StorageTarget::Aws { bucket: b.to_string(), table: t.to_string() }),
-        }
+            None => errors.take(Err(bad(TABLE, format!("is required {why} {or_local}")))),
+            Some(t) => Some(t),
+        };
+        let (bucket, table) = (bucket?, table?);
+        Some(StorageTarget::Aws { bucket: bucket.to_string(), table: table.to_string() })
     }
 }
+
+const SERVER: &str = "--evalai-api-server / EVALAI_API_SERVER";
+const BUCKET: &str = "--s3-bucket / S3_BUCKET";
+const TABLE: &str = "--dynamodb-table / DYNAMODB_SUBMISSIONS_TABLE";
 
 /// Where the embedded local sinks write when no folder is given.
 pub const DEFAULT_LOCAL_OUT: &str = "logcopy-local";
@@ -262,18 +288,27 @@ pub struct RestoreConfig {
 
 impl RestoreArgs {
     pub fn validate(self) -> Result<RestoreConfig, ConfigError> {
+        let resume = self.resume.as_deref().is_some_and(|r| !r.trim().is_empty());
         let storage = match &self.local {
             Some(out) => StorageTarget::Local { out: out.clone() },
-            None => match (
-                self.storage.s3_bucket.as_deref().map(str::trim).filter(|b| !b.is_empty()),
-                &self.storage.dynamodb_table,
-            ) {
-                (Some(b), _) if !valid_bucket(b) => {
-                    return Err(bad("--s3-bucket / S3_BUCKET", format!("{b:?} is not an S3 bucket name")));
+            None => match self.storage.bucket() {
+                Some(b) if !valid_bucket(b) => {
+                    return Err(bad(BUCKET, format!("{b:?} is not an S3 bucket name")));
                 }
                 // Restore touches S3 only; the table is not needed here.
-                (Some(b), t) => StorageTarget::Aws { bucket: b.to_string(), table: t.clone().unwrap_or_default() },
-                (None, _) => StorageTarget::Local { out: PathBuf::from(DEFAULT_LOCAL_OUT) },
+                Some(b) => StorageTarget::Aws {
+                    bucket: b.to_string(),
+                    table: self.storage.table().unwrap_or_default().to_string(),
+                },
+                // Resuming from nowhere would silently hand the workers a fresh volume.
+                None if resume => {
+                    return Err(bad(
+                        BUCKET,
+                        "is required to resume (RESUME is set) (or --local OUT to restore from OUT/s3/)",
+                    ));
+                }
+                // A fresh volume: storage is not used.
+                None => StorageTarget::Local { out: PathBuf::from(DEFAULT_LOCAL_OUT) },
             },
         };
         let local = matches!(storage, StorageTarget::Local { .. });
@@ -282,7 +317,7 @@ impl RestoreArgs {
             logs: self.logs,
             submission_id: required("--submission-id / SUBMISSION_ID", self.submission_id, local.then_some(1))?,
             workers: self.workers,
-            resume: self.resume.is_some_and(|r| !r.trim().is_empty()),
+            resume,
             storage,
         })
     }
@@ -330,6 +365,38 @@ pub struct RunConfig {
     pub once: bool,
     pub max_results_bytes: u64,
     pub storage: StorageTarget,
+    /// Where each outward edge goes, one line each, logged at start (`warn` for the embedded default and for
+    /// an ignored setting).
+    pub edges: Vec<(bool, String)>,
+}
+
+/// How the local edges were chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Edges {
+    /// `--local OUT`.
+    Local,
+    /// Nothing set at all: every edge into `./logcopy-local`.
+    Embedded,
+    /// `--local-evalai`, `--local-storage`, or remote.
+    PerEdge,
+}
+
+impl Edges {
+    fn flag(self, per_edge: &'static str) -> &'static str {
+        match self {
+            Edges::Local => "--local",
+            Edges::Embedded => {
+                "the embedded default: no EVALAI_API_SERVER, S3_BUCKET or DYNAMODB_SUBMISSIONS_TABLE is set; \
+                 --local OUT chooses the folder"
+            }
+            Edges::PerEdge => per_edge,
+        }
+    }
+
+    /// Each line, with whether it is a warning.
+    fn describe(self, lines: Vec<String>) -> Vec<(bool, String)> {
+        lines.into_iter().map(|l| (self == Edges::Embedded || l.ends_with(" ignored"), l)).collect()
+    }
 }
 
 /// A setting that is missing or malformed.
@@ -497,26 +564,77 @@ impl RunArgs {
     /// Validates what depends on several flags into a [`RunConfig`]; every problem is reported, not the first.
     pub fn validate(self) -> Result<RunConfig, ConfigErrors> {
         let mut errors = Collect::default();
-        let local_out = match (&self.local, &self.evalai_api_server) {
-            (Some(out), _) => Some(out.clone()),
-            (None, None) => Some(PathBuf::from(DEFAULT_LOCAL_OUT)),
-            (None, Some(s)) if s.trim().is_empty() => Some(PathBuf::from(DEFAULT_LOCAL_OUT)),
-            (None, Some(_)) => None,
+        let server = self.evalai_api_server.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        let embedded = self.local.is_none()
+            && self.local_evalai.is_none()
+            && self.local_storage.is_none()
+            && server.is_none()
+            && self.storage.bucket().is_none()
+            && self.storage.table().is_none();
+        // Where each edge goes locally, if it does: `--local` (all), `--local-evalai`/`--local-storage` (one), or the
+        // embedded default when nothing at all is set. Any other edge is remote and needs all its settings.
+        let (evalai_out, storage_out, why) = match &self.local {
+            Some(out) => (Some(out.clone()), Some(out.clone()), Edges::Local),
+            None if embedded => {
+                let out = PathBuf::from(DEFAULT_LOCAL_OUT);
+                (Some(out.clone()), Some(out), Edges::Embedded)
+            }
+            None => (self.local_evalai.clone(), self.local_storage.clone(), Edges::PerEdge),
         };
-        let storage = errors.take(self.storage.validate(self.local.as_deref()));
-        // Only a run with nothing remote may go without the ids: they address EvalAI, S3 and DynamoDB.
-        let local = local_out.is_some() && matches!(storage, Some(StorageTarget::Local { .. }));
-        // Locally the ids only label the requests; in the cluster they address EvalAI and must be given.
-        let default_id = local.then_some(1);
-        let evalai = match local_out {
-            Some(out) => Some(EvalAiTarget::Local { out }),
+        let mut edges = Vec::new();
+        let evalai = match evalai_out {
+            Some(out) => {
+                let flag = why.flag("--local-evalai");
+                let ignored = if server.is_some() { "; EVALAI_API_SERVER ignored" } else { "" };
+                let file = out.join(crate::publish::local::REQUESTS_FILE);
+                edges.push(format!("EvalAI: local file {} ({flag}){ignored}", file.display()));
+                Some(EvalAiTarget::Local { out })
+            }
+            None => match server {
+                None => errors.take(Err(bad(
+                    SERVER,
+                    "is required when S3 or DynamoDB is remote (or --local-evalai OUT / --local OUT for a local file)",
+                ))),
+                Some(base) => {
+                    let base = base.trim_end_matches('/');
+                    let url = errors.take(check_evalai_url(base, self.allow_insecure_evalai));
+                    let token = errors.take(self.token());
+                    edges.push(format!("EvalAI: {}", crate::publish::evalai::redact_url(base)));
+                    url.zip(token).map(|((), token)| EvalAiTarget::Http { base: base.to_string(), token })
+                }
+            },
+        };
+        let storage = match storage_out {
+            Some(out) => {
+                let flag = why.flag("--local-storage");
+                let ignored = |set: bool, name: &str| if set { format!("; {name} ignored") } else { String::new() };
+                edges.push(format!(
+                    "S3: local folder {} ({flag}){}",
+                    out.join("s3").display(),
+                    ignored(self.storage.bucket().is_some(), "S3_BUCKET")
+                ));
+                edges.push(format!(
+                    "DynamoDB: local file {} ({flag}){}",
+                    out.join("dynamodb.json").display(),
+                    ignored(self.storage.table().is_some(), "DYNAMODB_SUBMISSIONS_TABLE")
+                ));
+                Some(StorageTarget::Local { out })
+            }
             None => {
-                let base = self.evalai_api_server.as_deref().unwrap_or_default().trim().trim_end_matches('/');
-                let url = errors.take(check_evalai_url(base, self.allow_insecure_evalai));
-                let token = errors.take(self.token());
-                url.zip(token).map(|((), token)| EvalAiTarget::Http { base: base.to_string(), token })
+                let why = if server.is_some() { "with EVALAI_API_SERVER" } else { "when EvalAI is remote" };
+                let target = self.storage.remote(&mut errors, why);
+                if let Some(StorageTarget::Aws { bucket, table }) = &target {
+                    edges.push(format!("S3: s3://{bucket}/"));
+                    edges.push(format!("DynamoDB: table {table}"));
+                }
+                target
             }
         };
+        // Only a run with nothing remote may go without the ids: they address EvalAI, S3 and DynamoDB.
+        let local =
+            matches!(evalai, Some(EvalAiTarget::Local { .. })) && matches!(storage, Some(StorageTarget::Local { .. }));
+        // Locally the ids only label the requests; in the cluster they address EvalAI and must be given.
+        let default_id = local.then_some(1);
         let pattern_ok = if self.results_pattern.contains("{i}") {
             errors.take(volume_path("--results-pattern / RESULTS_PATTERN", &self.results_pattern)).is_some()
         } else {
@@ -577,6 +695,7 @@ impl RunArgs {
             once: self.once,
             max_results_bytes: self.max_results_bytes,
             storage,
+            edges: Edges::describe(why, edges),
         })
     }
 
@@ -679,6 +798,8 @@ pub(crate) mod tests {
             "3",
             "--team-id",
             "9",
+            "--local-storage",
+            "/tmp/s",
         ])
         .unwrap();
         assert!(!format!("{cfg:?}").contains("tok3n"));
@@ -687,7 +808,8 @@ pub(crate) mod tests {
 
     #[test]
     fn errors_name_the_setting() {
-        let base = ["--evalai-api-server", "https://eval.ai", "--evalai-token", "t", "--team-id", "9"];
+        let base =
+            ["--evalai-api-server", "https://eval.ai", "--evalai-token", "t", "--team-id", "9", "--local-storage=/s"];
         let e = parse(&base).unwrap_err();
         assert_eq!(e.setting, "--challenge-id / CHALLENGE_ID");
         let mut args = base.to_vec();
@@ -713,6 +835,8 @@ pub(crate) mod tests {
             settings,
             [
                 "--evalai-token / EVALAI_AUTH_TOKEN (or --evalai-token-file)",
+                "--s3-bucket / S3_BUCKET",
+                "--dynamodb-table / DYNAMODB_SUBMISSIONS_TABLE",
                 "--results-pattern / RESULTS_PATTERN",
                 "--team-id / TEAM_ID",
                 "--challenge-id / CHALLENGE_ID",
@@ -773,7 +897,8 @@ pub(crate) mod tests {
     #[test]
     fn plain_http_only_to_loopback_unless_allowed() {
         let args = |server: &'static str| {
-            let mut a = vec!["--evalai-api-server", server, "--evalai-token", "t", "--team-id", "9"];
+            let mut a =
+                vec!["--evalai-api-server", server, "--evalai-token", "t", "--team-id", "9", "--local-storage=/s"];
             a.extend(["--challenge-id", "1", "--submission-id", "2", "--track-id", "3"]);
             a
         };
@@ -831,6 +956,107 @@ pub(crate) mod tests {
             let e = parse(&[&["--local", "/tmp/x"][..], &args].concat()).unwrap_err();
             assert_eq!(e.setting, setting, "{args:?}");
         }
+    }
+
+    /// docs/configuration.md's table "Where each edge goes", row by row: the server, the bucket, the table and the
+    /// local flags decide where EvalAI and storage go, or which settings are missing (exit 2, all named at once).
+    #[test]
+    fn where_each_edge_goes() {
+        use EvalAiTarget as E;
+        use StorageTarget as S;
+        let ids = ["--challenge-id", "1", "--submission-id", "2", "--track-id", "3", "--team-id", "9"];
+        let (server, bucket, table) =
+            ("--evalai-api-server=https://eval.ai", "--s3-bucket=bkt", "--dynamodb-table=tbl");
+        let http = || E::Http { base: "https://eval.ai".into(), token: Secret::new("t") };
+        let aws = || S::Aws { bucket: "bkt".into(), table: "tbl".into() };
+        let e_local = |o: &str| E::Local { out: o.into() };
+        let s_local = |o: &str| S::Local { out: o.into() };
+        type Row<'a> = (Vec<&'a str>, Result<(EvalAiTarget, StorageTarget), Vec<&'a str>>);
+        let rows: Vec<Row> = vec![
+            // Nothing set: the embedded default, every edge into ./logcopy-local.
+            (vec![], Ok((e_local(DEFAULT_LOCAL_OUT), s_local(DEFAULT_LOCAL_OUT)))),
+            (vec![server], Err(vec![BUCKET, TABLE])),
+            (vec![server, bucket], Err(vec![TABLE])),
+            (vec![server, table], Err(vec![BUCKET])),
+            (vec![server, bucket, table], Ok((http(), aws()))),
+            (vec![bucket, table], Err(vec![SERVER])),
+            (vec![bucket], Err(vec![SERVER, TABLE])),
+            (vec![table], Err(vec![SERVER, BUCKET])),
+            (vec!["--local=/o"], Ok((e_local("/o"), s_local("/o")))),
+            (vec!["--local=/o", server, bucket, table], Ok((e_local("/o"), s_local("/o")))),
+            (vec!["--local=/o", server], Ok((e_local("/o"), s_local("/o")))),
+            (vec!["--local-evalai=/e", bucket, table], Ok((e_local("/e"), aws()))),
+            (vec!["--local-evalai=/e", server, bucket, table], Ok((e_local("/e"), aws()))),
+            (vec!["--local-evalai=/e"], Err(vec![BUCKET, TABLE])),
+            (vec!["--local-evalai=/e", bucket], Err(vec![TABLE])),
+            (vec!["--local-storage=/s", server], Ok((http(), s_local("/s")))),
+            (vec!["--local-storage=/s", server, bucket, table], Ok((http(), s_local("/s")))),
+            (vec!["--local-storage=/s"], Err(vec![SERVER])),
+            (vec!["--local-evalai=/e", "--local-storage=/s", server, bucket], Ok((e_local("/e"), s_local("/s")))),
+        ];
+        for (flags, want) in rows {
+            let args: Vec<&str> = [&ids[..], &["--evalai-token", "t"], &flags].concat();
+            match (parse_all(&args), want) {
+                (Ok(cfg), Ok((evalai, storage))) => {
+                    assert_eq!((&cfg.evalai, &cfg.storage), (&evalai, &storage), "{flags:?}");
+                    assert_eq!(cfg.edges.len(), 3, "one line per edge: {flags:?}: {:?}", cfg.edges);
+                }
+                (Err(e), Err(settings)) => {
+                    let got: Vec<&str> = e.0.iter().map(|e| e.setting.as_str()).collect();
+                    assert_eq!(got, settings, "{flags:?}: {e}");
+                    assert!(e.0.iter().all(|e| e.reason.contains("is required")), "{e}");
+                }
+                (got, want) => panic!("{flags:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        // `--local` and a per-edge flag together is a usage error.
+        for edge in ["--local-evalai=/e", "--local-storage=/s"] {
+            assert!(T::try_parse_from(["t", "--local=/o", edge]).is_err(), "{edge}");
+        }
+    }
+
+    #[test]
+    fn each_edge_is_named_at_start_with_what_it_ignores() {
+        let all = ["--evalai-api-server=https://eval.ai", "--s3-bucket=bkt", "--dynamodb-table=tbl"];
+        let cfg = parse(&[&["--local", "/o"], &all[..]].concat()).unwrap();
+        let lines: Vec<&str> = cfg.edges.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(
+            lines,
+            [
+                "EvalAI: local file /o/evalai-requests.jsonl (--local); EVALAI_API_SERVER ignored",
+                "S3: local folder /o/s3 (--local); S3_BUCKET ignored",
+                "DynamoDB: local file /o/dynamodb.json (--local); DYNAMODB_SUBMISSIONS_TABLE ignored",
+            ]
+        );
+        assert!(cfg.edges.iter().all(|(warn, _)| *warn), "an ignored setting is a warning");
+        let cfg = parse(&["--local", "/o"]).unwrap();
+        assert!(cfg.edges.iter().all(|(warn, l)| !warn && !l.contains("ignored")), "{:?}", cfg.edges);
+        // The embedded default says so, as a warning, on every edge.
+        let cfg = parse(&[]).unwrap();
+        assert!(cfg.edges.iter().all(|(warn, l)| *warn && l.contains("embedded default")), "{:?}", cfg.edges);
+        let ids = ["--challenge-id", "1", "--submission-id", "2", "--track-id", "3", "--team-id", "9"];
+        let cfg = parse(&[&ids[..], &["--evalai-token", "t"], &all[..]].concat()).unwrap();
+        let lines: Vec<&str> = cfg.edges.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(lines, ["EvalAI: https://eval.ai", "S3: s3://bkt/", "DynamoDB: table tbl"]);
+    }
+
+    #[test]
+    fn restore_from_nowhere_is_refused() {
+        #[derive(Parser)]
+        struct R {
+            #[command(flatten)]
+            restore: RestoreArgs,
+        }
+        let restore = |args: &[&str]| R::try_parse_from(std::iter::once("t").chain(args.iter().copied())).unwrap();
+        let e = restore(&["--submission-id", "7", "--resume", "1"]).restore.validate().unwrap_err();
+        assert_eq!(e.setting, BUCKET);
+        assert!(e.reason.contains("RESUME"), "{e}");
+        let ok = restore(&["--submission-id", "7", "--resume", "1", "--s3-bucket", "bkt"]).restore.validate().unwrap();
+        assert!(matches!(ok.storage, StorageTarget::Aws { .. }));
+        let ok = restore(&["--submission-id", "7", "--resume", "1", "--local", "/o"]).restore.validate().unwrap();
+        assert_eq!(ok.storage, StorageTarget::Local { out: "/o".into() });
+        // A fresh volume touches no storage.
+        assert!(restore(&["--submission-id", "7"]).restore.validate().is_ok());
     }
 
     #[test]

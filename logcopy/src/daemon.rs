@@ -613,7 +613,7 @@ pub async fn run(cfg: RunConfig, root: Arc<Root>) -> Result<End, SetupError> {
         }
         EvalAiTarget::Local { out } => {
             let t = LocalTransport::new(out).map_err(|e| SetupError::Client(format!("{}: {e}", out.display())))?;
-            info!(requests = %t.requests_file().display(), "no EvalAI server configured: EvalAI requests go to the local file");
+            info!(requests = %t.requests_file().display(), "EvalAI requests go to the local file");
             spawn_supervised(evalai_sink(Arc::new(t), settings, decision.clone()), snap_rx, ev_tx.clone())
         }
     });
@@ -652,7 +652,7 @@ pub async fn run(cfg: RunConfig, root: Arc<Root>) -> Result<End, SetupError> {
                     .following(d.clone(), decision_wait)
             };
             sinks.push(spawn_supervised(record, snap_tx.subscribe(), ev_tx.clone()));
-            info!(objects = %objects.display(), item = %item.display(), "no S3 bucket configured: objects and the DynamoDB item go to local files");
+            info!(objects = %objects.display(), item = %item.display(), "objects and the DynamoDB item go to local files");
         }
     }
     drop((ev_tx, decision));

@@ -614,6 +614,7 @@ fn t15_bad_configuration_exits_2_naming_the_setting() {
             .env("TEAM_ID", "987")
             .env("EVALAI_API_SERVER", "http://127.0.0.1:9")
             .env("EVALAI_AUTH_TOKEN", "tok-config-test")
+            .flag("--local-storage", support::LOCAL_OUT)
     };
     let cases = [
         (base(&vol).env("SUBMISSION_ID", "abc"), "SUBMISSION_ID"),
@@ -633,4 +634,61 @@ fn t15_bad_configuration_exits_2_naming_the_setting() {
     let (code, lc) = base(&vol).logs(&gone.path("missing")).run(secs(10));
     assert_eq!(code, 2, "missing volume: exit code\n{}", lc.output());
     assert!(lc.stderr_text().contains("LOGS_DIR"), "{}", lc.stderr_text());
+}
+
+/// Issue 19: a remote edge with a missing setting is exit 2 naming it, never a silent local stand-in (the objects
+/// used to go to `./logcopy-local` on the image's read-only root); `--local OUT` still overrides every edge, and
+/// says so at start, one line per edge.
+#[test]
+fn t15b_a_remote_edge_missing_its_settings_exits_2() {
+    let vol = Volume::from_fixture("lb2.0-finished");
+    let cluster = |vol: &Volume| {
+        LogcopyCmd::new(vol)
+            .env("CHALLENGE_ID", "12")
+            .env("SUBMISSION_ID", "4321")
+            .env("TRACK_ID", "2015")
+            .env("TEAM_ID", "987")
+            .env("EVALAI_AUTH_TOKEN", "tok-config-test")
+            .switch("--once")
+    };
+    let server = ("EVALAI_API_SERVER", "http://127.0.0.1:9");
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Env, &[&str]); 4] = [
+        (&[server], &["S3_BUCKET", "DYNAMODB_SUBMISSIONS_TABLE"]),
+        (&[server, ("S3_BUCKET", "bkt")], &["DYNAMODB_SUBMISSIONS_TABLE"]),
+        (&[("S3_BUCKET", "bkt"), ("DYNAMODB_SUBMISSIONS_TABLE", "t")], &["EVALAI_API_SERVER"]),
+        (&[server, ("DYNAMODB_SUBMISSIONS_TABLE", "t")], &["S3_BUCKET"]),
+    ];
+    for (env, missing) in cases {
+        let mut cmd = cluster(&vol);
+        for (k, v) in env {
+            cmd = cmd.env(k, v);
+        }
+        let (code, lc) = cmd.run(secs(60));
+        assert_eq!(code, 2, "{env:?}: exit code\n{}", lc.output());
+        let stderr = lc.stderr_text();
+        assert_eq!(stderr.lines().count(), 1, "one line, every problem in it: {stderr}");
+        assert!(stderr.starts_with("logcopy run: configuration error: "), "{stderr}");
+        for m in missing {
+            assert!(stderr.contains(&format!("{m}: is required")), "{env:?}: {m} not named: {stderr}");
+        }
+        assert!(!lc.work_dir.join("logcopy-local").exists(), "{env:?}: nothing went to the local stand-in");
+    }
+    // `--local OUT` overrides every edge, one line each at start naming what it ignores.
+    let out = vol.side_dir("local");
+    let (code, lc) = cluster(&vol)
+        .env("EVALAI_API_SERVER", server.1)
+        .env("S3_BUCKET", "bkt")
+        .flag("--local", out.to_str().unwrap())
+        .run(secs(60));
+    assert_eq!(code, 0, "{}", lc.output());
+    let log = lc.stdout_text();
+    for line in [
+        format!("EvalAI: local file {}/evalai-requests.jsonl (--local); EVALAI_API_SERVER ignored", out.display()),
+        format!("S3: local folder {}/s3 (--local); S3_BUCKET ignored", out.display()),
+        format!("DynamoDB: local file {}/dynamodb.json (--local)", out.display()),
+    ] {
+        assert!(log.contains(&line), "{line:?} not logged: {log}");
+    }
+    assert!(out.join("evalai-requests.jsonl").exists() && out.join("dynamodb.json").exists());
 }

@@ -229,6 +229,7 @@ fn against(vol: &Volume, server: &str) -> LogcopyCmd {
         .env("TEAM_ID", "4")
         .env("EVALAI_API_SERVER", server)
         .env("EVALAI_AUTH_TOKEN", "tok-tiny-server-test-0001")
+        .flag("--local-storage", support::LOCAL_OUT)
 }
 
 /// EvalAI's nginx redirects http:// to https://: logcopy follows no redirect (reqwest would turn the PUT into a

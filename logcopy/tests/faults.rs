@@ -94,7 +94,12 @@ impl Drop for Proxy {
 
 /// logcopy against the fake EvalAI and moto (through `endpoint`), with short periods and timeouts.
 fn cmd(vol: &Volume, fake: &FakeEvalAi, moto: &moto::Moto, endpoint: &str) -> LogcopyCmd {
-    let mut c = LogcopyCmd::new(vol).fast().evalai(fake).flag("--storage-timeout", "2").flag("--request-timeout", "2");
+    let mut c = LogcopyCmd::new(vol)
+        .fast()
+        .evalai(fake)
+        .unflag("--local-storage")
+        .flag("--storage-timeout", "2")
+        .flag("--request-timeout", "2");
     for (k, v) in moto::aws_env(moto, BUCKET) {
         c = c.env(k, &v);
     }

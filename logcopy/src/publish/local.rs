@@ -17,6 +17,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// The file, under the local folder, that receives the EvalAI requests.
+pub const REQUESTS_FILE: &str = "evalai-requests.jsonl";
+
 /// The local transport: a request log and the submission's status.
 pub struct LocalTransport {
     path: PathBuf,
@@ -51,7 +54,7 @@ impl LocalTransport {
     pub fn new(out: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(out)?;
         Ok(LocalTransport {
-            path: out.join("evalai-requests.jsonl"),
+            path: out.join(REQUESTS_FILE),
             cancel: out.join(CANCEL_FILE),
             state: Mutex::new(LocalState { status: "submitted".into(), started_at: None }),
         })

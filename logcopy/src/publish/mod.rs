@@ -10,6 +10,7 @@
 //! The runtime has one thread, which the run loop and every sink share; blocking file work (the merge cycle, the
 //! S3 plan's walk and hashes, the local store's copies) runs on a [`Lane`] of its own.
 
+pub mod aws;
 pub mod budget;
 pub mod evalai;
 pub mod local;

@@ -26,6 +26,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[allow(unused_imports)]
 pub use testkit::{Scratch, Volume, eventually, eventually_true, files_under, fixture_volume, repo_root};
 
+/// The folder, relative to logcopy's working directory, where a test's local edges write (the name of the embedded
+/// default's folder, so that a test reads one place whichever way the edge went local).
+pub const LOCAL_OUT: &str = "logcopy-local";
+
 /// The ids every test's fake submission uses (each test runs its own server).
 pub const SUBMISSION: u64 = 4321;
 pub const CHALLENGE: u64 = 12;
@@ -378,6 +382,7 @@ impl LogcopyCmd {
             .env("TEAM_ID", TEAM)
             .env("EVALAI_API_SERVER", &fake.base_url())
             .env("EVALAI_AUTH_TOKEN", token)
+            .flag("--local-storage", LOCAL_OUT)
     }
 
     /// Points `--logs` somewhere else than the volume (e.g. a folder that does not exist).
@@ -390,6 +395,12 @@ impl LogcopyCmd {
     pub fn flag(mut self, name: &str, value: &str) -> LogcopyCmd {
         self.flags.retain(|(n, _)| n != name);
         self.flags.push((name.to_string(), Some(value.to_string())));
+        self
+    }
+
+    /// Removes a flag set earlier (e.g. the `--local-storage` of [`LogcopyCmd::evalai`] for a run against moto).
+    pub fn unflag(mut self, name: &str) -> LogcopyCmd {
+        self.flags.retain(|(n, _)| n != name);
         self
     }
 

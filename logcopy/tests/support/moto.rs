@@ -52,11 +52,14 @@ pub fn volume(fixture: &str, name: &str) -> PathBuf {
 /// `logcopy run` against moto, EvalAI on the embedded local sink (written under a scratch working directory).
 fn run_command(moto: &Moto, bucket: &str, vol: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_logcopy"));
+    let cwd = scratch(&format!("cwd-{bucket}"));
     cmd.arg("run")
         .args(extra)
         .arg("--logs")
         .arg(vol)
-        .current_dir(scratch(&format!("cwd-{bucket}")))
+        .arg("--local-evalai")
+        .arg(cwd.join("logcopy-local"))
+        .current_dir(cwd)
         .env_remove("EVALAI_API_SERVER")
         .env_remove("LOGS_DIR")
         .envs(aws_env(moto, bucket))
