@@ -10,7 +10,7 @@ use crate::publish::{End, Lane, Outputs, release_free_memory};
 use crate::results::file;
 use crate::results::pyjson::Value;
 use crate::results::{self, Input, Version, evalai};
-use crate::routes::{Missing, SHOWN};
+use crate::routes::SHOWN;
 use crate::volume::{Layout, Root};
 use std::collections::HashSet;
 use std::ops::{Deref, DerefMut};
@@ -39,11 +39,7 @@ pub(super) struct State {
 
 impl State {
     pub fn new(cfg: RunConfig, root: Arc<Root>) -> Self {
-        let layout = Layout {
-            root: cfg.logs.clone(),
-            results_pattern: cfg.results_pattern.clone(),
-            merged: cfg.merged_path.clone(),
-        };
+        let layout = cfg.layout();
         let workers = Workers::new(&cfg, &layout);
         State {
             version: cfg.version,
@@ -255,7 +251,7 @@ impl State {
             && self.merge_error.is_none()
             && let Some(o) = &self.outputs
         {
-            let missing: Missing = self.workers.missing_routes(self.version);
+            let missing = self.workers.missing_routes(self.version);
             let mut note = format!("\nThe submission ended incomplete: {reason}.\n");
             if missing.count > 0 {
                 let shown = missing.names.join(", ");

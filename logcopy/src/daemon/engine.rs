@@ -6,6 +6,7 @@
 use super::SetupError;
 use super::cancel::CancelCheck;
 use super::cycle::{Held, State};
+use super::sinks::Sinks;
 use crate::publish::{End, SinkEvent, Snapshot};
 use crate::volume::watch::{Debounce, watch};
 use std::future::Future;
@@ -18,16 +19,28 @@ use tracing::{error, info, warn};
 use volume::markers::Marker;
 
 pub(super) struct Engine {
-    pub state: Held,
-    pub snap_tx: watch_channel::Sender<Arc<Snapshot>>,
-    pub events: mpsc::Receiver<SinkEvent>,
-    pub sinks: Vec<JoinHandle<()>>,
-    pub seq: u64,
+    state: Held,
+    snap_tx: watch_channel::Sender<Arc<Snapshot>>,
+    events: mpsc::Receiver<SinkEvent>,
+    sinks: Vec<JoinHandle<()>>,
+    seq: u64,
     /// A cancel marker that this logcopy did not write, and EvalAI's word on it.
-    pub cancel: CancelCheck,
+    cancel: CancelCheck,
 }
 
 impl Engine {
+    /// The loop over the volume state, with the sinks started.
+    pub fn new(state: State, sinks: Sinks) -> Engine {
+        Engine {
+            state: Held::new(state),
+            snap_tx: sinks.snapshots,
+            events: sinks.events,
+            sinks: sinks.tasks,
+            seq: 0,
+            cancel: CancelCheck::Idle,
+        }
+    }
+
     /// Waits (at most `limit`) for EvalAI's answer about an unverified cancel marker: `Ok` when it says cancelled
     /// (cancel markers written, as on any cancel), `Err(status)` otherwise; `None` when no answer came.
     async fn cancel_answer(&mut self, limit: std::time::Duration) -> Option<Result<(), String>> {

@@ -35,7 +35,7 @@ mod workers;
 use crate::config::RunConfig;
 use crate::publish::End;
 use crate::volume::Root;
-use cycle::{Held, State};
+use cycle::State;
 use engine::Engine;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -85,15 +85,7 @@ pub async fn run_until(
     shutdown: impl Future<Output = &'static str>,
 ) -> Result<End, SetupError> {
     let sinks = sinks::start(&cfg, &root).await?;
-    let engine = Engine {
-        state: Held::new(State::new(cfg, root)),
-        snap_tx: sinks.snapshots,
-        events: sinks.events,
-        sinks: sinks.tasks,
-        seq: 0,
-        cancel: Default::default(),
-    };
-    engine.run(shutdown).await
+    Engine::new(State::new(cfg, root), sinks).run(shutdown).await
 }
 
 async fn recv_signal(s: &mut Option<Signal>) {
@@ -108,7 +100,6 @@ async fn recv_signal(s: &mut Option<Signal>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::volume::Layout;
     use std::time::Duration;
 
     fn copy_dir(from: &Path, to: &Path) {
@@ -137,11 +128,7 @@ mod tests {
         let (v, o) = (vol.to_str().unwrap(), out.to_str().unwrap());
         let args = ["--local", o, "--logs", v, "--logs-period", "60", "--debounce", "30", "--evalai-rpm", "60"];
         let cfg = crate::config::tests::parse(&args).unwrap();
-        let layout = Layout {
-            root: cfg.logs.clone(),
-            results_pattern: cfg.results_pattern.clone(),
-            merged: cfg.merged_path.clone(),
-        };
+        let layout = cfg.layout();
         // Worker 2's results file is away at start.
         let (w2, away) = (vol.join(layout.results_file(2)), scratch.join("worker2.json"));
         std::fs::rename(&w2, &away).unwrap();

@@ -211,11 +211,7 @@ mod tests {
     fn workers(args: &[&str]) -> Workers {
         let base = ["--local", "/nonexistent", "--logs", "/nonexistent"];
         let cfg = crate::config::tests::parse(&[&base[..], args].concat()).unwrap();
-        let layout = Layout {
-            root: cfg.logs.clone(),
-            results_pattern: cfg.results_pattern.clone(),
-            merged: cfg.merged_path.clone(),
-        };
+        let layout = cfg.layout();
         Workers::new(&cfg, &layout)
     }
 
