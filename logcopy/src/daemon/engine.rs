@@ -6,6 +6,7 @@
 use super::SetupError;
 use super::cancel::CancelCheck;
 use super::cycle::{Held, State};
+use super::policy;
 use super::sinks::Sinks;
 use crate::publish::{End, SinkEvent, Snapshot};
 use crate::volume::watch::{Debounce, watch};
@@ -141,12 +142,9 @@ impl Engine {
         let mut debounce = Debounce::new(cfg.debounce);
         let mut next_rescan = Instant::now() + cfg.logs_period;
         loop {
-            if let Some(end) = self.state.completion() {
+            let cancelled = || policy::cancelled(self.state.workers.any_cancel(), self.state.wrote_cancel);
+            if let Some(end) = self.state.completion().or_else(cancelled) {
                 return Ok(self.end(end).await);
-            }
-            if self.state.workers.any_cancel() && self.state.wrote_cancel {
-                let reason = "EvalAI reports the submission cancelled".to_string();
-                return Ok(self.end(End::Cancelled { reason }).await);
             }
             if self.check_cancel_marker("during the run") {
                 self.publish(None);

@@ -114,21 +114,39 @@ mod tests {
         }
     }
 
+    /// A copy of a recorded volume and a folder for the local sinks, in a fresh scratch folder; the configuration
+    /// of a run on them with `args` added.
+    fn scratch(name: &str, args: &[&str]) -> (PathBuf, PathBuf, RunConfig) {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/volumes/lb2.0-mid-run");
+        let scratch = std::env::temp_dir().join(format!("logcopy-loop-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        let (vol, out) = (scratch.join("volume"), scratch.join("out"));
+        copy_dir(&fixture, &vol);
+        let (v, o) = (vol.to_str().unwrap(), out.to_str().unwrap());
+        let base = ["--local", o, "--logs", v, "--evalai-rpm", "60", "--final-timeout", "10", "--flush-budget", "10"];
+        let cfg = crate::config::tests::parse(&[&base[..], args].concat()).unwrap();
+        (scratch, out, cfg)
+    }
+
+    /// A run of `cfg` that no shutdown ends.
+    async fn run_to_its_end(cfg: RunConfig) -> End {
+        let root = open_volume(&cfg.logs).unwrap();
+        run_until(cfg, root, std::future::pending()).await.unwrap()
+    }
+
+    fn put_cancel_marker(cfg: &RunConfig) {
+        let dir = cfg.logs.join(cfg.layout().status_dir());
+        std::fs::write(dir.join(volume::markers::Marker::Cancel.file_name()), "").unwrap();
+    }
+
     /// The loop runs in-process on a copy of a recorded volume, with the local sinks; resolving its shutdown future
     /// (no signal) ends it with the final flush: a worker file that came back after the first cycle, which no cycle
     /// has read yet (long rescan period and debounce), is in the final merged file, its S3 copy and EvalAI's last
     /// update.
     #[tokio::test]
     async fn the_shutdown_future_ends_the_run_with_the_final_flush() {
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/volumes/lb2.0-mid-run");
-        let scratch = std::env::temp_dir().join(format!("logcopy-loop-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&scratch);
-        let (vol, out) = (scratch.join("volume"), scratch.join("out"));
-        copy_dir(&fixture, &vol);
-        let (v, o) = (vol.to_str().unwrap(), out.to_str().unwrap());
-        let args = ["--local", o, "--logs", v, "--logs-period", "60", "--debounce", "30", "--evalai-rpm", "60"];
-        let cfg = crate::config::tests::parse(&args).unwrap();
-        let layout = cfg.layout();
+        let (scratch, out, cfg) = scratch("shutdown", &["--logs-period", "60", "--debounce", "30"]);
+        let (vol, layout) = (cfg.logs.clone(), cfg.layout());
         // Worker 2's results file is away at start.
         let (w2, away) = (vol.join(layout.results_file(2)), scratch.join("worker2.json"));
         std::fs::rename(&w2, &away).unwrap();
@@ -165,6 +183,36 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&s3).unwrap(), last, "the final sync copied the final merged file");
         let requests = std::fs::read_to_string(out.join("evalai-requests.jsonl")).unwrap();
         assert!(requests.contains(&route), "EvalAI's last update carries the final merge");
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+
+    /// A cancel marker that logcopy did not write, at start, and EvalAI (the local one) does not say cancelled: the
+    /// cancel check refutes it and the run ends FAILED, saying the marker was forged.
+    #[tokio::test]
+    async fn a_forged_cancel_marker_at_start_ends_the_run_failed() {
+        let (scratch, _, cfg) = scratch("forged", &[]);
+        put_cancel_marker(&cfg);
+        match run_to_its_end(cfg).await {
+            End::Completed { finished: false, reason } => assert!(reason.contains("was forged"), "{reason}"),
+            end => panic!("not a failed end: {end:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+
+    /// The same marker, and EvalAI says cancelled (the local EvalAI's cancel file): the run ends cancelled, with
+    /// every worker's cancel marker written.
+    #[tokio::test]
+    async fn a_cancel_marker_that_evalai_confirms_ends_the_run_cancelled() {
+        let (scratch, out, cfg) = scratch("confirmed", &[]);
+        put_cancel_marker(&cfg);
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join(crate::publish::local::CANCEL_FILE), "").unwrap();
+        let status = cfg.logs.join(cfg.layout().status_dir());
+        let end = run_to_its_end(cfg).await;
+        let reason = "a cancel marker is on the volume at start and EvalAI confirms the cancel".to_string();
+        assert_eq!(end, End::Cancelled { reason });
+        let worker = volume::markers::Marker::WorkerCancel { worker: volume::markers::WorkerId(4) };
+        assert!(status.join(worker.file_name()).exists(), "every worker's cancel marker is written");
         let _ = std::fs::remove_dir_all(&scratch);
     }
 }

@@ -120,6 +120,12 @@ pub(crate) fn completion(ends: impl IntoIterator<Item = (u32, WorkerEnd)>) -> Op
     })
 }
 
+/// EvalAI's cancel ends the run once the cancel markers that logcopy wrote on it are on the volume (`cancel_marker`,
+/// as the last cycle read them). The loop asks this after [`completion`], which wins when every worker had ended.
+pub(crate) fn cancelled(cancel_marker: bool, wrote_cancel: bool) -> Option<End> {
+    (cancel_marker && wrote_cancel).then(|| End::Cancelled { reason: "EvalAI reports the submission cancelled".into() })
+}
+
 /// Route ids of the submission with no result: at most [`crate::routes::SHOWN`] named, and how many in all. With the
 /// routes each worker was given, those without a record. Without them, the routes that the workers' progress totals
 /// add up to (a worker without a results file is assumed to have as many routes as the others, as upstream splits
@@ -244,6 +250,15 @@ mod tests {
                 reason: format!("worker 2 ended with 4 of 5 routes recorded; worker 3 failed ({failed})"),
             })
         );
+    }
+
+    #[test]
+    fn evalai_s_cancel_ends_the_run_once_logcopy_s_markers_are_read_back() {
+        let reason = "EvalAI reports the submission cancelled".to_string();
+        assert_eq!(cancelled(true, true), Some(End::Cancelled { reason }));
+        assert_eq!(cancelled(false, true), None, "written, not read back yet");
+        assert_eq!(cancelled(true, false), None, "a marker logcopy did not write is the cancel check's");
+        assert_eq!(cancelled(false, false), None);
     }
 
     #[test]
