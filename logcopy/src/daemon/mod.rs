@@ -17,13 +17,13 @@
 //! Job's retries. Only bad configuration exits non-zero (2).
 //!
 //! The modules, in the order a run meets them:
-//! - [`sinks`]: starts the EvalAI, S3 and DynamoDB sinks;
-//! - [`engine`]: the loop, which runs until an end and flushes it; it takes a shutdown future and installs no
+//! - `sinks`: starts the EvalAI, S3 and DynamoDB sinks;
+//! - `engine`: the loop, which runs until an end and flushes it; it takes a shutdown future and installs no
 //!   signal handler;
-//! - [`cycle`]: the volume state and the merge cycle, lent to a thread of its own for each cycle ([`cycle::Held`]);
-//! - [`workers`]: worker tracking: each worker's results file, the routes it was given, the markers;
-//! - [`policy`]: the completion policy as pure functions: a worker's end, the run's end, the missing routes;
-//! - [`cancel`]: the check of a cancel marker that logcopy did not write, a small state machine.
+//! - `cycle`: the volume state and the merge cycle, lent to a thread of its own for each cycle (`cycle::Held`);
+//! - `workers`: worker tracking: each worker's results file, the routes it was given, the markers;
+//! - `policy`: the completion policy as pure functions: a worker's end, the run's end, the missing routes;
+//! - `cancel`: the check of a cancel marker that logcopy did not write, a small state machine.
 
 mod cancel;
 mod cycle;
