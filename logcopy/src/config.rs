@@ -399,6 +399,17 @@ impl Edges {
     }
 }
 
+impl RunConfig {
+    /// Where things are on the volume of this run.
+    pub fn layout(&self) -> crate::volume::Layout {
+        crate::volume::Layout {
+            root: self.logs.clone(),
+            results_pattern: self.results_pattern.clone(),
+            merged: self.merged_path.clone(),
+        }
+    }
+}
+
 /// A setting that is missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{setting}: {reason}")]

@@ -1,0 +1,329 @@
+//! The merge cycle and the volume state it owns: the workers' files read ([`super::workers`]), merged, converted
+//! for EvalAI, and the merged file and EvalAI's three files written atomically (only the bytes that changed); the
+//! final cycle of an end, and the last word on a completed run. All of it is blocking file work: the state is lent
+//! to a thread of its own for each cycle and comes back ([`Held`]), so that the runtime's one thread, which the
+//! sinks share, never waits on the volume. Cycles stay one at a time, in the loop's order.
+
+use super::workers::Workers;
+use crate::config::RunConfig;
+use crate::publish::{End, Lane, Outputs, release_free_memory};
+use crate::results::file;
+use crate::results::pyjson::Value;
+use crate::results::{self, Input, Version, evalai};
+use crate::routes::SHOWN;
+use crate::volume::{Layout, Root};
+use std::collections::HashSet;
+use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tracing::{error, warn};
+use volume::markers::{Marker, WorkerId};
+
+/// What the loop knows of the volume: the workers, the newest outputs, what was written and logged.
+pub(super) struct State {
+    pub cfg: RunConfig,
+    /// The volume's root, opened once: every read and write of the volume goes beneath it.
+    pub root: Arc<Root>,
+    pub layout: Layout,
+    pub workers: Workers,
+    version: Version,
+    pub outputs: Option<Arc<Outputs>>,
+    /// The bytes last written to each output file, to write only what changed.
+    written: Vec<(PathBuf, String)>,
+    logged: HashSet<String>,
+    /// Cancel markers this logcopy wrote.
+    pub wrote_cancel: bool,
+    /// Why the last merge (or its conversion) failed; `None` after a good one. A run cannot end FINISHED on it.
+    merge_error: Option<String>,
+}
+
+impl State {
+    pub fn new(cfg: RunConfig, root: Arc<Root>) -> Self {
+        let layout = cfg.layout();
+        let workers = Workers::new(&cfg, &layout);
+        State {
+            version: cfg.version,
+            root,
+            layout,
+            workers,
+            cfg,
+            outputs: None,
+            written: Vec::new(),
+            logged: HashSet::new(),
+            wrote_cancel: false,
+            merge_error: None,
+        }
+    }
+
+    fn log_once(&mut self, key: String, f: impl FnOnce(&str)) {
+        if self.logged.insert(key.clone()) {
+            f(&key);
+        }
+    }
+
+    /// Reads the markers and the results files; merges and writes the outputs when something changed.
+    /// Returns `true` when the outputs changed.
+    pub fn cycle(&mut self) -> bool {
+        if let Err(e) = self.workers.read_markers(&self.root, self.layout.status_dir()) {
+            let dir = self.root.display(self.layout.status_dir());
+            self.log_once(format!("cannot read {}: {e}", dir.display()), |m| warn!("{m}"))
+        }
+        let changed = self.workers.refresh(&self.root, self.cfg.max_results_bytes);
+        if !changed && self.outputs.is_some() {
+            return false;
+        }
+        self.merge()
+    }
+
+    fn merge(&mut self) -> bool {
+        let inputs: Vec<Input> = self
+            .workers
+            .list
+            .iter()
+            .filter_map(|w| w.good.clone().map(|data| Input { name: w.rel.clone(), data }))
+            .collect();
+        self.version = match results::detect_all(inputs.iter().map(|i| (i.name.as_str(), &i.data))) {
+            Ok(Some(v)) => {
+                if v != self.cfg.version {
+                    let cfgv = self.cfg.version;
+                    self.log_once(
+                        format!("the workers' files are Leaderboard {v}, but LEADERBOARD_VERSION is {cfgv}; using {v}"),
+                        |m| error!("{m}"),
+                    );
+                }
+                v
+            }
+            Ok(None) => self.cfg.version,
+            Err(e) => {
+                self.log_once(format!("{e}; using LEADERBOARD_VERSION {}", self.cfg.version), |m| error!("{m}"));
+                self.cfg.version
+            }
+        };
+        let inputs = self.keep_assigned_routes(inputs);
+        let merged = match results::merge(self.version, &inputs) {
+            Ok(m) => m,
+            Err(f) => {
+                let msg = format!("merge failed, the last good results stay published: {}", f.error);
+                self.log_once(msg, |m| error!("{m}"));
+                self.merge_error = Some(f.error.to_string());
+                return false;
+            }
+        };
+        for w in &merged.warnings {
+            self.log_once(w.clone(), |m| warn!("{m}"));
+        }
+        let obj = merged.value.as_object();
+        let converted =
+            evalai::results_json(self.version, obj).and_then(|r| Ok((r, evalai::stdout_txt(self.version, obj)?)));
+        let (results, stdout) = match converted {
+            Ok(x) => x,
+            Err(e) => {
+                let msg = format!("EvalAI conversion failed, the last good results stay published: {e}");
+                self.log_once(msg, |m| error!("{m}"));
+                self.merge_error = Some(format!("the EvalAI conversion failed: {e}"));
+                return false;
+            }
+        };
+        self.merge_error = None;
+        let refused = non_finite_metric(&results).map(|metric| {
+            let from = self.workers.list.iter().filter(|w| w.good.as_ref().is_some_and(has_non_finite)).map(|w| w.id);
+            let from: Vec<String> = from.map(|id| id.to_string()).collect();
+            let msg = format!(
+                "the metric {metric:?} is not a finite number (from worker {}): EvalAI refuses such a result (400), \
+                 so no partial update is sent until it is",
+                if from.is_empty() { "?".to_string() } else { from.join(", ") }
+            );
+            self.log_once(msg.clone(), |m| error!("{m}"));
+            format!("the metric {metric:?} is not a finite number")
+        });
+        let outputs = Outputs { merged: merged.to_bytes(), results, stdout, refused };
+        if self.outputs.as_deref() == Some(&outputs) {
+            return false;
+        }
+        self.write_outputs(&outputs);
+        self.outputs = Some(Arc::new(outputs));
+        true
+    }
+
+    /// Leaves the records of routes a worker was not given out of its input, so that they are never merged over
+    /// another worker's routes; each such drop is logged once, with the file and the route ids.
+    fn keep_assigned_routes(&mut self, mut inputs: Vec<Input>) -> Vec<Input> {
+        let mut drops = Vec::new();
+        for (w, input) in self.workers.list.iter().filter(|w| w.good.is_some()).zip(&mut inputs) {
+            let Some(a) = &w.assigned else { continue };
+            let Some((kept, dropped)) = a.drop_outside(self.version, &input.data) else { continue };
+            input.data = kept;
+            let shown = dropped.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+            let more = dropped.len().saturating_sub(SHOWN);
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            drops.push(format!(
+                "{}: {} record(s) of routes that worker {} was not given (its routes: {}) left out of the merge: \
+                 {shown}{more}",
+                w.rel,
+                dropped.len(),
+                w.id,
+                a.describe()
+            ));
+        }
+        for m in drops {
+            self.log_once(m, |m| warn!("{m}"));
+        }
+        inputs
+    }
+
+    /// Writes the four output files (only those whose bytes changed), each atomically.
+    fn write_outputs(&mut self, o: &Outputs) {
+        let files = [
+            (self.layout.merged_file().to_path_buf(), &o.merged),
+            (PathBuf::from(volume::layout::EVALAI_RESULTS), &o.results),
+            (PathBuf::from(volume::layout::EVALAI_STDOUT), &o.stdout),
+            (PathBuf::from(volume::layout::EVALAI_METADATA), &o.merged),
+        ];
+        for (path, bytes) in files {
+            if self.written.iter().any(|(p, b)| *p == path && b == bytes) {
+                continue;
+            }
+            // After a restart the file on the volume may already hold these bytes: leave it (and its stat) alone.
+            if !self.written.iter().any(|(p, _)| *p == path)
+                && file::read_beneath(&self.root, &path, bytes.len() as u64 + 1).ok().flatten().as_deref()
+                    == Some(bytes.as_bytes())
+            {
+                self.written.push((path, bytes.clone()));
+                continue;
+            }
+            if let Some(parent) = path.parent() {
+                let _ = self.root.create_dir_all(parent);
+            }
+            match self.root.write_atomic(&path, bytes.as_bytes()) {
+                Ok(()) => {
+                    self.written.retain(|(p, _)| *p != path);
+                    self.written.push((path, bytes.clone()));
+                }
+                // Logged each time: a full disk must stay visible. The old file stays whole; the next cycle retries.
+                Err(e) => error!("{e}"),
+            }
+        }
+    }
+
+    /// `Some` once every worker has ended, with the final status decision and its reason.
+    pub fn completion(&self) -> Option<End> {
+        self.workers.completion(self.version)
+    }
+
+    /// Writes `simulation.cancel` and `simulation-ID.cancel` for every worker.
+    pub fn write_cancel_markers(&mut self) {
+        let dir = self.layout.status_dir();
+        let mut all = vec![Marker::Cancel];
+        all.extend((1..=self.cfg.workers).map(|i| Marker::WorkerCancel { worker: WorkerId(i) }));
+        for m in all {
+            if let Err(e) = m.create_in(&self.root, dir) {
+                error!(marker = %m, "cannot write the cancel marker: {e}");
+            }
+        }
+        self.wrote_cancel = true;
+    }
+
+    /// The last word on a completed run, from the final files (re-read by [`Self::final_outputs`]): a final merge
+    /// that failed, or a metric EvalAI would refuse, makes it FAILED with that reason, never a FINISHED that
+    /// EvalAI answers with 400 (and leaves `running`), nor one that carries an older, shorter result.
+    pub fn final_verdict(&mut self, end: End) -> End {
+        let End::Completed { finished, reason } = end else { return end };
+        if let Some(e) = &self.merge_error {
+            let reason = format!("the final merge of the workers' results failed: {e}");
+            // Nothing computed from the final files: no result, no merged file, only the reason.
+            self.outputs = Some(Arc::new(Outputs { stdout: format!("{reason}\n"), ..Outputs::default() }));
+            return End::Completed { finished: false, reason };
+        }
+        if let Some(why) = self.outputs.as_ref().and_then(|o| o.refused.clone()) {
+            let reason = if finished { why } else { format!("{reason}; {why}") };
+            return End::Completed { finished: false, reason };
+        }
+        End::Completed { finished, reason }
+    }
+
+    /// The last cycle before the sinks' final work: re-read everything; on an incomplete end, say what is missing.
+    pub fn final_outputs(&mut self, end: &End) -> Option<Arc<Outputs>> {
+        for w in &mut self.workers.list {
+            w.forget_stamp();
+        }
+        self.cycle();
+        if let End::Completed { finished: false, reason } = end
+            && self.merge_error.is_none()
+            && let Some(o) = &self.outputs
+        {
+            let missing = self.workers.missing_routes(self.version);
+            let mut note = format!("\nThe submission ended incomplete: {reason}.\n");
+            if missing.count > 0 {
+                let shown = missing.names.join(", ");
+                let more = missing.count - missing.names.len() as u128;
+                let more =
+                    if more > 0 { format!(" and {more} more ({} in all)", missing.count) } else { String::new() };
+                note.push_str(&format!("Routes with no result: {shown}{more}.\n"));
+                error!(missing = %missing.count, routes = %shown, "routes with no result");
+            }
+            let with_note = Outputs { stdout: format!("{}{note}", o.stdout), ..(**o).clone() };
+            self.write_outputs(&with_note);
+            self.outputs = Some(Arc::new(with_note));
+        }
+        self.outputs.clone()
+    }
+}
+
+/// The volume state, which each cycle takes to the volume's own thread and brings back; between two cycles it is
+/// here.
+pub(super) struct Held {
+    state: Option<State>,
+    lane: Lane,
+}
+
+const HELD: &str = "the volume state is back after each cycle";
+
+impl Held {
+    pub fn new(state: State) -> Held {
+        Held { state: Some(state), lane: Lane::new("logcopy-volume") }
+    }
+
+    /// Runs `f` (a cycle, or anything else that reads or writes the volume) on the volume's thread.
+    pub async fn lend<R: Send + 'static>(&mut self, f: impl FnOnce(&mut State) -> R + Send + 'static) -> R {
+        let work = |state: &mut State| {
+            let r = f(state);
+            release_free_memory();
+            r
+        };
+        let (state, r) = self.lane.run(self.state.take().expect(HELD), work).await;
+        self.state = Some(state);
+        r
+    }
+}
+
+impl Deref for Held {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.state.as_ref().expect(HELD)
+    }
+}
+
+impl DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut State {
+        self.state.as_mut().expect(HELD)
+    }
+}
+
+/// The first metric of a `results.json` whose value is not a finite number (NaN, Infinity), if any.
+fn non_finite_metric(results_json: &str) -> Option<String> {
+    let Ok(Value::Array(entries)) = crate::results::pyjson::parse(results_json.as_bytes()) else { return None };
+    entries.iter().find_map(|e| {
+        let acc = e.as_object()?.get("accuracies")?.as_object()?;
+        acc.iter().find(|(_, v)| matches!(v, Value::Float(f) if !f.is_finite())).map(|(k, _)| k.to_string())
+    })
+}
+
+/// Whether a worker's results hold a number that is not finite anywhere.
+fn has_non_finite(v: &Value) -> bool {
+    match v {
+        Value::Float(f) => !f.is_finite(),
+        Value::Array(a) => a.iter().any(has_non_finite),
+        Value::Object(o) => o.iter().any(|(_, v)| has_non_finite(v)),
+        _ => false,
+    }
+}
