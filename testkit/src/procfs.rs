@@ -97,9 +97,11 @@ pub fn memory_kib(pid: impl std::fmt::Display) -> Result<(u64, u64)> {
 /// `pid`'s read position in `path` while it has the file open (the furthest, if open more than once), from
 /// `/proc/<pid>/fd` and `/proc/<pid>/fdinfo`: shows that a process is reading (hashing) a file at a given moment.
 pub fn read_position(pid: u32, path: &Path) -> Option<u64> {
+    // The kernel names an open file by its canonical path (no `..`, no link).
+    let path = path.canonicalize().ok()?;
     let mut furthest = None;
     for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
-        if std::fs::read_link(fd.path()).ok().as_deref() != Some(path) {
+        if std::fs::read_link(fd.path()).ok() != Some(path.clone()) {
             continue;
         }
         let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()));
@@ -124,5 +126,12 @@ mod tests {
         assert!(proc_state(me as i32).is_some_and(|(s, ppid)| "RS".contains(s) && ppid > 0));
         assert!(memory_kib(u32::MAX).unwrap_err().to_string().contains("/proc/4294967295/status"));
         assert_eq!(read_position(me, Path::new("/nonexistent")), None);
+        // A path with `..` names the same open file.
+        let s = crate::Scratch::new("procfs");
+        std::fs::create_dir_all(s.path("a")).unwrap();
+        std::fs::write(s.path("f"), b"0123456789").unwrap();
+        let mut f = std::fs::File::open(s.path("f")).unwrap();
+        std::io::Read::read_exact(&mut f, &mut [0u8; 4]).unwrap();
+        assert_eq!(read_position(me, &s.path("a/../f")), Some(4));
     }
 }
