@@ -50,6 +50,43 @@ pub struct RunCommand {
     /// Least severe log level shown (error, warn, info, debug, trace).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: LevelFilter,
+    /// Where the end's one-line summary (the final status and why, or the configuration error) is written for
+    /// Kubernetes' termination message, so that `kubectl describe pod` says why a Complete Job's submission
+    /// failed. Default: /dev/termination-log when it exists (in a pod), else nowhere.
+    #[arg(long, env = "TERMINATION_LOG", value_name = "PATH")]
+    pub termination_log: Option<PathBuf>,
+}
+
+/// Kubernetes' default termination message path, written only where it exists (a local run creates nothing in
+/// `/dev`).
+const POD_TERMINATION_LOG: &str = "/dev/termination-log";
+/// Kubernetes keeps at most 4,096 bytes of a termination message.
+const TERMINATION_MAX: usize = 4096;
+
+/// The termination message of a command line clap refused (the value of `--termination-log` is read from the raw
+/// arguments, or `TERMINATION_LOG`): a bad flag is as much a reason for a pod to end as a bad setting.
+pub fn termination_message_for_refused(args: &[String], text: &str) {
+    let flag = args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix("--termination-log") {
+        Some("") => args.get(i + 1).cloned(),
+        Some(v) => v.strip_prefix('=').map(str::to_string),
+        None => None,
+    });
+    let path = flag.or_else(|| std::env::var("TERMINATION_LOG").ok()).map(PathBuf::from);
+    termination_message(path.as_deref(), &one_line(text));
+}
+
+/// Writes `text` to the termination message file: `path`, else the pod's default where it exists. A failure is
+/// logged, never fatal (the log has the same line).
+fn termination_message(path: Option<&std::path::Path>, text: &str) {
+    let default = std::path::Path::new(POD_TERMINATION_LOG);
+    let Some(path) = path.or_else(|| default.exists().then_some(default)) else { return };
+    let mut end = text.len().min(TERMINATION_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if let Err(e) = std::fs::write(path, format!("{}\n", &text[..end])) {
+        tracing::warn!("cannot write the termination message to {}: {e}", path.display());
+    }
 }
 
 #[derive(Debug, Args)]
@@ -104,12 +141,15 @@ pub fn run(cli: Cli) -> ExitCode {
 
 /// `logcopy run`: 0 on every handled end (finished, incomplete, cancelled, SIGTERM), 2 on bad configuration.
 fn run_daemon(r: RunCommand) -> ExitCode {
+    let termination = r.termination_log.clone();
+    let config_error = |e: &dyn std::fmt::Display| {
+        eprintln!("logcopy run: configuration error: {e}");
+        termination_message(termination.as_deref(), &one_line(&format!("configuration error: {e}")));
+        ExitCode::from(2)
+    };
     let cfg = match r.args.validate() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("logcopy run: configuration error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return config_error(&e),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -124,10 +164,7 @@ fn run_daemon(r: RunCommand) -> ExitCode {
         StorageTarget::Aws { .. } => match runtime.block_on(check_aws(cfg.storage_timeout)) {
             Ok(Checked::Ready) => None,
             Ok(Checked::Transient(w)) => Some(w),
-            Err(errors) => {
-                eprintln!("logcopy run: configuration error: {}", ConfigErrors(errors));
-                return ExitCode::from(2);
-            }
+            Err(errors) => return config_error(&ConfigErrors(errors)),
         },
         StorageTarget::Local { .. } => None,
     };
@@ -155,14 +192,15 @@ fn run_daemon(r: RunCommand) -> ExitCode {
     };
     let code = match result {
         Ok(end) => {
-            tracing::info!(?end, "logcopy ends");
+            let line = one_line(&end.describe());
+            tracing::info!("logcopy ends: {line}");
+            termination_message(termination.as_deref(), &line);
             ExitCode::SUCCESS
         }
         Err(e) => {
             let e = one_line(&e.to_string());
             tracing::error!("{e}");
-            eprintln!("logcopy run: configuration error: {e}");
-            ExitCode::from(2)
+            config_error(&e)
         }
     };
     crate::logging::flush();

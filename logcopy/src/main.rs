@@ -16,8 +16,12 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => logcopy::cli::run(cli),
         Err(e) => match logcopy::config::describe_clap_error(&e, &Cli::command()) {
             Some(problem) => {
-                let command = std::env::args().nth(1).filter(|c| !c.starts_with('-')).unwrap_or_default();
+                let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+                let command = args.get(1).filter(|c| !c.starts_with('-')).cloned().unwrap_or_default();
                 eprintln!("logcopy {command}: configuration error: {problem}");
+                if command == "run" {
+                    logcopy::cli::termination_message_for_refused(&args, &format!("configuration error: {problem}"));
+                }
                 std::process::ExitCode::from(2)
             }
             None => e.exit(),

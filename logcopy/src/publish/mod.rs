@@ -66,6 +66,21 @@ pub enum End {
 }
 
 impl End {
+    /// One line for a person (the log's last line and the termination message): the final status and why.
+    pub fn describe(&self) -> String {
+        match self {
+            End::Completed { finished: true, reason } => format!("final status FINISHED: {reason}"),
+            End::Completed { finished: false, reason } => format!("final status FAILED: {reason}"),
+            End::Cancelled { reason } => format!("final status CANCELLED: {reason}"),
+            End::Terminated => {
+                "stopped by SIGTERM before the submission ended: results flushed, no final status sent (a resumed \
+                 run decides it)"
+                    .to_string()
+            }
+            End::Once => "one cycle done (--once)".to_string(),
+        }
+    }
+
     /// The status the post-run step would give EvalAI, where this end decides one.
     pub fn final_status(&self) -> Option<FinalStatus> {
         match self {
