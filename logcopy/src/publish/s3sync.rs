@@ -561,7 +561,7 @@ mod tests {
             root: Arc::new(Root::open(&root).unwrap()),
             prefix: "1".into(),
             min_interval: Duration::ZERO,
-            limits: UploadLimits::default(),
+            limits: UploadLimits { max_file_bytes: u64::MAX, ..UploadLimits::default() },
             final_flush: false,
             now: Instant::now(),
             stop: stop.clone(),
