@@ -375,9 +375,19 @@ impl Root {
     /// The entries of the folder `rel` (the root itself when empty), `.` and `..` left out; `None` when it does
     /// not exist.
     pub fn list(&self, rel: &Path) -> io::Result<Option<Vec<Entry>>> {
+        let mut out = Vec::new();
+        let found = self.for_each_entry(rel, &mut |name, kind| {
+            out.push(Entry { name: OsString::from_vec(name.to_bytes().to_vec()), kind })
+        })?;
+        Ok(found.then_some(out))
+    }
+
+    /// Calls `f` with each entry of the folder `rel` as it is read, `.` and `..` left out; `false` when the folder
+    /// does not exist. A folder of a million entries is never held in memory whole.
+    fn for_each_entry(&self, rel: &Path, f: &mut dyn FnMut(&CStr, Kind)) -> io::Result<bool> {
         let dir = match self.dir(rel) {
             Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         };
         // fdopendir takes the descriptor: give it a fresh one.
@@ -391,7 +401,6 @@ impl Root {
             unsafe { libc::close(raw) };
             return Err(e);
         }
-        let mut out = Vec::new();
         loop {
             // SAFETY: a valid DIR stream; the entry is read before the next readdir call.
             let ent = unsafe { libc::readdir(stream) };
@@ -411,11 +420,11 @@ impl Root {
                     Err(_) => Kind::Other,
                 }
             });
-            out.push(Entry { name: OsString::from_vec(name.to_bytes().to_vec()), kind });
+            f(name, kind);
         }
         // SAFETY: a valid DIR stream, closed once.
         unsafe { libc::closedir(stream) };
-        Ok(Some(out))
+        Ok(true)
     }
 
     /// Every regular file beneath the root, sorted, never descending into a link. Links, FIFOs, sockets and
@@ -425,13 +434,13 @@ impl Root {
         let mut skipped = Vec::new();
         let mut stack = vec![PathBuf::new()];
         while let Some(dir) = stack.pop() {
-            let Ok(Some(entries)) = self.list(&dir) else { continue };
-            for entry in entries {
-                let rel = dir.join(&entry.name);
+            // Each entry is filtered as it is read: what `exclude` turns away is never held.
+            let _ = self.for_each_entry(&dir, &mut |name, kind| {
+                let rel = dir.join(OsStr::from_bytes(name.to_bytes()));
                 if exclude(&rel) {
-                    continue;
+                    return;
                 }
-                match entry.kind {
+                match kind {
                     Kind::Dir => stack.push(rel),
                     Kind::File => files.push(Found { rel }),
                     Kind::Symlink => skipped.push(Skipped { rel, reason: "a symbolic link (never followed)" }),
@@ -445,7 +454,7 @@ impl Root {
                         skipped.push(Skipped { rel, reason });
                     }
                 }
-            }
+            });
         }
         files.sort_by(|a, b| a.rel.cmp(&b.rel));
         (files, skipped)

@@ -330,8 +330,9 @@ impl Plan {
     fn run(&self, ledger: &mut Ledger, jobs: &mpsc::Sender<Job>) -> Planned {
         let mut out = Planned::default();
         let mut send = Sending::default();
+        let mut seen = HashSet::new();
         let first = |rel: &Path| self.stopped() || excluded(rel) || !layout::may_hold_upload_priority(rel);
-        if !self.pass(&first, true, ledger, jobs, &mut out, &mut send) {
+        if !self.pass(&first, true, ledger, jobs, &mut out, &mut send, &mut seen) {
             return out;
         }
         // The rest, with at most `max_worker_files` entries of each worker's folder listed: a million files there
@@ -355,7 +356,12 @@ impl Plan {
             }
             false
         };
-        let done = self.pass(&rest, false, ledger, jobs, &mut out, &mut send);
+        if self.pass(&rest, false, ledger, jobs, &mut out, &mut send, &mut seen) {
+            // The files that are gone (or past a cap) leave the manifest, which so holds no more than the volume.
+            let before = ledger.manifest.files.len();
+            ledger.manifest.files.retain(|rel, _| seen.contains(rel));
+            out.manifest_changed |= ledger.manifest.files.len() != before;
+        }
         for folder in capped.into_inner() {
             ledger.warn_once(format!(
                 "not uploaded: files of {} past its first {} files and folders (--max-worker-files); its results \
@@ -364,12 +370,13 @@ impl Plan {
                 self.limits.max_worker_files
             ));
         }
-        let _ = done;
         out
     }
 
     /// One pass: the files the walk with `exclude` finds (of the classes above `Rest` when `first`, the others
-    /// otherwise), by class then size. `false` when stopped or nobody takes the jobs.
+    /// otherwise), by class then size; the paths it finds go into `seen`. `false` when stopped or nobody takes the
+    /// jobs.
+    #[allow(clippy::too_many_arguments)]
     fn pass(
         &self,
         exclude: &dyn Fn(&Path) -> bool,
@@ -378,6 +385,7 @@ impl Plan {
         jobs: &mpsc::Sender<Job>,
         out: &mut Planned,
         send: &mut Sending,
+        seen: &mut HashSet<String>,
     ) -> bool {
         let (files, skipped) = self.root.walk(exclude);
         for s in skipped {
@@ -400,6 +408,7 @@ impl Plan {
                 }
             };
             let rel = key[self.prefix.len() + 1..].to_string();
+            seen.insert(rel.clone());
             let Ok(Some(meta)) = self.root.stat(&f.rel) else { continue };
             if meta.len() > self.limits.max_file_bytes {
                 // Neither uploaded nor hashed (a sparse file of terabytes reads as zeros for hours).
@@ -587,5 +596,27 @@ mod tests {
         assert!(rx.blocking_recv().is_none(), "no job for the huge file");
         assert!(ledger.manifest.files.is_empty(), "the manifest changes only with uploads");
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A file removed from the volume leaves the manifest at the next sync: the manifest never grows past what the
+    /// volume holds.
+    #[tokio::test]
+    async fn the_manifest_forgets_files_that_are_gone() {
+        let base = std::env::temp_dir().join(format!("logcopy-manifest-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let vol = base.join("vol");
+        std::fs::create_dir_all(vol.join("simulator")).unwrap();
+        std::fs::write(vol.join("simulator/a.log"), b"a").unwrap();
+        std::fs::write(vol.join("simulator/b.log"), b"b").unwrap();
+        let root = Arc::new(Root::open(&vol).unwrap());
+        let store = super::super::store::LocalStore::new(&base.join("s3"));
+        let mut sink = StorageSink::new(store, root.clone(), "1", "local:t", Duration::ZERO);
+        assert_eq!(sink.sync(true).await.uploaded, 2);
+        let names = || Manifest::load(&root, "local:t").files.into_keys().collect::<Vec<_>>();
+        assert_eq!(names(), ["simulator/a.log", "simulator/b.log"]);
+        std::fs::remove_file(vol.join("simulator/b.log")).unwrap();
+        assert_eq!(sink.sync(true).await.uploaded, 0);
+        assert_eq!(names(), ["simulator/a.log"], "the entry of the removed file stayed");
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

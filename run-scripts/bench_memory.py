@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Peak RSS of `logcopy run --once --local` on the hostile volumes of docs/security.md (breaks 5 and 6).
+
+Each case copies fixtures/volumes/lb2.0-mid-run, adds its hostile content, runs the release binary once
+(`--once --local OUT`, S3 going to the embedded local store) and prints the peak RSS (wait4's ru_maxrss, the
+process's VmHWM), the wall time and the exit code. Usage:
+
+    cargo build --release -p logcopy
+    python3 run-scripts/bench_memory.py [--bin target/release/logcopy] [--work /tmp/logcopy-mem] [CASE...]
+
+Cases: results-at-cap, results-64mib, million-files, forged-manifest (default: all). Prints numbers; asserts nothing.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "fixtures/volumes/lb2.0-mid-run"
+WORKER1 = "agent/agent1/agent_results.json"
+
+
+def results_file(size):
+    """A valid Leaderboard 2.0 results file of about `size` bytes: worker 1's records repeated under new route ids."""
+    d = json.loads((FIXTURE / WORKER1).read_text())
+    recs = d["_checkpoint"]["records"]
+    one = len(json.dumps(recs[0], indent=4))
+    n = max(1, size // one)
+    out = []
+    for i in range(n):
+        r = json.loads(json.dumps(recs[i % len(recs)]))
+        r["route_id"] = f"RouteScenario_{i}_rep0"
+        r["index"] = i
+        out.append(r)
+    d["_checkpoint"]["records"] = out
+    d["_checkpoint"]["progress"] = [n, n]
+    return json.dumps(d, indent=4).encode()
+
+
+def million_files(vol, n=1_000_000):
+    d = vol / "agent/agent1/imgs"
+    d.mkdir(parents=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    for i in range(n):
+        os.close(os.open(d / f"{i:07}.png", flags, 0o644))
+
+
+def forged_manifest(vol, size=250 << 20):
+    """A well-formed manifest for the run's target of `size` bytes: entries of files that do not exist."""
+    (vol / "logcopy").mkdir(exist_ok=True)
+    head = b'{"target":"file://TARGET","files":{'
+    entry = b'"agent/agent1/imgs/%09d.png":{"size":0,"sha256":"' + b"e3" * 32 + b'","mtime_ns":1,"ino":2}'
+    with open(vol / "logcopy/.upload-manifest.json", "wb") as f:
+        f.write(head)
+        written, i = len(head), 0
+        while written < size:
+            e = (b"," if i else b"") + (entry % i)
+            f.write(e)
+            written += len(e)
+            i += 1
+        f.write(b"}}")
+
+
+def run(bin_, vol, out, extra):
+    cmd = [bin_, "run", "--once", "--logs", str(vol), "--local", str(out), *extra]
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return ru.ru_maxrss, time.monotonic() - t0, p.returncode, log.decode(errors="replace")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=str(ROOT / "target/release/logcopy"))
+    ap.add_argument("--work", default="/tmp/logcopy-mem")
+    ap.add_argument("cases", nargs="*")
+    a = ap.parse_args()
+    cases = a.cases or ["results-at-cap", "results-64mib", "million-files", "forged-manifest"]
+    work = Path(a.work)
+    for case in cases:
+        shutil.rmtree(work, ignore_errors=True)
+        vol, out = work / "logs", work / "out"
+        shutil.copytree(FIXTURE, vol)
+        out.mkdir(parents=True)
+        extra = []
+        if case == "results-at-cap":
+            (vol / WORKER1).write_bytes(results_file(16 << 20))
+        elif case == "results-64mib":
+            (vol / WORKER1).write_bytes(results_file(64 << 20))
+            extra = ["--max-results-bytes", str(64 << 20)]
+        elif case == "million-files":
+            million_files(vol)
+        elif case == "forged-manifest":
+            forged_manifest(vol)
+            m = vol / "logcopy/.upload-manifest.json"
+            target = f"local:{out}/s3/1"
+            data = m.read_bytes().replace(b"file://TARGET", target.encode(), 1)
+            m.write_bytes(data)
+        else:
+            sys.exit(f"unknown case {case}")
+        kib, secs, code, log = run(a.bin, vol, out, extra)
+        warns = [l for l in log.splitlines() if " WARN " in l or " ERROR " in l]
+        print(f"{case}: peak RSS {kib / 1024:.1f} MiB, {secs:.1f} s, exit {code}")
+        for w in warns[-4:]:
+            print("   ", w[:300])
+        sys.stdout.flush()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
