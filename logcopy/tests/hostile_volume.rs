@@ -147,3 +147,52 @@ fn hard_linked_files_are_neither_uploaded_nor_merged() {
     assert!(!merged.iter().any(|r| r == "RouteScenario_9_rep0"), "the forged worker 2 routes were merged: {merged:?}");
     assert!(out.contains("agent/agent2/agent_results.json") && out.contains("hard links"), "named:\n{out}");
 }
+
+/// `logcopy restore --resume` on a volume where `agent` (or `agent/agent1`, or `containers-status`) is a link to a
+/// folder outside: nothing is written, created, removed or re-moded outside. Before restore went through
+/// `volume::safe` (it created folders and files by path, `O_NOFOLLOW` on the last component only), the objects
+/// under `agent/` landed in the outside folder, which also became mode 0777, and markers outside were removed.
+#[test]
+fn restore_writes_nothing_through_a_linked_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    for linked in ["agent", "agent/agent1", "containers-status"] {
+        let scratch = Scratch::new("restore-link");
+        // What S3 holds for submission 7: the recorded volume (a marker too, which restore deletes).
+        let objects = scratch.path("out/s3/7");
+        copy_tree(&fixture_volume("lb2.0-mid-run"), &objects);
+        let vol = scratch.path("logs");
+        std::fs::create_dir_all(vol.join(linked).parent().unwrap()).unwrap();
+        let outside = scratch.path("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("precious.done"), b"keep").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&outside, vol.join(linked)).unwrap();
+        let before = snapshot(&outside);
+
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_logcopy"))
+            .args(["restore", "--resume", "1", "--logs"])
+            .arg(&vol)
+            .arg("--local")
+            .arg(scratch.path("out"))
+            .env_clear()
+            .env("SUBMISSION_ID", "7")
+            .output()
+            .unwrap();
+        let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        println!("{linked} linked outside: {}\n{output}", out.status);
+        assert_eq!(snapshot(&outside), before, "{linked}: written through the link\n{output}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "{linked}: created through the link\n{output}");
+        assert_eq!(mode(&outside), 0o700, "{linked}: the outside folder was re-moded\n{output}");
+        assert!(std::fs::symlink_metadata(vol.join(linked)).unwrap().file_type().is_symlink(), "{linked}");
+        assert!(!out.status.success(), "{linked}: a restore that could not write the volume must fail\n{output}");
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for f in files_under(from) {
+        let dest = to.join(f.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &dest).unwrap();
+    }
+}

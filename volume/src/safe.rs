@@ -498,6 +498,28 @@ impl Root {
         }
     }
 
+    /// Creates the new regular file `rel` for reading and writing with exactly `mode` (`fchmod`, whatever the
+    /// umask); whatever was at `rel` (a file, a link) is removed first, never followed. The parent folder must
+    /// exist.
+    pub fn create_file(&self, rel: &Path, mode: u32) -> io::Result<File> {
+        let (dir, name) = self.parent(rel)?;
+        if file_type_at(dir.raw(), &name).is_some_and(|t| t != libc::S_IFDIR) {
+            unlink(dir.raw(), &name);
+        }
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+        let file = File::from(openat(dir.raw(), &name, flags, 0o600)?);
+        // SAFETY: fchmod on a descriptor we own.
+        check(unsafe { libc::fchmod(file.as_raw_fd(), mode as libc::mode_t) })?;
+        Ok(file)
+    }
+
+    /// Sets the mode of the folder `rel` (the root itself when empty), reached with no link on the way.
+    pub fn set_dir_mode(&self, rel: &Path, mode: u32) -> io::Result<()> {
+        let dir = self.dir(rel)?;
+        // SAFETY: fchmod on a valid descriptor.
+        check(unsafe { libc::fchmod(dir.raw(), mode as libc::mode_t) }).map(drop)
+    }
+
     /// Opens the regular file `rel` for appending, creating it with `mode` less the umask (a log: never truncated).
     pub fn append(&self, rel: &Path, mode: u32) -> io::Result<File> {
         let (dir, name) = self.parent(rel)?;
