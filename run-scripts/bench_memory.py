@@ -8,7 +8,9 @@ process's VmHWM), the wall time and the exit code. Usage:
     cargo build --release -p logcopy
     python3 run-scripts/bench_memory.py [--bin target/release/logcopy] [--work /tmp/logcopy-mem] [CASE...]
 
-Cases: results-at-cap, results-64mib, million-files, forged-manifest (default: all). Prints numbers; asserts nothing.
+Cases: results-<N>mib (a valid results file of N MiB for worker 1, run with --max-results-bytes N MiB),
+million-files, forged-manifest (default: results-16mib, million-files, forged-manifest). Prints numbers; asserts
+nothing.
 """
 
 import argparse
@@ -26,20 +28,28 @@ WORKER1 = "agent/agent1/agent_results.json"
 
 
 def results_file(size):
-    """A valid Leaderboard 2.0 results file of about `size` bytes: worker 1's records repeated under new route ids."""
+    """A valid Leaderboard 2.0 results file of at most `size` bytes (within 1%): worker 1's records repeated under new
+    route ids."""
     d = json.loads((FIXTURE / WORKER1).read_text())
     recs = d["_checkpoint"]["records"]
-    one = len(json.dumps(recs[0], indent=4))
-    n = max(1, size // one)
-    out = []
-    for i in range(n):
-        r = json.loads(json.dumps(recs[i % len(recs)]))
-        r["route_id"] = f"RouteScenario_{i}_rep0"
-        r["index"] = i
-        out.append(r)
-    d["_checkpoint"]["records"] = out
-    d["_checkpoint"]["progress"] = [n, n]
-    return json.dumps(d, indent=4).encode()
+
+    def build(n):
+        out = []
+        for i in range(n):
+            r = json.loads(json.dumps(recs[i % len(recs)]))
+            r["route_id"] = f"RouteScenario_{i}_rep0"
+            r["index"] = i
+            out.append(r)
+        d["_checkpoint"]["records"] = out
+        d["_checkpoint"]["progress"] = [n, n]
+        return json.dumps(d, indent=4).encode()
+
+    n = 100
+    data = build(n)
+    while not (0.99 * size <= len(data) <= size):
+        n = max(1, int(n * size / len(data) * (0.995 if len(data) > size else 1.0)))
+        data = build(n)
+    return data
 
 
 def million_files(vol, n=1_000_000):
@@ -82,7 +92,7 @@ def main():
     ap.add_argument("--work", default="/tmp/logcopy-mem")
     ap.add_argument("cases", nargs="*")
     a = ap.parse_args()
-    cases = a.cases or ["results-at-cap", "results-64mib", "million-files", "forged-manifest"]
+    cases = a.cases or ["results-16mib", "million-files", "forged-manifest"]
     work = Path(a.work)
     for case in cases:
         shutil.rmtree(work, ignore_errors=True)
@@ -90,11 +100,12 @@ def main():
         shutil.copytree(FIXTURE, vol)
         out.mkdir(parents=True)
         extra = []
-        if case == "results-at-cap":
-            (vol / WORKER1).write_bytes(results_file(16 << 20))
-        elif case == "results-64mib":
-            (vol / WORKER1).write_bytes(results_file(64 << 20))
-            extra = ["--max-results-bytes", str(64 << 20)]
+        if case.startswith("results-") and case.endswith("mib"):
+            mib = int(case[len("results-") : -len("mib")])
+            data = results_file(mib << 20)
+            (vol / WORKER1).write_bytes(data)
+            extra = ["--max-results-bytes", str(mib << 20)]
+            print(f"{case}: worker 1's file is {len(data) / (1 << 20):.2f} MiB")
         elif case == "million-files":
             million_files(vol)
         elif case == "forged-manifest":

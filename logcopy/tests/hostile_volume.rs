@@ -11,7 +11,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::{LogcopyCmd, Scratch, Volume, files_under, fixture_volume, route_ids};
+use support::{LogcopyCmd, Scratch, Volume, eventually_true, files_under, fixture_volume, route_ids, worker_file};
 
 /// `logcopy run --local OUT --once` on `vol`; its exit code and its output (stdout and stderr).
 fn run_once(vol: &Volume) -> (i32, String) {
@@ -195,4 +195,44 @@ fn copy_tree(from: &Path, to: &Path) {
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
         std::fs::copy(&f, &dest).unwrap();
     }
+}
+
+/// Break 5: a worker's results file rewritten over `--max-results-bytes` (the participant's code can write it) is
+/// refused unread, and the worker's last good parse stays in the merge while other workers' changes go on being
+/// merged.
+#[test]
+fn a_results_file_over_the_cap_keeps_the_workers_last_good_parse() {
+    let vol = Volume::from_fixture("lb2.0-mid-run");
+    let w1 = Volume::worker_rel(1);
+    let original = vol.read(&w1);
+    let routes1 = route_ids(&original);
+    assert!(!routes1.is_empty());
+    let out = vol.side_dir("local");
+    let mut lc = LogcopyCmd::new(&vol)
+        .fast()
+        .flag("--max-results-bytes", "20000")
+        .flag("--local", out.to_str().unwrap())
+        .spawn();
+    let merged_has = |ids: &[String]| {
+        vol.try_read("agent/agent_results.json").is_some_and(|m| {
+            serde_json::from_str::<serde_json::Value>(&m).is_ok() && {
+                let have = route_ids(&m);
+                ids.iter().all(|id| have.contains(id))
+            }
+        })
+    };
+    eventually_true(Duration::from_secs(30), "worker 1's routes merged", || merged_has(&routes1));
+
+    // Valid JSON (trailing blanks), over the cap.
+    vol.write_in_place(&w1, format!("{original}{}", " ".repeat(30_000)).as_bytes());
+    eventually_true(Duration::from_secs(30), "the refusal logged", || {
+        lc.stdout_text().lines().any(|l| l.contains("20000-byte cap") && l.contains("keeping its last good parse"))
+    });
+    let w4 = worker_file("2.0", 4, 2, None);
+    vol.write_atomic(&Volume::worker_rel(4), w4.as_bytes());
+    let routes4 = route_ids(&w4);
+    eventually_true(Duration::from_secs(30), "worker 4's routes merged", || merged_has(&routes4));
+    assert!(merged_has(&routes1), "worker 1's last good parse left the merge\n{}", lc.output());
+    lc.sigterm();
+    assert_eq!(lc.wait_exit(Duration::from_secs(20)), Some(0), "{}", lc.output());
 }
