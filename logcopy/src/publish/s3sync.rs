@@ -356,7 +356,8 @@ impl Plan {
             }
             false
         };
-        if self.pass(&rest, false, ledger, jobs, &mut out, &mut send, &mut seen) {
+        // A walk cut short by a stop lists less than the volume holds: only a whole pass prunes.
+        if self.pass(&rest, false, ledger, jobs, &mut out, &mut send, &mut seen) && !self.stopped() {
             // The files that are gone (or past a cap) leave the manifest, which so holds no more than the volume.
             let before = ledger.manifest.files.len();
             ledger.manifest.files.retain(|rel, _| seen.contains(rel));
