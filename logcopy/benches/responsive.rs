@@ -538,6 +538,9 @@ impl Logcopy {
             .arg(dir.join("out"))
             .args(["--logs-period", &period_s.to_string(), "--evalai-rpm", "60"])
             .env_clear()
+            // The huge file is over the default --max-upload-bytes, which would skip it unhashed (an environment
+            // variable, which a build from before the flag ignores).
+            .env("MAX_UPLOAD_BYTES", u64::MAX.to_string())
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)

@@ -151,6 +151,8 @@ pub struct RunArgs {
     pub max_results_bytes: u64,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub uploads: UploadArgs,
 }
 
 /// The workers and the routes they were given, as `logcopy run` and `logcopy status` read them.
@@ -368,6 +370,7 @@ pub struct RunConfig {
     /// Where each outward edge goes, one line each, logged at start (`warn` for the embedded default and for
     /// an ignored setting).
     pub edges: Vec<(bool, String)>,
+    pub uploads: crate::publish::s3sync::UploadLimits,
 }
 
 /// How the local edges were chosen.
@@ -707,6 +710,7 @@ impl RunArgs {
             max_results_bytes: self.max_results_bytes,
             storage,
             edges: Edges::describe(why, edges),
+            uploads: self.uploads.limits(),
         })
     }
 
@@ -760,6 +764,36 @@ pub fn describe_clap_error(e: &clap::Error, cmd: &clap::Command) -> Option<Strin
     let reason =
         std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_else(|| format!("{value:?} is not valid"));
     Some(format!("{setting}: {reason}"))
+}
+
+/// Caps on what the S3 sync uploads from a volume the participant's code writes into (docs/security.md).
+#[derive(Debug, Clone, Args)]
+pub struct UploadArgs {
+    /// Files larger than this many bytes are neither hashed nor uploaded (one warning names each). CARLA's
+    /// recordings of a route are tens to a few hundred MB.
+    #[arg(long, env = "MAX_UPLOAD_BYTES", value_name = "BYTES",
+          default_value_t = crate::publish::s3sync::DEFAULT_MAX_UPLOAD_BYTES)]
+    pub max_upload_bytes: u64,
+    /// Files and folders of one worker's folder (agent/agent<i>) that the sync lists and uploads, its results
+    /// files aside; past it, one warning names the folder.
+    #[arg(long, env = "MAX_WORKER_FILES", value_name = "N",
+          default_value_t = crate::publish::s3sync::DEFAULT_MAX_WORKER_FILES)]
+    pub max_worker_files: u64,
+    /// Bytes uploaded from one worker's folder, its results files aside, smallest files first; past it, one warning
+    /// names the folder.
+    #[arg(long, env = "MAX_WORKER_UPLOAD_BYTES", value_name = "BYTES",
+          default_value_t = crate::publish::s3sync::DEFAULT_MAX_WORKER_UPLOAD_BYTES)]
+    pub max_worker_upload_bytes: u64,
+}
+
+impl UploadArgs {
+    pub fn limits(&self) -> crate::publish::s3sync::UploadLimits {
+        crate::publish::s3sync::UploadLimits {
+            max_file_bytes: self.max_upload_bytes,
+            max_worker_files: self.max_worker_files,
+            max_worker_bytes: self.max_worker_upload_bytes,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,10 +12,12 @@ use crate::publish::s3sync::excluded;
 use crate::publish::store::{LocalStore, ObjectStore, S3Store};
 use crate::volume::Root;
 use crate::volume::manifest::{Entry, Manifest, mtime_ns, sha256};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use tracing::{info, warn};
+use volume::safe::Kind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -34,13 +36,15 @@ pub struct RestoreReport {
     pub skipped: usize,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
-    move |source| RestoreError::Io { path: path.to_path_buf(), source }
+fn io(path: PathBuf) -> impl FnOnce(std::io::Error) -> RestoreError {
+    move |source| RestoreError::Io { path, source }
 }
 
-fn make_dir(path: &Path, mode: u32) -> Result<(), RestoreError> {
-    std::fs::create_dir_all(path).map_err(io(path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
+/// Creates the folder `rel` beneath the volume root (no link followed on the way: `agent -> /outside` is an error,
+/// never a folder made outside) and gives it `mode`.
+fn make_dir(root: &Root, rel: &Path, mode: u32) -> Result<(), RestoreError> {
+    root.create_dir_all(rel).map_err(io(root.display(rel)))?;
+    root.set_dir_mode(rel, mode).map_err(io(root.display(rel)))
 }
 
 /// Writable by every container's user, as upstream.
@@ -66,23 +70,28 @@ pub fn manifest_target(storage: &StorageTarget, prefix: &str) -> String {
 
 pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport, RestoreError> {
     let prefix = cfg.submission_id.to_string();
+    // The volume root is the operator's (trusted); everything beneath it is reached through it, no link followed.
+    std::fs::create_dir_all(&cfg.logs).map_err(io(cfg.logs.clone()))?;
+    let root = Arc::new(Root::open(&cfg.logs).map_err(io(cfg.logs.clone()))?);
     let report = if cfg.resume {
         match &cfg.storage {
             StorageTarget::Aws { bucket, .. } => {
                 let sdk = crate::publish::store::sdk_config(crate::publish::store::DEFAULT_STORAGE_TIMEOUT).await;
-                download(Arc::new(S3Store::new(&sdk, bucket)), cfg, &prefix).await?
+                download(Arc::new(S3Store::new(&sdk, bucket)), &root, cfg, &prefix).await?
             }
-            StorageTarget::Local { out } => download(Arc::new(LocalStore::new(&out.join("s3"))), cfg, &prefix).await?,
+            StorageTarget::Local { out } => {
+                download(Arc::new(LocalStore::new(&out.join("s3"))), &root, cfg, &prefix).await?
+            }
         }
     } else {
         RestoreReport::default()
     };
     let shared = if cfg.private_status { PRIVATE_DIR } else { OPEN_DIR };
     for d in volume::layout::GEN1_DIRS {
-        make_dir(&cfg.logs.join(d), shared)?;
+        make_dir(&root, Path::new(d), shared)?;
     }
     for i in 1..=cfg.workers {
-        make_dir(&cfg.logs.join(volume::layout::worker_dir(i)), OPEN_DIR)?;
+        make_dir(&root, &volume::layout::worker_dir(i), OPEN_DIR)?;
     }
     Ok(report)
 }
@@ -97,35 +106,32 @@ fn relative(key: &str, prefix: &str) -> Option<PathBuf> {
 /// Downloads in flight at once.
 const CONCURRENCY: usize = 8;
 
-/// Streams one object into the volume and returns its manifest entry.
+/// Streams one object into the volume, beneath its root (a link on the way is an error, one at the file's place
+/// is replaced, never written through), and returns its manifest entry.
 async fn fetch<S: ObjectStore>(
     store: Arc<S>,
+    root: Arc<Root>,
     key: String,
-    dest: PathBuf,
+    rel: PathBuf,
     mode: u32,
 ) -> Result<(u64, Entry), RestoreError> {
-    if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let err = || io(root.display(&rel));
+    if let Some(dir) = rel.parent() {
+        root.create_dir_all(dir).map_err(err())?;
     }
-    let _ = std::fs::remove_file(&dest);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o666)
-        .open(&dest)
-        .map_err(io(&dest))?;
     // Whatever the umask: 0666 lets every container's user (the participant's rewrites its results file) write it.
-    file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io(&dest))?;
+    let file = root.create_file(&rel, mode).map_err(err())?;
+    let mut again = file.try_clone().map_err(err())?;
     let n = store.get(&key, file).await?;
-    let f = std::fs::File::open(&dest).map_err(io(&dest))?;
-    let meta = f.metadata().map_err(io(&dest))?;
-    let (hash, size) = sha256(f).map_err(io(&dest))?;
+    again.seek(SeekFrom::Start(0)).map_err(err())?;
+    let meta = again.metadata().map_err(err())?;
+    let (hash, size) = sha256(again).map_err(err())?;
     Ok((n, Entry { size, sha256: hash, mtime_ns: mtime_ns(&meta), ino: meta.ino() }))
 }
 
 async fn download<S: ObjectStore>(
     store: Arc<S>,
+    root: &Arc<Root>,
     cfg: &RestoreConfig,
     prefix: &str,
 ) -> Result<RestoreReport, RestoreError> {
@@ -136,14 +142,13 @@ async fn download<S: ObjectStore>(
         objects.iter().filter(|o| o.key.starts_with(&status_prefix)).map(|o| o.key.clone()).collect();
     store.delete(&markers).await?;
     report.status_markers_deleted = markers.len();
-    let status_dir = cfg.logs.join(volume::layout::STATUS_DIR);
-    if status_dir.is_dir() {
-        for e in std::fs::read_dir(&status_dir).map_err(io(&status_dir))?.flatten() {
-            let _ = std::fs::remove_file(e.path());
+    let status_dir = Path::new(volume::layout::STATUS_DIR);
+    if let Ok(Some(entries)) = root.list(status_dir) {
+        for e in entries.iter().filter(|e| e.kind != Kind::Dir) {
+            let _ = root.remove_file(&status_dir.join(&e.name));
         }
     }
-    let root = Root::open(&cfg.logs).map_err(io(&cfg.logs))?;
-    let mut manifest = Manifest::load(&root, &manifest_target(&cfg.storage, prefix));
+    let mut manifest = Manifest::load(root, &manifest_target(&cfg.storage, prefix));
     let mut pending = Vec::new();
     for o in objects.iter().filter(|o| !o.key.starts_with(&status_prefix)) {
         match relative(&o.key, prefix).filter(|r| !excluded(r)) {
@@ -160,10 +165,9 @@ async fn download<S: ObjectStore>(
     loop {
         while running.len() < CONCURRENCY {
             let Some((key, rel)) = pending.next() else { break };
-            let dest = cfg.logs.join(&rel);
-            let store = store.clone();
+            let (store, root) = (store.clone(), root.clone());
             let mode = file_mode(cfg, &rel.to_string_lossy());
-            running.spawn(async move { (rel, fetch(store, key, dest, mode).await) });
+            running.spawn(async move { (rel.clone(), fetch(store, root, key, rel, mode).await) });
         }
         let Some(done) = running.join_next().await else { break };
         let Ok((rel, result)) = done else { continue };
@@ -181,8 +185,8 @@ async fn download<S: ObjectStore>(
     if let Some(e) = first_error {
         return Err(e);
     }
-    make_dir(&cfg.logs.join(volume::layout::LOGCOPY_DIR), if cfg.private_status { PRIVATE_DIR } else { OPEN_DIR })?;
-    manifest.save(&root).map_err(|e| RestoreError::Io { path: e.path, source: e.source })?;
+    make_dir(root, Path::new(volume::layout::LOGCOPY_DIR), if cfg.private_status { PRIVATE_DIR } else { OPEN_DIR })?;
+    manifest.save(root).map_err(|e| RestoreError::Io { path: e.path, source: e.source })?;
     info!(
         downloaded = report.downloaded,
         bytes = report.bytes,

@@ -403,8 +403,13 @@ fn t18_hashing_a_huge_file_holds_back_neither_a_merge_nor_the_exit() {
     std::fs::create_dir_all(huge.parent().unwrap()).unwrap();
     std::fs::File::create(&huge).unwrap().set_len(256 << 30).unwrap();
     let out = vol.side_dir("local");
-    let mut lc =
-        LogcopyCmd::new(&vol).fast().flag("--flush-budget", "2").flag("--local", out.to_str().unwrap()).spawn();
+    // Over the default --max-upload-bytes, which would skip it unhashed: lifted, so that it is hashed.
+    let mut lc = LogcopyCmd::new(&vol)
+        .fast()
+        .flag("--flush-budget", "2")
+        .flag("--max-upload-bytes", &u64::MAX.to_string())
+        .flag("--local", out.to_str().unwrap())
+        .spawn();
     let pid = lc.pid();
     eventually_true(secs(30), "logcopy hashing the huge file", || {
         testkit::procfs::read_position(pid, &huge).is_some_and(|p| p >= 64 << 20)

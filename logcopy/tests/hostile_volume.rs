@@ -11,7 +11,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::{LogcopyCmd, Scratch, Volume, files_under, fixture_volume, route_ids};
+use support::{LogcopyCmd, Scratch, Volume, eventually_true, files_under, fixture_volume, route_ids, worker_file};
 
 /// `logcopy run --local OUT --once` on `vol`; its exit code and its output (stdout and stderr).
 fn run_once(vol: &Volume) -> (i32, String) {
@@ -146,4 +146,93 @@ fn hard_linked_files_are_neither_uploaded_nor_merged() {
     let merged = route_ids(&vol.read("agent/agent_results.json"));
     assert!(!merged.iter().any(|r| r == "RouteScenario_9_rep0"), "the forged worker 2 routes were merged: {merged:?}");
     assert!(out.contains("agent/agent2/agent_results.json") && out.contains("hard links"), "named:\n{out}");
+}
+
+/// `logcopy restore --resume` on a volume where `agent` (or `agent/agent1`, or `containers-status`) is a link to a
+/// folder outside: nothing is written, created, removed or re-moded outside. Before restore went through
+/// `volume::safe` (it created folders and files by path, `O_NOFOLLOW` on the last component only), the objects
+/// under `agent/` landed in the outside folder, which also became mode 0777, and markers outside were removed.
+#[test]
+fn restore_writes_nothing_through_a_linked_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    for linked in ["agent", "agent/agent1", "containers-status"] {
+        let scratch = Scratch::new("restore-link");
+        // What S3 holds for submission 7: the recorded volume (a marker too, which restore deletes).
+        let objects = scratch.path("out/s3/7");
+        copy_tree(&fixture_volume("lb2.0-mid-run"), &objects);
+        let vol = scratch.path("logs");
+        std::fs::create_dir_all(vol.join(linked).parent().unwrap()).unwrap();
+        let outside = scratch.path("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("precious.done"), b"keep").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&outside, vol.join(linked)).unwrap();
+        let before = snapshot(&outside);
+
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_logcopy"))
+            .args(["restore", "--resume", "1", "--logs"])
+            .arg(&vol)
+            .arg("--local")
+            .arg(scratch.path("out"))
+            .env_clear()
+            .env("SUBMISSION_ID", "7")
+            .output()
+            .unwrap();
+        let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        println!("{linked} linked outside: {}\n{output}", out.status);
+        assert_eq!(snapshot(&outside), before, "{linked}: written through the link\n{output}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "{linked}: created through the link\n{output}");
+        assert_eq!(mode(&outside), 0o700, "{linked}: the outside folder was re-moded\n{output}");
+        assert!(std::fs::symlink_metadata(vol.join(linked)).unwrap().file_type().is_symlink(), "{linked}");
+        assert!(!out.status.success(), "{linked}: a restore that could not write the volume must fail\n{output}");
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for f in files_under(from) {
+        let dest = to.join(f.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &dest).unwrap();
+    }
+}
+
+/// Break 5: a worker's results file rewritten over `--max-results-bytes` (the participant's code can write it) is
+/// refused unread, and the worker's last good parse stays in the merge while other workers' changes go on being
+/// merged.
+#[test]
+fn a_results_file_over_the_cap_keeps_the_workers_last_good_parse() {
+    let vol = Volume::from_fixture("lb2.0-mid-run");
+    let w1 = Volume::worker_rel(1);
+    let original = vol.read(&w1);
+    let routes1 = route_ids(&original);
+    assert!(!routes1.is_empty());
+    let out = vol.side_dir("local");
+    let mut lc = LogcopyCmd::new(&vol)
+        .fast()
+        .flag("--max-results-bytes", "20000")
+        .flag("--local", out.to_str().unwrap())
+        .spawn();
+    let merged_has = |ids: &[String]| {
+        vol.try_read("agent/agent_results.json").is_some_and(|m| {
+            serde_json::from_str::<serde_json::Value>(&m).is_ok() && {
+                let have = route_ids(&m);
+                ids.iter().all(|id| have.contains(id))
+            }
+        })
+    };
+    eventually_true(Duration::from_secs(30), "worker 1's routes merged", || merged_has(&routes1));
+
+    // Valid JSON (trailing blanks), over the cap.
+    vol.write_in_place(&w1, format!("{original}{}", " ".repeat(30_000)).as_bytes());
+    eventually_true(Duration::from_secs(30), "the refusal logged", || {
+        lc.stdout_text().lines().any(|l| l.contains("20000-byte cap") && l.contains("keeping its last good parse"))
+    });
+    let w4 = worker_file("2.0", 4, 2, None);
+    vol.write_atomic(&Volume::worker_rel(4), w4.as_bytes());
+    let routes4 = route_ids(&w4);
+    eventually_true(Duration::from_secs(30), "worker 4's routes merged", || merged_has(&routes4));
+    assert!(merged_has(&routes1), "worker 1's last good parse left the merge\n{}", lc.output());
+    lc.sigterm();
+    assert_eq!(lc.wait_exit(Duration::from_secs(20)), Some(0), "{}", lc.output());
 }

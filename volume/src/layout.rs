@@ -94,6 +94,86 @@ pub fn in_worker_dir(rel: &Path) -> bool {
         && parts.next().is_some()
 }
 
+/// The order in which the S3 sync uploads what changed, most important first: a final flush out of time (a SIGTERM
+/// with 300,000 small files in a worker's folder) must still leave in S3 what the submission is judged and
+/// restored by. Within a class the sync goes smallest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UploadPriority {
+    /// A worker's results file (generations 1 and 2) and the last good copy beside it.
+    Results,
+    /// The merged results file.
+    Merged,
+    /// What EvalAI shows.
+    EvalAi,
+    /// The marker files and the status records.
+    Status,
+    /// logcopy's own log.
+    OwnLog,
+    /// Everything else: the evaluators' and CARLA's logs, recordings, whatever the agent wrote.
+    Rest,
+}
+
+/// Which class `rel` (relative to the volume root) is uploaded in; see [`UploadPriority`]. Only the exact places of
+/// the layout rank above [`UploadPriority::Rest`]: a file named `agent_results.json` deeper in a worker's folder does
+/// not.
+pub fn upload_priority(rel: &Path) -> UploadPriority {
+    let parts: Vec<&std::ffi::OsStr> = rel.iter().collect();
+    let name = parts.last().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let last_good = format!(".{RESULTS_FILE}.last-good");
+    match parts.as_slice() {
+        [a, w, _] if *a == AGENT_DIR && is_worker_dir_name(w) && (name == RESULTS_FILE || name == last_good) => {
+            UploadPriority::Results
+        }
+        [a, _] if *a == AGENT_DIR && is_gen2_results(&name) => UploadPriority::Results,
+        _ if rel == Path::new(MERGED) => UploadPriority::Merged,
+        [d, _] if *d == EVALAI_DIR => UploadPriority::EvalAi,
+        [d, _] if *d == STATUS_DIR => UploadPriority::Status,
+        _ if rel == Path::new(LOGCOPY_LOG) => UploadPriority::OwnLog,
+        _ => UploadPriority::Rest,
+    }
+}
+
+/// Whether `rel` is a file of a class above [`UploadPriority::Rest`] or a folder that can hold one: the walk of the
+/// sync's first pass, which finds them without listing the rest of the volume (300,000 files in a worker's folder).
+pub fn may_hold_upload_priority(rel: &Path) -> bool {
+    let parts: Vec<&std::ffi::OsStr> = rel.iter().collect();
+    upload_priority(rel) != UploadPriority::Rest
+        || match parts.as_slice() {
+            [] => true,
+            [d] => [AGENT_DIR, EVALAI_DIR, STATUS_DIR, LOGCOPY_DIR].iter().any(|x| d == x),
+            [a, w] => *a == AGENT_DIR && is_worker_dir_name(w),
+            _ => false,
+        }
+}
+
+/// Whether `name` is a generation 1 worker folder's name, `agent<i>`.
+fn is_worker_dir_name(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .and_then(|d| d.strip_prefix("agent"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether `name` is generation 2's results file of a worker, or its last good copy.
+fn is_gen2_results(name: &str) -> bool {
+    let (head, tail) =
+        RESULTS_PATTERN_GEN2.rsplit_once('/').map_or(("", ""), |(_, f)| f.split_once("{i}").unwrap_or(("", "")));
+    let name = name.strip_prefix('.').and_then(|n| n.strip_suffix(".last-good")).unwrap_or(name);
+    name.strip_prefix(head)
+        .and_then(|n| n.strip_suffix(tail))
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The worker's folder (`agent/agent<i>`) that `rel` lies in, below it; `None` elsewhere (the folder itself
+/// included).
+pub fn worker_folder(rel: &Path) -> Option<&Path> {
+    let mut parts = rel.iter();
+    let (a, w, _) = (parts.next()?, parts.next()?, parts.next()?);
+    if a != AGENT_DIR || !is_worker_dir_name(w) {
+        return None;
+    }
+    rel.ancestors().find(|p| p.iter().count() == 2)
+}
+
 /// Whether `rel` is one of logcopy's outputs or its own files (their changes must not start a new cycle).
 pub fn is_logcopy_file(rel: &Path, merged: &Path) -> bool {
     rel.starts_with(EVALAI_DIR)
@@ -201,11 +281,51 @@ mod tests {
         assert!(in_worker_dir(Path::new("agent/agent12/sub/x.log")));
         assert!(!in_worker_dir(Path::new("agent/agent_results.json")));
         assert!(!in_worker_dir(Path::new("agent/agent2")));
+        assert_eq!(worker_folder(Path::new("agent/agent12/sub/x.log")), Some(Path::new("agent/agent12")));
+        assert_eq!(worker_folder(Path::new("agent/agent2/x")), Some(Path::new("agent/agent2")));
+        assert_eq!(worker_folder(Path::new("agent/agent2")), None);
+        assert_eq!(worker_folder(Path::new("agent/agentx/y")), None);
+        assert_eq!(worker_folder(Path::new("simulator/agent2/x")), None);
         assert!(!in_worker_dir(Path::new("simulator/agent2/x")));
         let merged = Path::new(MERGED);
         for own in [EVALAI_STDOUT, LOGCOPY_LOG, MERGED, "agent/.logcopy-tmp.agent_results.json.7"] {
             assert!(is_logcopy_file(Path::new(own), merged), "{own}");
         }
         assert!(!is_logcopy_file(&worker_results(1), merged));
+    }
+
+    #[test]
+    fn upload_priorities() {
+        use UploadPriority::*;
+        for (rel, p) in [
+            ("agent/agent2/agent_results.json", Results),
+            ("agent/agent12/.agent_results.json.last-good", Results),
+            ("agent/partial_agent_results7.json", Results),
+            ("agent/.partial_agent_results7.json.last-good", Results),
+            ("agent/agent_results.json", Merged),
+            ("evalai/stdout.txt", EvalAi),
+            ("containers-status/agent-1.done", Status),
+            ("containers-status/agent-1.status.json", Status),
+            ("logcopy/logcopy.log", OwnLog),
+            ("agent/agent2/imgs/agent_results.json", Rest),
+            ("agent/agentx/agent_results.json", Rest),
+            ("agent/agent2/leaderboard.log", Rest),
+            ("agent/agent2/agent_results.json.corrupt-17", Rest),
+            ("agent/partial_agent_resultsx.json", Rest),
+            ("evalai/sub/x", Rest),
+            ("simulator/recorder/route.log", Rest),
+            ("logcopy/other", Rest),
+        ] {
+            assert_eq!(upload_priority(Path::new(rel)), p, "{rel}");
+        }
+        for rel in
+            ["", "agent", "agent/agent3", "evalai", "containers-status", "logcopy", "agent/agent1/agent_results.json"]
+        {
+            assert!(may_hold_upload_priority(Path::new(rel)), "{rel}");
+        }
+        for rel in ["simulator", "agent/agent3/imgs", "agent/agentx", "evalai/sub/x", "logs"] {
+            assert!(!may_hold_upload_priority(Path::new(rel)), "{rel}");
+        }
+        assert!(Results < Merged && Merged < EvalAi && EvalAi < Status && Status < OwnLog && OwnLog < Rest);
     }
 }

@@ -386,9 +386,19 @@ impl Root {
     /// The entries of the folder `rel` (the root itself when empty), `.` and `..` left out; `None` when it does
     /// not exist.
     pub fn list(&self, rel: &Path) -> io::Result<Option<Vec<Entry>>> {
+        let mut out = Vec::new();
+        let found = self.for_each_entry(rel, &mut |name, kind| {
+            out.push(Entry { name: OsString::from_vec(name.to_bytes().to_vec()), kind })
+        })?;
+        Ok(found.then_some(out))
+    }
+
+    /// Calls `f` with each entry of the folder `rel` as it is read, `.` and `..` left out; `false` when the folder
+    /// does not exist. A folder of a million entries is never held in memory whole.
+    fn for_each_entry(&self, rel: &Path, f: &mut dyn FnMut(&CStr, Kind)) -> io::Result<bool> {
         let dir = match self.dir(rel) {
             Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         };
         // fdopendir takes the descriptor: give it a fresh one.
@@ -402,7 +412,6 @@ impl Root {
             unsafe { libc::close(raw) };
             return Err(e);
         }
-        let mut out = Vec::new();
         loop {
             // SAFETY: a valid DIR stream; the entry is read before the next readdir call.
             let ent = unsafe { libc::readdir(stream) };
@@ -422,11 +431,11 @@ impl Root {
                     Err(_) => Kind::Other,
                 }
             });
-            out.push(Entry { name: OsString::from_vec(name.to_bytes().to_vec()), kind });
+            f(name, kind);
         }
         // SAFETY: a valid DIR stream, closed once.
         unsafe { libc::closedir(stream) };
-        Ok(Some(out))
+        Ok(true)
     }
 
     /// Every regular file beneath the root, sorted, never descending into a link. Links, FIFOs, sockets and
@@ -436,13 +445,13 @@ impl Root {
         let mut skipped = Vec::new();
         let mut stack = vec![PathBuf::new()];
         while let Some(dir) = stack.pop() {
-            let Ok(Some(entries)) = self.list(&dir) else { continue };
-            for entry in entries {
-                let rel = dir.join(&entry.name);
+            // Each entry is filtered as it is read: what `exclude` turns away is never held.
+            let _ = self.for_each_entry(&dir, &mut |name, kind| {
+                let rel = dir.join(OsStr::from_bytes(name.to_bytes()));
                 if exclude(&rel) {
-                    continue;
+                    return;
                 }
-                match entry.kind {
+                match kind {
                     Kind::Dir => stack.push(rel),
                     Kind::File => files.push(Found { rel }),
                     Kind::Symlink => skipped.push(Skipped { rel, reason: "a symbolic link (never followed)" }),
@@ -456,7 +465,7 @@ impl Root {
                         skipped.push(Skipped { rel, reason });
                     }
                 }
-            }
+            });
         }
         files.sort_by(|a, b| a.rel.cmp(&b.rel));
         (files, skipped)
@@ -498,6 +507,28 @@ impl Root {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Creates the new regular file `rel` for reading and writing with exactly `mode` (`fchmod`, whatever the
+    /// umask); whatever was at `rel` (a file, a link) is removed first, never followed. The parent folder must
+    /// exist.
+    pub fn create_file(&self, rel: &Path, mode: u32) -> io::Result<File> {
+        let (dir, name) = self.parent(rel)?;
+        if file_type_at(dir.raw(), &name).is_some_and(|t| t != libc::S_IFDIR) {
+            unlink(dir.raw(), &name);
+        }
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+        let file = File::from(openat(dir.raw(), &name, flags, 0o600)?);
+        // SAFETY: fchmod on a descriptor we own.
+        check(unsafe { libc::fchmod(file.as_raw_fd(), mode as libc::mode_t) })?;
+        Ok(file)
+    }
+
+    /// Sets the mode of the folder `rel` (the root itself when empty), reached with no link on the way.
+    pub fn set_dir_mode(&self, rel: &Path, mode: u32) -> io::Result<()> {
+        let dir = self.dir(rel)?;
+        // SAFETY: fchmod on a valid descriptor.
+        check(unsafe { libc::fchmod(dir.raw(), mode as libc::mode_t) }).map(drop)
     }
 
     /// Opens the regular file `rel` for appending, creating it with `mode` less the umask (a log: never truncated).

@@ -75,13 +75,15 @@ pub(super) async fn start(cfg: &RunConfig, root: &Arc<Root>) -> Result<Sinks, Se
     let key = ItemKey { team_id: cfg.team_id.clone(), submission_id: prefix.clone() };
     // The record waits for EvalAI's final status at most half the final budget before it writes the run's own.
     let decision_wait = cfg.final_timeout / 2;
-    let (final_status, period) = (cfg.final_status, cfg.logs_period);
+    let (final_status, period, limits) = (cfg.final_status, cfg.logs_period, cfg.uploads);
     match &cfg.storage {
         StorageTarget::Aws { bucket, table } => {
             let sdk = crate::publish::store::sdk_config(cfg.storage_timeout).await;
             let (sdk2, bucket2, root2, prefix2) = (sdk.clone(), bucket.clone(), root.clone(), prefix.clone());
-            let store =
-                move |_| StorageSink::new(S3Store::new(&sdk2, &bucket2), root2.clone(), &prefix2, &target, period);
+            let store = move |_| {
+                StorageSink::new(S3Store::new(&sdk2, &bucket2), root2.clone(), &prefix2, &target, period)
+                    .with_limits(limits)
+            };
             tasks.push(spawn_supervised(store, snapshots.subscribe(), ev_tx.clone()));
             let url = format!("s3://{bucket}/{prefix}");
             let (table2, d) = (table.clone(), decision.subscribe());
@@ -95,7 +97,10 @@ pub(super) async fn start(cfg: &RunConfig, root: &Arc<Root>) -> Result<Sinks, Se
         StorageTarget::Local { out } => {
             let objects = out.join("s3");
             let (objects2, root2, prefix2) = (objects.clone(), root.clone(), prefix.clone());
-            let store = move |_| StorageSink::new(LocalStore::new(&objects2), root2.clone(), &prefix2, &target, period);
+            let store = move |_| {
+                StorageSink::new(LocalStore::new(&objects2), root2.clone(), &prefix2, &target, period)
+                    .with_limits(limits)
+            };
             tasks.push(spawn_supervised(store, snapshots.subscribe(), ev_tx.clone()));
             let url = format!("file://{}/{prefix}", objects.display());
             let item = out.join("dynamodb.json");

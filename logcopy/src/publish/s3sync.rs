@@ -17,6 +17,7 @@ use super::store::{ObjectStore, PutStats, StoreError};
 use super::{End, Lane, Sink, SinkEvent, Snapshot, release_free_memory};
 use crate::volume::TEMP_PREFIX;
 use crate::volume::manifest::{Entry, HASH_CHUNK, MANIFEST_REL, Manifest, mtime_ns, sha256_until};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io::Read;
@@ -29,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
+use volume::layout::{self, UploadPriority, upload_priority};
 use volume::safe::{Root, object_key};
 
 /// Uploads in flight at once.
@@ -38,6 +40,35 @@ const CONCURRENCY: usize = 8;
 /// would feed a loop that never lets an idle volume rest: outside the final flush it goes only along with another
 /// upload.
 const OWN_LOG_REL: &str = crate::volume::LOG_REL;
+
+/// What the sync may upload: caps on what the participant's code can make it upload (or hash, or hold in memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// A larger file is neither hashed nor uploaded (`--max-upload-bytes`).
+    pub max_file_bytes: u64,
+    /// Entries (files and folders) of one worker's folder listed, besides its results files (`--max-worker-files`).
+    pub max_worker_files: u64,
+    /// Bytes uploaded from one worker's folder, besides its results files (`--max-worker-upload-bytes`).
+    pub max_worker_bytes: u64,
+}
+
+/// `--max-upload-bytes`: 5 GiB, above CARLA's recordings of a route (tens to a few hundred MB).
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 5 << 30;
+/// `--max-worker-files`: an evaluator writes a handful of files, an agent its own logs; each entry listed costs
+/// about a kilobyte of memory while a sync runs (the walk, the plan, the manifest).
+pub const DEFAULT_MAX_WORKER_FILES: u64 = 10_000;
+/// `--max-worker-upload-bytes`.
+pub const DEFAULT_MAX_WORKER_UPLOAD_BYTES: u64 = 20 << 30;
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits {
+            max_file_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            max_worker_files: DEFAULT_MAX_WORKER_FILES,
+            max_worker_bytes: DEFAULT_MAX_WORKER_UPLOAD_BYTES,
+        }
+    }
+}
 
 /// What one sync did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -99,6 +130,7 @@ pub struct StorageSink<S: ObjectStore> {
     prefix: String,
     ledger: Ledger,
     min_interval: Duration,
+    limits: UploadLimits,
     stop: Stop,
     /// The plans' thread. Not the local store's: a plan waits for uploads to take its jobs.
     lane: Lane,
@@ -113,9 +145,16 @@ impl<S: ObjectStore> StorageSink<S> {
             root,
             prefix: prefix.to_string(),
             min_interval,
+            limits: UploadLimits::default(),
             stop: Stop(Arc::new(AtomicBool::new(false))),
             lane: Lane::new("logcopy-s3-plan"),
         }
+    }
+
+    /// With caps other than the defaults.
+    pub fn with_limits(mut self, limits: UploadLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// At the end: one LIST of the prefix, compared with the manifest by size. An object that is missing or of
@@ -169,6 +208,7 @@ impl<S: ObjectStore> StorageSink<S> {
             root: self.root.clone(),
             prefix: self.prefix.clone(),
             min_interval: self.min_interval,
+            limits: self.limits,
             final_flush,
             now: Instant::now(),
             stop: self.stop.0.clone(),
@@ -263,6 +303,7 @@ struct Plan {
     root: Arc<Root>,
     prefix: String,
     min_interval: Duration,
+    limits: UploadLimits,
     final_flush: bool,
     now: Instant,
     stop: Arc<AtomicBool>,
@@ -282,19 +323,83 @@ impl Plan {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// Walks and stats the volume, then hashes what changed, smallest first, and sends each file whose content
-    /// differs from its upload as soon as it is hashed. Returns early when stopped, or when nobody takes the jobs.
+    /// Walks and stats the volume, then hashes what changed and sends each file whose content differs from its
+    /// upload as soon as it is hashed. Two passes: first the files the submission is judged and restored by (found
+    /// by a walk that lists only the folders that can hold them), then the rest; each by class, then smallest
+    /// first. Returns early when stopped, or when nobody takes the jobs.
     fn run(&self, ledger: &mut Ledger, jobs: &mpsc::Sender<Job>) -> Planned {
         let mut out = Planned::default();
-        // Once stopped, the walk's filter turns every entry away, so the walk ends after the folders it has listed.
-        let (files, skipped) = self.root.walk(&|rel| self.stopped() || excluded(rel));
+        let mut send = Sending::default();
+        let mut seen = HashSet::new();
+        let first = |rel: &Path| self.stopped() || excluded(rel) || !layout::may_hold_upload_priority(rel);
+        if !self.pass(&first, true, ledger, jobs, &mut out, &mut send, &mut seen) {
+            return out;
+        }
+        // The rest, with at most `max_worker_files` entries of each worker's folder listed: a million files there
+        // cost neither a million entries in memory nor a million uploads.
+        let listed: RefCell<HashMap<PathBuf, u64>> = RefCell::default();
+        let capped: RefCell<HashSet<PathBuf>> = RefCell::default();
+        let rest = |rel: &Path| {
+            if self.stopped() || excluded(rel) {
+                return true;
+            }
+            let Some(folder) = layout::worker_folder(rel) else { return false };
+            if upload_priority(rel) != UploadPriority::Rest {
+                return false;
+            }
+            let mut listed = listed.borrow_mut();
+            let n = listed.entry(folder.to_path_buf()).or_default();
+            *n += 1;
+            if *n > self.limits.max_worker_files {
+                capped.borrow_mut().insert(folder.to_path_buf());
+                return true;
+            }
+            false
+        };
+        // A walk cut short by a stop lists less than the volume holds: only a whole pass prunes.
+        if self.pass(&rest, false, ledger, jobs, &mut out, &mut send, &mut seen) && !self.stopped() {
+            // The files that are gone (or past a cap) leave the manifest, which so holds no more than the volume.
+            let before = ledger.manifest.files.len();
+            ledger.manifest.files.retain(|rel, _| seen.contains(rel));
+            out.manifest_changed |= ledger.manifest.files.len() != before;
+        }
+        for folder in capped.into_inner() {
+            ledger.warn_once(format!(
+                "not uploaded: files of {} past its first {} files and folders (--max-worker-files); its results \
+                 files still go",
+                folder.display(),
+                self.limits.max_worker_files
+            ));
+        }
+        out
+    }
+
+    /// One pass: the files the walk with `exclude` finds (of the classes above `Rest` when `first`, the others
+    /// otherwise), by class then size; the paths it finds go into `seen`. `false` when stopped or nobody takes the
+    /// jobs.
+    #[allow(clippy::too_many_arguments)]
+    fn pass(
+        &self,
+        exclude: &dyn Fn(&Path) -> bool,
+        first: bool,
+        ledger: &mut Ledger,
+        jobs: &mpsc::Sender<Job>,
+        out: &mut Planned,
+        send: &mut Sending,
+        seen: &mut HashSet<String>,
+    ) -> bool {
+        let (files, skipped) = self.root.walk(exclude);
         for s in skipped {
             ledger.warn_once(format!("not uploaded: {} is {}", s.rel.display(), s.reason));
         }
-        let mut changed = Vec::new();
+        let mut found = Vec::new();
         for f in files {
             if self.stopped() {
-                return out;
+                return false;
+            }
+            let class = upload_priority(&f.rel);
+            if (class != UploadPriority::Rest) != first {
+                continue;
             }
             let key = match object_key(&self.prefix, &f.rel) {
                 Ok(k) => k,
@@ -304,7 +409,43 @@ impl Plan {
                 }
             };
             let rel = key[self.prefix.len() + 1..].to_string();
+            seen.insert(rel.clone());
             let Ok(Some(meta)) = self.root.stat(&f.rel) else { continue };
+            if meta.len() > self.limits.max_file_bytes {
+                // Neither uploaded nor hashed (a sparse file of terabytes reads as zeros for hours).
+                ledger.warn_once(format!(
+                    "not uploaded: {rel} is over --max-upload-bytes ({} bytes); it is neither hashed nor uploaded",
+                    self.limits.max_file_bytes
+                ));
+                continue;
+            }
+            found.push((class, meta, rel, key, f.rel));
+        }
+        // By class (the results files, the merged file, EvalAI's files, the markers and status records, logcopy's
+        // log, then the rest: `layout::upload_priority`), then smallest first (a stable sort: by path among equal
+        // sizes): what a final flush out of time leaves behind is the least important and the largest, never a
+        // worker's results because another worker wrote 300,000 small files, and a huge file holds back no other.
+        found.sort_by_key(|(class, meta, ..)| (*class, meta.len()));
+        // Each worker's folder uploads at most `max_worker_bytes`, counted over its files smallest first, uploaded
+        // or not: what was uploaded keeps its place, what would pass the cap is left out.
+        let mut worker_bytes: HashMap<PathBuf, u64> = HashMap::new();
+        let mut changed = Vec::new();
+        for (class, meta, rel, key, path) in found {
+            if class == UploadPriority::Rest
+                && let Some(folder) = layout::worker_folder(&path)
+            {
+                let total = worker_bytes.entry(folder.to_path_buf()).or_default();
+                *total = total.saturating_add(meta.len());
+                if *total > self.limits.max_worker_bytes {
+                    ledger.warn_once(format!(
+                        "not uploaded: files of {} past its first {} bytes (--max-worker-upload-bytes): the largest are \
+                         left out; its results files still go",
+                        folder.display(),
+                        self.limits.max_worker_bytes
+                    ));
+                    continue;
+                }
+            }
             if ledger.manifest.files.get(&rel).is_some_and(|e| e.stat_matches(&meta)) {
                 continue;
             }
@@ -314,15 +455,9 @@ impl Plan {
                 out.deferred += 1;
                 continue;
             }
-            changed.push((meta, rel, key, f.rel));
+            changed.push((meta, rel, key, path));
         }
-        // Smallest first (a stable sort: by path among equal sizes): a huge file holds back no other upload, and
-        // what a final flush out of time leaves behind is the largest.
-        changed.sort_by_key(|(meta, ..)| meta.len());
         let mut buf = vec![0u8; HASH_CHUNK];
-        // Outside the final flush, logcopy's own log goes only along with another upload.
-        let mut held: Option<Job> = None;
-        let mut sent_other = false;
         for (meta, rel, key, path) in changed {
             let (file, len) = match self.root.open_read(&path) {
                 Ok(x) => x,
@@ -333,7 +468,7 @@ impl Plan {
             };
             let (hash, n) = match sha256_until(file.take(len), &mut buf, || self.stopped()) {
                 Ok(Some(h)) => h,
-                Ok(None) => return out,
+                Ok(None) => return false,
                 Err(_) => continue,
             };
             let entry = Entry { size: n, sha256: hash, mtime_ns: mtime_ns(&meta), ino: meta.ino() };
@@ -347,20 +482,29 @@ impl Plan {
                 continue;
             }
             let job = Job { rel, key, path, entry, root: self.root.clone() };
-            if !self.final_flush && !sent_other && job.rel == OWN_LOG_REL {
-                held = Some(job);
+            // Outside the final flush, logcopy's own log goes only along with another upload.
+            if !self.final_flush && !send.sent_other && job.rel == OWN_LOG_REL {
+                send.held = Some(job);
                 continue;
             }
-            sent_other |= job.rel != OWN_LOG_REL;
-            for job in std::iter::once(job).chain(held.take()) {
+            send.sent_other |= job.rel != OWN_LOG_REL;
+            for job in std::iter::once(job).chain(send.held.take()) {
                 // Blocks while CONCURRENCY jobs wait; fails once the sync stopped taking them.
                 if jobs.blocking_send(job).is_err() {
-                    return out;
+                    return false;
                 }
             }
         }
-        out
+        true
     }
+}
+
+/// What the two passes of a plan share: logcopy's own log, held back outside the final flush until another upload
+/// goes.
+#[derive(Default)]
+struct Sending {
+    held: Option<Job>,
+    sent_other: bool,
 }
 
 impl<S: ObjectStore> Sink for StorageSink<S> {
@@ -427,6 +571,7 @@ mod tests {
             root: Arc::new(Root::open(&root).unwrap()),
             prefix: "1".into(),
             min_interval: Duration::ZERO,
+            limits: UploadLimits { max_file_bytes: u64::MAX, ..UploadLimits::default() },
             final_flush: false,
             now: Instant::now(),
             stop: stop.clone(),
@@ -452,5 +597,27 @@ mod tests {
         assert!(rx.blocking_recv().is_none(), "no job for the huge file");
         assert!(ledger.manifest.files.is_empty(), "the manifest changes only with uploads");
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A file removed from the volume leaves the manifest at the next sync: the manifest never grows past what the
+    /// volume holds.
+    #[tokio::test]
+    async fn the_manifest_forgets_files_that_are_gone() {
+        let base = std::env::temp_dir().join(format!("logcopy-manifest-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let vol = base.join("vol");
+        std::fs::create_dir_all(vol.join("simulator")).unwrap();
+        std::fs::write(vol.join("simulator/a.log"), b"a").unwrap();
+        std::fs::write(vol.join("simulator/b.log"), b"b").unwrap();
+        let root = Arc::new(Root::open(&vol).unwrap());
+        let store = super::super::store::LocalStore::new(&base.join("s3"));
+        let mut sink = StorageSink::new(store, root.clone(), "1", "local:t", Duration::ZERO);
+        assert_eq!(sink.sync(true).await.uploaded, 2);
+        let names = || Manifest::load(&root, "local:t").files.into_keys().collect::<Vec<_>>();
+        assert_eq!(names(), ["simulator/a.log", "simulator/b.log"]);
+        std::fs::remove_file(vol.join("simulator/b.log")).unwrap();
+        assert_eq!(sink.sync(true).await.uploaded, 0);
+        assert_eq!(names(), ["simulator/a.log"], "the entry of the removed file stayed");
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

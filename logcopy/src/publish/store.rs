@@ -22,8 +22,19 @@ const COPY_CHUNK: u64 = 8 * 1024 * 1024;
 
 /// Files at least this large are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
-/// The size of each part but the last (S3's minimum is 5 MiB).
+/// The size of each part but the last (S3's minimum is 5 MiB), for files up to `PART_SIZE * MAX_PARTS` (78 GiB).
 pub const PART_SIZE: u64 = 8 * 1024 * 1024;
+/// S3's most parts in one multipart upload.
+pub const MAX_PARTS: u64 = 10_000;
+/// S3's largest part.
+pub const MAX_PART_SIZE: u64 = 5 << 30;
+
+/// The part size of a multipart upload of `len` bytes: [`PART_SIZE`], or for a file over 78 GiB the smallest whole
+/// number of MiB that needs no more than [`MAX_PARTS`] parts (S3 refuses part 10,001), at most [`MAX_PART_SIZE`].
+pub fn part_size(len: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    len.div_ceil(MAX_PARTS).div_ceil(MIB).saturating_mul(MIB).clamp(PART_SIZE, MAX_PART_SIZE)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{op} {key}: {reason}")]
@@ -114,12 +125,13 @@ impl S3Store {
             .map_err(|e| err("create multipart upload", key, DisplayErrorContext(e)))?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
         let mut stats = PutStats { requests: 1 };
+        let part = part_size(len);
         let result: Result<Vec<CompletedPart>, StoreError> = async {
             let mut parts = Vec::new();
             let mut offset = 0;
             let mut number = 1;
             while offset < len {
-                let n = PART_SIZE.min(len - offset);
+                let n = part.min(len - offset);
                 let out = c
                     .upload_part()
                     .bucket(&self.bucket)
@@ -355,5 +367,27 @@ impl ObjectStore for LocalStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No file needs more than S3's 10,000 parts, and every part but the last is 5 MiB..5 GiB.
+    #[test]
+    fn part_size_keeps_every_upload_within_s3s_limits() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(part_size(MULTIPART_THRESHOLD), PART_SIZE);
+        assert_eq!(part_size(PART_SIZE * MAX_PARTS), PART_SIZE, "8 MiB parts up to 78 GiB");
+        assert_eq!(part_size(PART_SIZE * MAX_PARTS + 1), 9 << 20, "then the next whole MiB");
+        for len in [MULTIPART_THRESHOLD, 5 * GIB, 80 * GIB + 1, 100 * GIB, 1000 * GIB + 7, 5 * 1024 * GIB, u64::MAX / 2]
+        {
+            let part = part_size(len);
+            assert!((5 << 20..=MAX_PART_SIZE).contains(&part), "{len}: part {part}");
+            if len <= MAX_PARTS * MAX_PART_SIZE {
+                assert!(len.div_ceil(part) <= MAX_PARTS, "{len}: {} parts of {part}", len.div_ceil(part));
+            }
+        }
     }
 }

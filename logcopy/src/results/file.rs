@@ -10,8 +10,10 @@ use super::pyjson::{self, ParseError, Value};
 use std::path::{Path, PathBuf};
 use volume::safe::{ReadError, Root};
 
-/// Default cap on a results file: far above any real one (10,000 routes take about 15 MB).
-pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Default cap on a results file: a real one is well under 1 MiB (about 1.4 KB a route; the soak's 10,000 routes
+/// over 64 workers are 14 MB in all). Its parse and merge cost about 15 times its size in memory (docs/benchmarks.md:
+/// a file at this cap, 60-68 MiB of peak RSS; at 16 MiB, 235 MiB), so the cap bounds logcopy's memory too.
+pub const DEFAULT_MAX_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What a readable results file held, as upstream would see it.
 #[derive(Debug, Clone, PartialEq)]

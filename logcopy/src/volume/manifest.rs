@@ -42,19 +42,74 @@ pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
 pub struct Manifest {
     /// The destination the entries refer to (`s3://bucket/prefix`); a manifest for another one is ignored.
     pub target: String,
+    #[serde(deserialize_with = "bounded_files")]
     pub files: BTreeMap<String, Entry>,
 }
 
+/// The largest manifest loaded: 32 MiB holds about 180,000 entries (about 180 bytes of JSON each), more than the
+/// sync's caps let a volume of a few workers reach (`--max-worker-files`). A larger one is ignored.
+pub const MAX_MANIFEST_BYTES: u64 = 32 << 20;
+/// The most entries loaded (each costs about 200 bytes of memory): past it the manifest is ignored.
+pub const MAX_MANIFEST_ENTRIES: usize = 200_000;
+
+/// The `files` map, refused as soon as it passes [`MAX_MANIFEST_ENTRIES`] or holds an entry that no upload could
+/// have written (a key that is not a plain relative path, a digest that is not 64 hex digits): a forged or damaged
+/// manifest costs neither memory nor a file left out of the upload.
+fn bounded_files<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Entry>, D::Error> {
+    struct Files;
+    impl<'de> serde::de::Visitor<'de> for Files {
+        type Value = BTreeMap<String, Entry>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a map of at most {MAX_MANIFEST_ENTRIES} uploaded files")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            use serde::de::Error;
+            let mut files = BTreeMap::new();
+            while let Some((rel, entry)) = map.next_entry::<String, Entry>()? {
+                if files.len() >= MAX_MANIFEST_ENTRIES {
+                    return Err(A::Error::custom(format!("more than {MAX_MANIFEST_ENTRIES} entries")));
+                }
+                let plain = !rel.is_empty()
+                    && Path::new(&rel).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+                if !plain {
+                    return Err(A::Error::custom(format!("{rel:?} is not a plain relative path")));
+                }
+                if entry.sha256.len() != 64 || !entry.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(A::Error::custom(format!("{rel:?}: the digest is not a SHA-256")));
+                }
+                files.insert(rel, entry);
+            }
+            Ok(files)
+        }
+    }
+    d.deserialize_map(Files)
+}
+
 impl Manifest {
-    /// Loads the manifest for `target` from the volume, or an empty one (missing, unreadable, or another target).
+    /// Loads the manifest for `target` from the volume, or an empty one (then every file is uploaded again):
+    /// missing, of another target, or, with a warning, unreadable, over [`MAX_MANIFEST_BYTES`] or invalid.
     pub fn load(root: &Root, target: &str) -> Manifest {
         let empty = Manifest { target: target.to_string(), files: BTreeMap::new() };
-        let Ok(Some(bytes)) = root.read_capped(Path::new(MANIFEST_REL), 256 * 1024 * 1024) else {
-            return empty;
+        let ignored = |why: &dyn std::fmt::Display| {
+            tracing::warn!("the upload manifest {MANIFEST_REL} {why}: ignored, every file is uploaded again");
+        };
+        let bytes = match root.read_capped(Path::new(MANIFEST_REL), MAX_MANIFEST_BYTES) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return empty,
+            Err(e) => {
+                ignored(&e);
+                return empty;
+            }
         };
         match serde_json::from_slice::<Manifest>(&bytes) {
             Ok(m) if m.target == target => m,
-            _ => empty,
+            Ok(_) => empty,
+            Err(e) => {
+                ignored(&format_args!("is invalid ({e})"));
+                empty
+            }
         }
     }
 
@@ -141,9 +196,42 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let d = Root::open(&d).unwrap();
         let mut m = Manifest::load(&d, "s3://b/1");
-        m.files.insert("a.log".into(), Entry { size: 3, sha256: "x".into(), mtime_ns: 1, ino: 2 });
+        m.files.insert("a.log".into(), Entry { size: 3, sha256: "ab".repeat(32), mtime_ns: 1, ino: 2 });
         m.save(&d).unwrap();
         assert_eq!(Manifest::load(&d, "s3://b/1"), m);
         assert!(Manifest::load(&d, "s3://b/2").files.is_empty());
+    }
+
+    /// A manifest over the size or entry cap, or with an entry no upload writes, is ignored whole: nothing of it is
+    /// kept (a full upload follows), and its load never holds more than the cap.
+    #[test]
+    fn a_forged_or_oversized_manifest_is_ignored() {
+        let d = std::env::temp_dir().join(format!("logcopy-manifest-forged-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("logcopy")).unwrap();
+        let root = Root::open(&d).unwrap();
+        let entry = |sha: &str| Entry { size: 1, sha256: sha.into(), mtime_ns: 1, ino: 2 };
+        let good = "a".repeat(64);
+        let write = |m: &Manifest| std::fs::write(d.join(MANIFEST_REL), serde_json::to_vec(m).unwrap()).unwrap();
+        let mut m = Manifest { target: "s3://b/1".into(), files: BTreeMap::new() };
+        m.files.insert("agent/agent1/x.log".into(), entry(&good));
+        write(&m);
+        assert_eq!(Manifest::load(&root, "s3://b/1"), m, "a valid one loads");
+        for (rel, sha) in [("../../etc/passwd", good.as_str()), ("/abs", &good), ("a.log", "not-hex"), ("", &good)] {
+            let mut bad = m.clone();
+            bad.files.insert(rel.into(), entry(sha));
+            write(&bad);
+            assert!(Manifest::load(&root, "s3://b/1").files.is_empty(), "{rel:?} {sha:?}");
+        }
+        let mut many = Manifest { target: "s3://b/1".into(), files: BTreeMap::new() };
+        for i in 0..=MAX_MANIFEST_ENTRIES {
+            many.files.insert(format!("f{i}"), entry(&good));
+        }
+        write(&many);
+        assert!(Manifest::load(&root, "s3://b/1").files.is_empty(), "over the entry cap");
+        let f = std::fs::File::create(d.join(MANIFEST_REL)).unwrap();
+        f.set_len(MAX_MANIFEST_BYTES + 1).unwrap();
+        assert!(Manifest::load(&root, "s3://b/1").files.is_empty(), "over the size cap");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
