@@ -307,8 +307,9 @@ impl ObjectStore for LocalStore {
                 if let Some(dir) = rel.parent() {
                     root.create_dir_all(dir)?;
                 }
-                // The same atomic write as the volume's: a reader never sees half an object.
-                root.write_atomic_with(&rel, |out| {
+                // Atomic, as the volume's writes are (a reader never sees half an object), but not synced: the
+                // run's end lists the store and uploads again what is missing or of another size.
+                root.write_atomic_unsynced(&rel, |out| {
                     file.seek(SeekFrom::Start(0))?;
                     let mut left = len;
                     while left > 0 {
