@@ -13,7 +13,7 @@ use volume::markers::WorkerId;
 #[derive(Debug, Parser)]
 #[command(
     name = "supervisor",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (rev ", env!("LBRT_REVISION"), ")"),
     about = "Entry program of the CARLA Leaderboard simulator and agent containers"
 )]
 pub struct Cli {
