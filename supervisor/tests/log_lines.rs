@@ -97,10 +97,11 @@ fn text_entries_have_a_utc_stamp_a_level_and_a_message() {
     ensure!(scene, log.lines().any(|l| parse_text(l).is_some()), "the log file gets text entries:\n{log}");
 }
 
+/// In json mode with LOG_LEVEL=debug, also the details.
 #[test]
 fn json_entries_are_one_object_per_line() {
     let mut scene = Scene::new("log-json");
-    let (sim, agent) = pair_run(&mut scene, &[("LOG_FORMAT", "json")]);
+    let (sim, agent) = pair_run(&mut scene, &[("LOG_FORMAT", "json"), ("LOG_LEVEL", "debug")]);
     for (role, out) in [("simulator", &sim), ("agent", &agent)] {
         ensure!(scene, !out.trim().is_empty(), "{role} printed entries");
         for line in out.lines() {
@@ -116,6 +117,12 @@ fn json_entries_are_one_object_per_line() {
             out.lines().any(|l| serde_json::from_str::<Value>(l)
                 .is_ok_and(|v| v["msg"] == format!("wrote {role}-1.start0") && v["level"] == "INFO")),
             "{role}: an INFO entry for its start marker"
+        );
+        ensure!(
+            scene,
+            out.lines().any(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["level"] == "DEBUG"
+                && v["msg"].as_str().is_some_and(|m| m.starts_with("attempt 0: the child is process ")))),
+            "{role}: LOG_LEVEL=debug adds the child's process as a DEBUG entry"
         );
     }
     // The log file that participants read keeps the text form.

@@ -163,6 +163,16 @@ impl Engine {
         if eng._watcher.is_none() {
             eng.warn("cannot watch the status folder; polling it alone");
         }
+        let c = &eng.common;
+        eng.debug(&format!(
+            "status folder {}, peer wait {:?}, grace {:?}, {} attempts, restart {:?}, marker poll {:?}",
+            c.status_dir.display(),
+            c.peer_wait,
+            c.grace,
+            c.max_attempts,
+            c.restart,
+            c.marker_poll
+        ));
         Ok(eng)
     }
 
@@ -174,6 +184,11 @@ impl Engine {
     /// A warning: something went wrong that the supervisor works around or reports.
     pub fn warn(&self, msg: &str) {
         child::note(self.log.as_ref(), Level::Warn, msg);
+    }
+
+    /// A detail for `--log-level debug`: the settings, each child's process.
+    pub fn debug(&self, msg: &str) {
+        child::note(self.log.as_ref(), Level::Debug, msg);
     }
 
     pub fn markers(&self) -> StatusSet {
@@ -621,6 +636,7 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
                 match child::spawn(&s, log, &format!("{role}-{worker} attempt {attempt}")) {
                     Err(e) => Outcome::Crash(format!("cannot start {}: {e}", s.display())),
                     Ok(child) => {
+                        eng.debug(&format!("attempt {attempt}: the child is process {}", child.pid));
                         eng.child = Some((child.pid, None));
                         eng.last_exit = None;
                         eng.set_state(State::Running, attempt);
