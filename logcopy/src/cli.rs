@@ -21,7 +21,10 @@ use tracing_subscriber::filter::LevelFilter;
 pub const DEFAULT_VERSION: Version = Version::V2;
 
 #[derive(Debug, Parser)]
-#[command(name = "logcopy", version, about = "The CARLA Leaderboard results sidecar", propagate_version = true)]
+#[command(
+    name = "logcopy",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (rev ", env!("LBRT_REVISION"), ")"),
+    about = "The CARLA Leaderboard results sidecar", propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -118,8 +118,14 @@ impl LogFile {
 /// Starts `spec` in a new process group, its output teed to stdout and to `log` under `banner`.
 pub fn spawn(spec: &Spec, log: Option<File>, banner: &str) -> std::io::Result<Child> {
     let log = log.map(|f| Arc::new(Mutex::new(f)));
-    let line = format!("\n===== supervisor: {banner} at {}: {} =====\n", volume::time::now_utc(), spec.display());
-    emit(line.as_bytes(), log.as_ref());
+    // The log file gets a banner people find between attempts; stdout gets the same news as a log entry.
+    let (when, what) = (volume::time::now_utc(), spec.display());
+    crate::log::out(crate::log::Level::Info, &format!("{banner} at {when}: {what}"));
+    if let Some(log) = &log
+        && let Ok(mut f) = log.lock()
+    {
+        let _ = f.write_all(format!("\n===== supervisor: {banner} at {when}: {what} =====\n").as_bytes());
+    }
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args).envs(spec.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null());
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
@@ -180,15 +186,14 @@ fn tee(mut stream: Box<dyn Read + Send>, log: Option<Arc<Mutex<File>>>, last: Ar
     }
 }
 
-/// Writes a supervisor line to stdout and to the log.
-pub fn note(log: Option<&LogFile>, msg: &str) {
-    let line = format!("supervisor: {msg}\n");
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(line.as_bytes());
-    let _ = out.flush();
+/// Writes a supervisor entry to stdout (in the chosen format) and, in the text form, to the log.
+pub fn note(log: Option<&LogFile>, level: crate::log::Level, msg: &str) {
+    if crate::log::out(level, msg).is_none() {
+        return;
+    }
     if let Some(log) = log
         && let Ok(mut f) = log.append()
     {
-        let _ = f.write_all(line.as_bytes());
+        let _ = f.write_all(crate::log::text_line(level, msg).as_bytes());
     }
 }

@@ -1,6 +1,7 @@
 //! The supervisor's command line: flags with upstream's environment variable names as fallbacks, and every deadline
 //! a flag, so that tests can make them short.
 
+use crate::log::{Format, Level};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use volume::markers::WorkerId;
 #[derive(Debug, Parser)]
 #[command(
     name = "supervisor",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (rev ", env!("LBRT_REVISION"), ")"),
     about = "Entry program of the CARLA Leaderboard simulator and agent containers"
 )]
 pub struct Cli {
@@ -70,6 +71,7 @@ pub enum RestartMode {
     Container,
 }
 
+/// The flags of both roles.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// Worker number (generation 2). Default: NVIDIA_VISIBLE_DEVICES + 1 (generation 1).
@@ -81,17 +83,13 @@ pub struct Common {
     /// The child's log file on the volume (appended to, never truncated).
     #[arg(long, env = "LOG_FILE")]
     pub log_file: Option<PathBuf>,
-    /// Longest wait for a marker of the peer (its start, its crash marker after ours, its done marker).
-    #[arg(long, env = "PEER_WAIT", default_value = "600", value_parser = clap_parser)]
+    /// Longest wait for a marker of the peer (its start, its crash marker after ours, its done marker). Seconds
+    /// (`600`, `1.5`) or with a unit (`250ms`, `10s`, `2m`).
+    #[arg(long, env = "PEER_WAIT", default_value = "600", value_name = "DURATION", value_parser = clap_parser)]
     pub peer_wait: Duration,
-    /// The child counts as hung after printing nothing for this long (agent side; upstream MAX_IDLE).
-    #[arg(long, env = "MAX_IDLE", default_value = "800", value_parser = clap_parser)]
-    pub idle_timeout: Duration,
-    /// Longest wait for CARLA's RPC port to accept connections.
-    #[arg(long, env = "READY_TIMEOUT", default_value = "300", value_parser = clap_parser)]
-    pub ready_timeout: Duration,
-    /// Time between SIGTERM and SIGKILL when stopping the child's process group.
-    #[arg(long, env = "GRACE", default_value = "10", value_parser = clap_parser)]
+    /// Time between SIGTERM and SIGKILL when stopping the child's process group. Seconds (`10`, `1.5`) or with a
+    /// unit (`250ms`, `10s`, `2m`).
+    #[arg(long, env = "GRACE", default_value = "10", value_name = "DURATION", value_parser = clap_parser)]
     pub grace: Duration,
     /// Attempts this side may crash before it ends for good (a `.failed` marker, exit 0).
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 5)]
@@ -99,9 +97,16 @@ pub struct Common {
     /// What a crash does.
     #[arg(long, env = "RESTART", value_enum, default_value_t = RestartMode::InPlace)]
     pub restart: RestartMode,
-    /// Marker poll period, the fallback for lost file events.
-    #[arg(long, env = "MARKER_POLL", default_value = "1", value_parser = clap_parser)]
+    /// Marker poll period, the fallback for lost file events. Seconds (`1`, `0.5`) or with a unit (`200ms`,
+    /// `1s`).
+    #[arg(long, env = "MARKER_POLL", default_value = "1", value_name = "DURATION", value_parser = clap_parser)]
     pub marker_poll: Duration,
+    /// The shape of the supervisor's own lines on stdout and stderr (the child's log file always gets text).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = Format::Text)]
+    pub log_format: Format,
+    /// The least severe of the supervisor's lines that is written.
+    #[arg(long, env = "LOG_LEVEL", value_enum, default_value_t = Level::Info)]
+    pub log_level: Level,
 }
 
 impl Common {
@@ -123,6 +128,10 @@ impl Common {
 pub struct SimulatorArgs {
     #[command(flatten)]
     pub common: Common,
+    /// Longest wait for CARLA's RPC port to accept connections. Seconds (`300`, `1.5`) or with a unit (`250ms`,
+    /// `10s`, `5m`).
+    #[arg(long, env = "READY_TIMEOUT", default_value = "300", value_name = "DURATION", value_parser = clap_parser)]
+    pub ready_timeout: Duration,
     /// CARLA's RPC port.
     #[arg(long, env = "CARLA_PORT", default_value_t = 2000)]
     pub port: u16,
@@ -145,6 +154,10 @@ pub struct AgentArgs {
     /// The evaluator's checkpoint (its results file).
     #[arg(long, env = "CHECKPOINT_ENDPOINT", default_value = mount::CHECKPOINT)]
     pub checkpoint: PathBuf,
+    /// The evaluator counts as hung after printing nothing for this long (upstream MAX_IDLE). Seconds (`800`,
+    /// `1.5`) or with a unit (`250ms`, `10s`, `15m`).
+    #[arg(long, env = "MAX_IDLE", default_value = "800", value_name = "DURATION", value_parser = clap_parser)]
+    pub idle_timeout: Duration,
     /// Run the evaluator and everything it starts as this numeric user (and group; default the same number), with
     /// no supplementary groups, while the supervisor stays root. With `logcopy restore --private-status` the
     /// participant's code can then no longer write the status folder. Off by default (as upstream).
@@ -272,6 +285,7 @@ impl EvaluatorEnv {
 pub struct GpuArgs {
     /// A GPU UUID to map to its index; without it, list the GPUs.
     pub uuid: Option<String>,
+    /// nvidia-smi, run to list the GPUs.
     #[arg(long, env = "NVIDIA_SMI", default_value = "nvidia-smi")]
     pub nvidia_smi: PathBuf,
 }

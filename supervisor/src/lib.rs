@@ -17,5 +17,6 @@ pub mod checkpoint;
 pub mod child;
 pub mod config;
 pub mod gpu;
+pub mod log;
 pub mod reaper;
 pub mod role;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use supervisor::checkpoint::CheckpointFile;
 use supervisor::config::{Cli, Command};
+use supervisor::log::{self, Level};
 use supervisor::role::{self, Engine, Event, agent::Agent, simulator::Simulator};
 use supervisor::{gpu, reaper};
 use volume::markers::Role;
@@ -16,10 +17,15 @@ use volume::markers::Role;
 fn main() -> ExitCode {
     // Signals are blocked and the subreaper set before clap or any thread runs (STYLE 13: tini's model).
     if let Err(e) = reaper::setup() {
-        eprintln!("supervisor: cannot set up signal handling: {e}");
+        log::err(Level::Error, &format!("cannot set up signal handling: {e}"));
         return ExitCode::from(2);
     }
     let cli = Cli::parse();
+    if let Command::Simulator(a) = &cli.command {
+        log::init(a.common.log_format, a.common.log_level);
+    } else if let Command::Agent(a) = &cli.command {
+        log::init(a.common.log_format, a.common.log_level);
+    }
     match cli.command {
         Command::Gpu(a) => gpu_command(&a),
         Command::Simulator(a) => {
@@ -36,6 +42,7 @@ fn main() -> ExitCode {
             };
             let log = a.common.log_file.clone().unwrap_or_else(|| volume::layout::mount::simulator_log(worker.0));
             let mut sim = Simulator::new(a.command.clone(), a.port, gpu_index);
+            sim.ready_timeout = a.ready_timeout;
             run(Role::Simulator, worker, a.common, log, &mut sim)
         }
         Command::Agent(a) => {
@@ -60,10 +67,13 @@ fn main() -> ExitCode {
                 use std::os::unix::fs::PermissionsExt;
                 let dir = &a.common.status_dir;
                 if std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o002 != 0) {
-                    eprintln!(
-                        "supervisor: warning: --run-as is set but {} is writable by every user: the evaluator can still \
-                         forge markers (logcopy restore --private-status makes it 2775)",
-                        dir.display()
+                    log::err(
+                        Level::Warn,
+                        &format!(
+                            "--run-as is set but {} is writable by every user: the evaluator can still forge markers \
+                             (logcopy restore --private-status makes it 2775)",
+                            dir.display()
+                        ),
                     );
                 }
             }
@@ -75,6 +85,7 @@ fn main() -> ExitCode {
             let mut agent = Agent::new(a.command.clone(), checkpoint.clone());
             agent.run_as = a.run_as;
             agent.env = a.evaluator.clone();
+            agent.idle_timeout = a.idle_timeout;
             agent.route_retries = a.route_retries.map(|k| supervisor::role::agent::RouteRetries::new(&checkpoint, k));
             run(Role::Agent, worker, a.common, log, &mut agent)
         }
@@ -91,7 +102,7 @@ fn run(
     let (tx, rx) = mpsc::channel();
     let signals = tx.clone();
     if let Err(e) = reaper::spawn(move |ev| signals.send(Event::Signal(ev)).is_ok()) {
-        eprintln!("supervisor: cannot start the signal thread: {e}");
+        log::err(Level::Error, &format!("cannot start the signal thread: {e}"));
         return ExitCode::from(2);
     }
     let (status, log_dir) = (common.status_dir.clone(), log.parent().map(std::path::Path::to_path_buf));
@@ -111,7 +122,7 @@ fn run(
 }
 
 fn config_error(msg: &str) -> ExitCode {
-    eprintln!("supervisor: configuration error: {msg}");
+    log::err(Level::Error, &format!("configuration error: {msg}"));
     ExitCode::from(2)
 }
 
@@ -127,7 +138,7 @@ fn gpu_command(a: &supervisor::config::GpuArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("supervisor gpu: {e}");
+            log::err(Level::Error, &format!("gpu: {e}"));
             ExitCode::from(1)
         }
     }

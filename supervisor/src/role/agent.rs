@@ -34,6 +34,8 @@ pub struct Agent {
     pub route_retries: Option<RouteRetries>,
     /// run_leaderboard.sh's variables.
     pub env: EvaluatorEnv,
+    /// `--idle-timeout`: the evaluator counts as hung after printing nothing for this long.
+    pub idle_timeout: Duration,
     guard: Guard,
     next_observe: Instant,
     /// The checkpoint's (length, mtime) at the last look: it is parsed only when that changed.
@@ -63,6 +65,7 @@ impl Agent {
             run_as: None,
             route_retries: None,
             env: EvaluatorEnv::default(),
+            idle_timeout: Duration::from_secs(800),
             guard,
             next_observe: Instant::now(),
             seen: None,
@@ -116,7 +119,7 @@ impl Agent {
                 "route retries: {route} crashed the simulator {n} times, but the checkpoint is not in a shape that \
                  can be moved past it safely; left as it is"
             )),
-            Err(e) => eng.note(&format!("route retries: cannot move past {route}: {e}")),
+            Err(e) => eng.warn(&format!("route retries: cannot move past {route}: {e}")),
         }
     }
 
@@ -224,7 +227,7 @@ impl RoleSpec for Agent {
                         eng.note(&format!("checkpoint repaired before resuming: {r}"));
                     }
                 }
-                Err(e) => eng.note(&format!("cannot check the checkpoint before resuming: {e}")),
+                Err(e) => eng.warn(&format!("cannot check the checkpoint before resuming: {e}")),
             }
         }
         if attempt.0 > 0 && self.route_retries.is_some() {
@@ -259,16 +262,16 @@ impl RoleSpec for Agent {
         Spec { program, args: all, env, cwd: None, run_as: self.run_as }
     }
 
-    fn tick(&mut self, eng: &mut Engine, child: &Child, attempt: Attempt) -> Option<Outcome> {
+    fn tick(&mut self, _eng: &mut Engine, child: &Child, attempt: Attempt) -> Option<Outcome> {
         let now = Instant::now();
         if now >= self.next_observe {
             self.next_observe = now + Duration::from_millis(50);
             self.observe();
         }
-        if child.silent_for() > eng.common.idle_timeout {
+        if child.silent_for() > self.idle_timeout {
             return Some(Outcome::Crash(format!(
                 "the evaluator printed nothing for {:?} (hang) in attempt {attempt}",
-                eng.common.idle_timeout
+                self.idle_timeout
             )));
         }
         None

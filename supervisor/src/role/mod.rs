@@ -15,6 +15,7 @@ pub mod simulator;
 
 use crate::child::{self, Child, LogFile};
 use crate::config::{Common, RestartMode};
+use crate::log::Level;
 use crate::reaper::{self, Exit, Signal, SignalEvent};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::cell::RefCell;
@@ -123,6 +124,7 @@ impl Engine {
         tx: Sender<Event>,
         rx: Receiver<Event>,
     ) -> std::io::Result<Engine> {
+        crate::log::speaker(role, worker);
         // The folders given on the command line are the roots (mounts of the volume): opened once, trusted.
         std::fs::create_dir_all(&common.status_dir)?;
         let status = Root::open(&common.status_dir)?;
@@ -159,18 +161,39 @@ impl Engine {
             last_exit: None,
         };
         if eng._watcher.is_none() {
-            eng.note("cannot watch the status folder; polling it alone");
+            eng.warn("cannot watch the status folder; polling it alone");
         }
+        let c = &eng.common;
+        eng.debug(&format!(
+            "status folder {}, peer wait {:?}, grace {:?}, {} attempts, restart {:?}, marker poll {:?}",
+            c.status_dir.display(),
+            c.peer_wait,
+            c.grace,
+            c.max_attempts,
+            c.restart,
+            c.marker_poll
+        ));
         Ok(eng)
     }
 
+    /// An info entry, on stdout and in the child's log.
     pub fn note(&self, msg: &str) {
-        child::note(self.log.as_ref(), &format!("{}-{}: {msg}", self.role, self.worker));
+        child::note(self.log.as_ref(), Level::Info, msg);
+    }
+
+    /// A warning: something went wrong that the supervisor works around or reports.
+    pub fn warn(&self, msg: &str) {
+        child::note(self.log.as_ref(), Level::Warn, msg);
+    }
+
+    /// A detail for `--log-level debug`: the settings, each child's process.
+    pub fn debug(&self, msg: &str) {
+        child::note(self.log.as_ref(), Level::Debug, msg);
     }
 
     pub fn markers(&self) -> StatusSet {
         let set = StatusSet::read(&self.status, Path::new("")).unwrap_or_else(|e| {
-            self.note(&format!("cannot read {}: {e}", self.common.status_dir.display()));
+            self.warn(&format!("cannot read {}: {e}", self.common.status_dir.display()));
             StatusSet::default()
         });
         self.check_forged(&set);
@@ -211,7 +234,7 @@ impl Engine {
         }
         match marker.create_in(&self.status, Path::new("")) {
             Ok(()) => self.note(&format!("wrote {marker}")),
-            Err(e) => self.note(&format!("cannot write {marker}: {e}")),
+            Err(e) => self.warn(&format!("cannot write {marker}: {e}")),
         }
     }
 
@@ -244,7 +267,7 @@ impl Engine {
     fn write_record(&self) {
         let name = status::file_name(self.role, self.worker);
         if let Err(e) = self.record.write(&self.status, Path::new(&name)) {
-            self.note(&format!("cannot write the status record: {e}"));
+            self.warn(&format!("cannot write the status record: {e}"));
         }
     }
 
@@ -312,10 +335,10 @@ impl Engine {
         if reaper::group_alive(pgid) {
             reaper::signal_group(pgid, Signal::Term);
             if !self.wait_group_gone(child, grace) {
-                self.note(&format!("the child's process group outlived the {grace:?} grace period: SIGKILL"));
+                self.warn(&format!("the child's process group outlived the {grace:?} grace period: SIGKILL"));
                 reaper::signal_group(pgid, Signal::Kill);
                 if !self.wait_group_gone(child, Duration::from_secs(10)) {
-                    self.note("processes of the child's group are still alive after SIGKILL (stuck in the kernel?)");
+                    self.warn("processes of the child's group are still alive after SIGKILL (stuck in the kernel?)");
                 }
             }
         }
@@ -591,7 +614,7 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
         }
         let plan = set.plan_attempt_within(role, worker, limit);
         if let Some(n) = plan.untraced_crash {
-            eng.note(&format!("attempt {n} ended without a trace (killed, OOM, container restart)"));
+            eng.warn(&format!("attempt {n} ended without a trace (killed, OOM, container restart)"));
             eng.write(Marker::Crash { role, worker, attempt: n });
         }
         if plan.spent >= eng.common.max_attempts {
@@ -613,6 +636,7 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
                 match child::spawn(&s, log, &format!("{role}-{worker} attempt {attempt}")) {
                     Err(e) => Outcome::Crash(format!("cannot start {}: {e}", s.display())),
                     Ok(child) => {
+                        eng.debug(&format!("attempt {attempt}: the child is process {}", child.pid));
                         eng.child = Some((child.pid, None));
                         eng.last_exit = None;
                         eng.set_state(State::Running, attempt);
@@ -664,7 +688,7 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
         eng.set_state(state, attempt);
         match outcome {
             Outcome::Crash(reason) => {
-                eng.note(&format!("attempt {attempt} crashed: {reason}"));
+                eng.warn(&format!("attempt {attempt} crashed: {reason}"));
                 eng.write(Marker::Crash { role, worker, attempt });
                 if eng.common.restart == RestartMode::Container {
                     return 1;

@@ -17,6 +17,8 @@ pub struct Simulator {
     pub port: u16,
     /// `r.GraphicsAdapter`; `None` for a run without a GPU.
     pub gpu_index: Option<u32>,
+    /// `--ready-timeout`: the longest wait for CARLA's RPC port.
+    pub ready_timeout: Duration,
     ready: bool,
     ready_deadline: Instant,
     next_probe: Instant,
@@ -25,7 +27,15 @@ pub struct Simulator {
 impl Simulator {
     pub fn new(command: Vec<OsString>, port: u16, gpu_index: Option<u32>) -> Self {
         let now = Instant::now();
-        Simulator { command, port, gpu_index, ready: false, ready_deadline: now, next_probe: now }
+        Simulator {
+            command,
+            port,
+            gpu_index,
+            ready_timeout: Duration::from_secs(300),
+            ready: false,
+            ready_deadline: now,
+            next_probe: now,
+        }
     }
 
     /// CARLA's arguments, as run_carla.sh passes them.
@@ -48,9 +58,9 @@ impl RoleSpec for Simulator {
         Role::Simulator
     }
 
-    fn prepare(&mut self, eng: &mut Engine, _attempt: Attempt) -> Result<(), Outcome> {
+    fn prepare(&mut self, _eng: &mut Engine, _attempt: Attempt) -> Result<(), Outcome> {
         self.ready = false;
-        self.ready_deadline = Instant::now() + eng.common.ready_timeout;
+        self.ready_deadline = Instant::now() + self.ready_timeout;
         self.next_probe = Instant::now();
         Ok(())
     }
@@ -83,7 +93,7 @@ impl RoleSpec for Simulator {
         if now >= self.ready_deadline {
             return Some(Outcome::Crash(format!(
                 "CARLA did not open port {} within {:?}",
-                self.port, eng.common.ready_timeout
+                self.port, self.ready_timeout
             )));
         }
         None

@@ -62,6 +62,11 @@ fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Whether a line of a supervisor's output is one of its own entries (text or JSON), not its child's.
+pub fn is_supervisor_line(l: &str) -> bool {
+    l.contains(" supervisor") || l.starts_with("{\"ts\"")
+}
+
 /// One start of the evaluator, from FAKE_EVAL_LOG.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvalStart {
@@ -278,7 +283,7 @@ impl Scene {
             let lines: Vec<String> = fs::read_to_string(&p)
                 .unwrap_or_default()
                 .lines()
-                .filter(|l| l.starts_with("supervisor") || l.starts_with("=====") || l.contains("carla:"))
+                .filter(|l| is_supervisor_line(l) || l.contains("carla:"))
                 .filter(|l| !l.contains("carla: tick"))
                 .map(str::to_owned)
                 .collect();

@@ -1,0 +1,6 @@
+//! `supervisor --version` names the git revision it was built from (build.rs), as logcopy's does.
+
+#[test]
+fn version_carries_the_git_revision() {
+    testkit::check_version(env!("CARGO_BIN_EXE_supervisor"), "supervisor");
+}
