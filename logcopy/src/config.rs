@@ -111,7 +111,8 @@ pub struct RunArgs {
     #[arg(long, env = "FINAL_STATUS", action = ArgAction::Set, num_args = 0..=1, default_value = "false",
           default_missing_value = "true", value_parser = boolean, value_name = "BOOL")]
     pub final_status: bool,
-    /// Time allowed for the last flush after SIGTERM or SIGINT (Kubernetes' grace period is 30 s).
+    /// Time allowed for the last flush after SIGTERM or SIGINT; under the pod's grace period (make-job sets
+    /// terminationGracePeriodSeconds to this plus 40 s: 60 s by default; Kubernetes' own default is 30 s).
     #[arg(long, env = "FLUSH_BUDGET", default_value = "20", value_parser = span)]
     pub flush_budget: Duration,
     /// Time allowed for the final EvalAI update at a normal end (completion or cancel).
