@@ -106,6 +106,44 @@ fn relative(key: &str, prefix: &str) -> Option<PathBuf> {
 /// Downloads in flight at once.
 const CONCURRENCY: usize = 8;
 
+/// How often a long restore says how far it is.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The progress line of a restore: objects and bytes done out of the total, and the rate, at most every
+/// [`PROGRESS_EVERY`] (a restore of thousands of objects takes minutes; an init container that says nothing for
+/// minutes looks hung).
+struct Progress {
+    objects: usize,
+    bytes: u64,
+    start: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl Progress {
+    fn new(objects: usize, bytes: u64) -> Progress {
+        let now = std::time::Instant::now();
+        info!(objects, bytes, "restoring the volume from the store");
+        Progress { objects, bytes, start: now, last: now }
+    }
+
+    fn tell(&mut self, done: usize, bytes: u64) {
+        if self.last.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        let secs = self.start.elapsed().as_secs_f64().max(0.001);
+        info!(
+            "restoring: {done}/{} objects, {:.1}/{:.1} MiB, {:.1} MiB/s",
+            self.objects,
+            bytes as f64 / MIB,
+            self.bytes as f64 / MIB,
+            bytes as f64 / MIB / secs
+        );
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
 /// Streams one object into the volume, beneath its root (a link on the way is an error, one at the file's place
 /// is replaced, never written through), and returns its manifest entry.
 async fn fetch<S: ObjectStore>(
@@ -159,10 +197,13 @@ async fn download<S: ObjectStore>(
             }
         }
     }
+    let total_bytes: u64 = objects.iter().filter(|o| !o.key.starts_with(&status_prefix)).map(|o| o.size).sum();
+    let mut progress = Progress::new(pending.len(), total_bytes);
     let mut pending = pending.into_iter();
     let mut running = tokio::task::JoinSet::new();
     let mut first_error = None;
     loop {
+        progress.tell(report.downloaded, report.bytes);
         while running.len() < CONCURRENCY {
             let Some((key, rel)) = pending.next() else { break };
             let (store, root) = (store.clone(), root.clone());

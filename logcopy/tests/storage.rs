@@ -152,6 +152,11 @@ async fn restore_then_run_uploads_nothing_again() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A restore says what it is about to fetch (then how far it is, every few seconds, and the end).
+    let said = String::from_utf8_lossy(&out.stdout);
+    let total = before.keys().filter(|k| !k.starts_with("4321/containers-status/")).count();
+    assert!(said.contains(&format!("restoring the volume from the store objects={total}")), "{said}");
+    assert!(said.contains("volume restored"), "{said}");
     let after = moto.objects("restore").await;
     assert!(!after.keys().any(|k| k.starts_with("4321/containers-status/")), "markers of the earlier run left in S3");
     assert_eq!(std::fs::read_dir(fresh.join("containers-status")).unwrap().count(), 0);
