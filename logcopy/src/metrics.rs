@@ -23,6 +23,8 @@ use crate::publish::budget::Budget;
 use crate::publish::evalai::{Method, Request, Response, Transport, TransportError};
 use crate::publish::store::{MULTIPART_THRESHOLD, ObjectInfo, ObjectStore, PutStats, StoreError};
 use crate::publish::table::{Condition, ItemKey, ItemStore, TableError, Updated};
+use crate::results::pyjson::Value;
+use crate::routes::Assigned;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,6 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 use volume::markers::{Role, StatusSet, WorkerId};
+use volume::results::Checkpoint;
 
 /// The most of a request's head (request line and headers) that is read.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -227,7 +230,7 @@ impl Metrics {
         );
         r.register(
             "worker_routes_done",
-            "Route records in the worker's results file (its last good parse)",
+            "Routes the worker recorded in its results file (of those it was given, with --route-count)",
             m.routes_done.clone(),
         );
         r.register(
@@ -483,14 +486,18 @@ pub fn worker_markers(markers: &StatusSet, workers: u32) {
     }
 }
 
-/// Each worker's routes: (worker, (records, total) from its results file, runs it was given).
-pub fn worker_routes(workers: impl IntoIterator<Item = (u32, Option<(usize, i64)>, Option<u64>)>) {
+/// Each worker's routes: (worker, the last good parse of its results file, the routes it was given). Done: the
+/// records of the routes it was given (of any route without `--route-count`), as `logcopy status` counts them;
+/// assigned: its route runs, else the total its file announces.
+pub fn worker_routes<'a>(workers: impl IntoIterator<Item = (u32, Option<&'a Value>, Option<Assigned>)>) {
     let Some(m) = on() else { return };
-    for (id, progress, given) in workers {
+    for (id, good, given) in workers {
         let label = WorkerLabel { worker: id.to_string() };
-        let done = progress.map_or(0, |(records, _)| records as i64);
-        let assigned = given.map(|g| g as i64).or(progress.map(|(_, total)| total)).unwrap_or(0);
-        m.routes_done.get_or_create(&label).set(done);
+        let cp = good.and_then(Checkpoint::of);
+        let version = good.and_then(crate::results::detect).unwrap_or(crate::cli::DEFAULT_VERSION);
+        let done = cp.map_or(0, |c| c.route_ids().filter(|n| given.is_none_or(|a| a.contains(version, n))).count());
+        let assigned = given.map(|a| a.runs() as i64).or_else(|| cp.and_then(|c| c.total())).unwrap_or(0);
+        m.routes_done.get_or_create(&label).set(done as i64);
         m.routes_assigned.get_or_create(&label).set(assigned);
     }
 }

@@ -48,7 +48,8 @@ fn metrics_follow_the_run() {
     let vol = Volume::from_fixture("lb2.0-mid-run");
     let port = testkit::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut lc = LogcopyCmd::new(&vol).fast().evalai(&fake).flag("--metrics-addr", &addr).spawn();
+    let mut lc =
+        LogcopyCmd::new(&vol).fast().evalai(&fake).flag("--route-count", "20").flag("--metrics-addr", &addr).spawn();
 
     fake.wait_acked_put(secs(20), 1);
     assert!(
@@ -71,14 +72,16 @@ fn metrics_follow_the_run() {
     assert!(value(&text, "logcopy_evalai_publish_latency_seconds_count").unwrap() >= 1.0, "{text}");
     // Worker 4 has no results file yet on the mid-run volume.
     assert_eq!(value(&text, r#"logcopy_worker_routes_done{worker="4"}"#), Some(0.0), "{text}");
+    assert_eq!(value(&text, r#"logcopy_worker_routes_assigned{worker="4"}"#), Some(5.0), "routes 15-19: {text}");
     assert!(value(&text, r#"logcopy_worker_routes_done{worker="1"}"#).unwrap() >= 1.0, "{text}");
     assert!(value(&text, r#"logcopy_worker_crashes{worker="1",role="agent"}"#).is_some(), "{text}");
-    // The local S3 stand-in received the volume's files.
-    assert!(
-        wait_for(secs(20), || value(&scrape(port), "logcopy_s3_uploads_total").unwrap_or(0.0) >= 1.0),
-        "uploads are counted"
-    );
-    assert!(value(&scrape(port), "logcopy_s3_uploaded_bytes_total").unwrap() > 0.0);
+    // The local S3 stand-in received the volume's files (markers are empty files: wait for bytes too).
+    let uploaded = wait_for(secs(20), || {
+        let t = scrape(port);
+        value(&t, "logcopy_s3_uploads_total").unwrap_or(0.0) >= 1.0
+            && value(&t, "logcopy_s3_uploaded_bytes_total").unwrap_or(0.0) > 0.0
+    });
+    assert!(uploaded, "uploads and their bytes are counted:\n{}", scrape(port));
 
     // A client that connects and sends nothing, held open: the next scrape is answered all the same.
     let idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -118,7 +121,7 @@ fn off_by_default_and_a_bad_address_is_exit_2() {
     assert_eq!(code, 0, "{}", lc.output());
     assert!(!lc.output().contains("serving Prometheus metrics"), "no metrics without --metrics-addr: {}", lc.output());
 
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = std::net::TcpListener::bind(("127.0.0.1", testkit::free_port())).unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let (code, lc) =
         LogcopyCmd::new(&vol).fast().evalai(&fake).flag("--metrics-addr", &addr).switch("--once").run(secs(60));

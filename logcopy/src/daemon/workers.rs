@@ -174,7 +174,7 @@ impl Workers {
         for w in &mut self.list {
             changed |= w.refresh(root, max_bytes);
         }
-        crate::metrics::worker_routes(self.list.iter().map(|w| (w.id, w.progress(), w.assigned.map(|a| a.runs()))));
+        crate::metrics::worker_routes(self.list.iter().map(|w| (w.id, w.good.as_ref(), w.assigned)));
         changed
     }
 
