@@ -332,7 +332,21 @@ async fn answer(mut stream: TcpStream, m: &Metrics) -> std::io::Result<()> {
     let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(Head::Complete(h))) => h,
         Ok(Ok(Head::TooLarge)) => {
-            return reply(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"", false).await;
+            reply(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"", false).await?;
+            // What the client still sends is read and dropped (a little, briefly): closing on unread bytes would
+            // reset the connection, and the client could lose the answer.
+            let mut sink = [0u8; 4096];
+            let drain = async {
+                let mut left = 64 * 1024;
+                while left > 0 {
+                    match stream.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left -= n.min(left),
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+            return Ok(());
         }
         // Closed before a whole head, a read error, or too slow: nothing to answer.
         Ok(Ok(Head::Closed)) | Ok(Err(_)) | Err(_) => return Ok(()),

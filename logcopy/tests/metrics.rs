@@ -25,6 +25,16 @@ fn http(port: u16, method: &str, path: &str) -> (u16, String, String) {
     (status, head.to_string(), body.to_string())
 }
 
+/// A scrape that may find the listener full (the connection closed unanswered): `None` then.
+fn try_scrape(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(secs(10))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    raw.starts_with("HTTP/1.1 200 ").then_some(raw)
+}
+
 fn scrape(port: u16) -> String {
     let (status, head, body) = http(port, "GET", "/metrics");
     assert_eq!(status, 200, "{head}");
@@ -100,6 +110,26 @@ fn metrics_follow_the_run() {
     });
     assert!(moved, "the counters moved with the run:\n{}", scrape(port));
     drop(idle);
+
+    // More idle clients than the listener serves at once: the run goes on (worker 2's new route is published), and
+    // once they are gone, scrapes are answered again.
+    let flood: Vec<TcpStream> = (0..24).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    let w2 = Volume::worker_rel(2);
+    let had = support::route_ids(&vol.read(&w2)).len();
+    let more = worker_file("2.0", 2, had + 1, None);
+    let route = support::route_ids(&more).pop().unwrap();
+    vol.write_atomic(&w2, more.as_bytes());
+    fake.wait_put_where(secs(20), "a PUT with worker 2's new route", |r| r.metadata_routes().contains(&route));
+    drop(flood);
+    assert!(wait_for(secs(20), || try_scrape(port).is_some()), "scrapes are answered once the idle clients left");
+
+    // A request head over 8 KiB: 431.
+    let mut big = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    big.set_read_timeout(Some(secs(10))).unwrap();
+    let _ = big.write_all(format!("GET /metrics HTTP/1.1\r\nX-Pad: {}\r\n", "a".repeat(9000)).as_bytes());
+    let mut answer = String::new();
+    let _ = big.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
 
     // Elsewhere: 404; another method: 405; both close the connection after the answer.
     assert_eq!(http(port, "GET", "/").0, 404);
