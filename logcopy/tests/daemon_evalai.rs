@@ -537,7 +537,7 @@ fn t13_every_recorded_volume_once_local() {
 
         if name.ends_with("cancelled") {
             assert!(puts.is_empty(), "{name}: a partial PUT on a cancelled volume: {jsonl}");
-            assert!(lc.stdout_text().contains("Cancelled"), "{name}: did not end as cancelled\n{}", lc.output());
+            assert!(lc.stdout_text().contains("CANCELLED"), "{name}: did not end as cancelled\n{}", lc.output());
             assert!(!vol.has_marker("logcopy.done"), "{name}");
         } else {
             assert_eq!(puts.len(), 1, "{name}: partial PUTs: {jsonl}");
