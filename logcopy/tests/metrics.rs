@@ -85,13 +85,16 @@ fn metrics_follow_the_run() {
     assert_eq!(value(&text, r#"logcopy_worker_routes_assigned{worker="4"}"#), Some(5.0), "routes 15-19: {text}");
     assert!(value(&text, r#"logcopy_worker_routes_done{worker="1"}"#).unwrap() >= 1.0, "{text}");
     assert!(value(&text, r#"logcopy_worker_crashes{worker="1",role="agent"}"#).is_some(), "{text}");
-    // The local S3 stand-in received the volume's files (markers are empty files: wait for bytes too).
+    // The local S3 stand-in received the volume's files (markers are empty files: wait for bytes too), and the local
+    // DynamoDB stand-in the submission's record.
     let uploaded = wait_for(secs(20), || {
         let t = scrape(port);
         value(&t, "logcopy_s3_uploads_total").unwrap_or(0.0) >= 1.0
             && value(&t, "logcopy_s3_uploaded_bytes_total").unwrap_or(0.0) > 0.0
+            && value(&t, r#"logcopy_s3_requests_total{op="put",outcome="ok"}"#).unwrap_or(0.0) >= 1.0
+            && value(&t, r#"logcopy_dynamodb_requests_total{op="update_item",outcome="ok"}"#).unwrap_or(0.0) >= 1.0
     });
-    assert!(uploaded, "uploads and their bytes are counted:\n{}", scrape(port));
+    assert!(uploaded, "uploads, their bytes and the record's update are counted:\n{}", scrape(port));
 
     // A client that connects and sends nothing, held open: the next scrape is answered all the same.
     let idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
