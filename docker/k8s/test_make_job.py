@@ -60,6 +60,31 @@ class MakeJob(unittest.TestCase):
         want = {"SUBMISSION_ID": "42", "CHALLENGE_ID": "22", "TRACK_ID": "333", "TEAM_ID": "4444"}
         self.assertEqual({k: env["logcopy"][k] for k in want}, want)
 
+    def test_metrics_open_the_port_and_annotate_the_pod(self):
+        def logcopy_and_pod(*flags):
+            r = make_job(*ids(), "--format", "json", *flags)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            pod = json.loads(r.stdout)["spec"]["template"]
+            (logcopy,) = [c for c in pod["spec"]["containers"] if c["name"] == "logcopy"]
+            return logcopy, pod
+
+        logcopy, pod = logcopy_and_pod()
+        self.assertNotIn("ports", logcopy)
+        self.assertNotIn("annotations", pod["metadata"])
+        self.assertNotIn("METRICS_ADDR", [e["name"] for e in logcopy["env"]])
+
+        logcopy, pod = logcopy_and_pod("--metrics")
+        self.assertEqual(logcopy["ports"], [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}])
+        self.assertEqual(
+            pod["metadata"]["annotations"],
+            {"prometheus.io/scrape": "true", "prometheus.io/port": "9100", "prometheus.io/path": "/metrics"},
+        )
+        self.assertIn({"name": "METRICS_ADDR", "value": "0.0.0.0:9100"}, logcopy["env"])
+        r = make_job(*ids(), "--metrics")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn('prometheus.io/scrape: "true"', r.stdout)
+        self.assertIn('prometheus.io/port: "9100"', r.stdout)
+
     def test_every_flag_has_help(self):
         loader = importlib.machinery.SourceFileLoader("make_job", str(HERE / "make-job"))
         spec = importlib.util.spec_from_loader("make_job", loader)

@@ -58,6 +58,9 @@ pub struct RunCommand {
     /// failed. Default: /dev/termination-log when it exists (in a pod), else nowhere.
     #[arg(long, env = "TERMINATION_LOG", value_name = "PATH")]
     pub termination_log: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (HOST an IP address, e.g. 0.0.0.0:9100); off by default.
+    #[arg(long, env = "METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Kubernetes' default termination message path, written only where it exists (a local run creates nothing in
@@ -187,6 +190,9 @@ fn run_daemon(r: RunCommand) -> ExitCode {
     }
     if let Some(w) = aws_warning {
         tracing::warn!("{w}");
+    }
+    if let Err(e) = crate::metrics::listen(r.metrics_addr, &runtime) {
+        return config_error(&e);
     }
     let span = tracing::info_span!("logcopy", submission = cfg.submission_id);
     let result = match volume {

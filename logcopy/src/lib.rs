@@ -15,12 +15,14 @@
 //! - [`routes`]: the routes each worker is assigned (upstream's subset formula) and which are missing;
 //! - [`status`]: `logcopy status`, the read-only view of a live or finished volume;
 //! - [`restore`]: the init container's job (the volume back from S3 on a resume);
-//! - [`logging`]: text or JSON log lines, one per entry.
+//! - [`logging`]: text or JSON log lines, one per entry;
+//! - [`metrics`]: the Prometheus metrics of `logcopy run` (`--metrics-addr`), and their listener.
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod logging;
+pub mod metrics;
 pub mod publish;
 pub mod restore;
 pub mod results;

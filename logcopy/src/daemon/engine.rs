@@ -77,6 +77,7 @@ impl Engine {
         self.seq += 1;
         let snap =
             Snapshot { seq: self.seq, outputs: self.state.outputs.clone(), end, verify_cancel: self.cancel.asking() };
+        crate::metrics::snapshot(self.seq, &snap.outputs);
         let _ = self.snap_tx.send(Arc::new(snap));
     }
 
@@ -197,6 +198,7 @@ impl Engine {
 
     /// The final flush: last cycle, final snapshot, the sinks' final work within its time budget.
     async fn end(mut self, end: End) -> End {
+        crate::metrics::state(crate::metrics::RunState::Finishing);
         if matches!(end, End::Cancelled { .. }) && !self.state.wrote_cancel {
             self.state.write_cancel_markers();
         }
@@ -235,6 +237,7 @@ impl Engine {
                 }
             }
         }
+        crate::metrics::state(crate::metrics::RunState::Ended);
         end
     }
 }

@@ -4,6 +4,7 @@
 
 use super::SetupError;
 use crate::config::{EvalAiTarget, RunConfig, StorageTarget};
+use crate::metrics::{MeteredEvalAi, MeteredStore, MeteredTable};
 use crate::publish::evalai::{EvalAiSettings, EvalAiSink, HttpTransport, Transport, redact_url};
 use crate::publish::local::LocalTransport;
 use crate::publish::record::RecordSink;
@@ -61,12 +62,14 @@ pub(super) async fn start(cfg: &RunConfig, root: &Arc<Root>) -> Result<Sinks, Se
         EvalAiTarget::Http { base, token } => {
             let t = HttpTransport::new(base, token.clone(), cfg.request_timeout)
                 .map_err(|e| SetupError::Client(e.to_string()))?;
+            let t = MeteredEvalAi(t);
             info!(server = %redact_url(base), "publishing to EvalAI");
             spawn_supervised(evalai_sink(Arc::new(t), settings, decision.clone()), snap_rx, ev_tx.clone())
         }
         EvalAiTarget::Local { out } => {
             let t = LocalTransport::new(out).map_err(|e| SetupError::Client(format!("{}: {e}", out.display())))?;
             info!(requests = %t.requests_file().display(), "EvalAI requests go to the local file");
+            let t = MeteredEvalAi(t);
             spawn_supervised(evalai_sink(Arc::new(t), settings, decision.clone()), snap_rx, ev_tx.clone())
         }
     });
@@ -81,15 +84,21 @@ pub(super) async fn start(cfg: &RunConfig, root: &Arc<Root>) -> Result<Sinks, Se
             let sdk = crate::publish::store::sdk_config(cfg.storage_timeout).await;
             let (sdk2, bucket2, root2, prefix2) = (sdk.clone(), bucket.clone(), root.clone(), prefix.clone());
             let store = move |_| {
-                StorageSink::new(S3Store::new(&sdk2, &bucket2), root2.clone(), &prefix2, &target, period)
+                StorageSink::new(MeteredStore(S3Store::new(&sdk2, &bucket2)), root2.clone(), &prefix2, &target, period)
                     .with_limits(limits)
             };
             tasks.push(spawn_supervised(store, snapshots.subscribe(), ev_tx.clone()));
             let url = format!("s3://{bucket}/{prefix}");
             let (table2, d) = (table.clone(), decision.subscribe());
             let record = move |_| {
-                RecordSink::new(DynamoTable::new(&sdk, &table2), key.clone(), url.clone(), final_status, period)
-                    .following(d.clone(), decision_wait)
+                RecordSink::new(
+                    MeteredTable(DynamoTable::new(&sdk, &table2)),
+                    key.clone(),
+                    url.clone(),
+                    final_status,
+                    period,
+                )
+                .following(d.clone(), decision_wait)
             };
             tasks.push(spawn_supervised(record, snapshots.subscribe(), ev_tx.clone()));
             info!(bucket, table, "syncing the volume to S3 and recording the submission in DynamoDB");
@@ -98,7 +107,7 @@ pub(super) async fn start(cfg: &RunConfig, root: &Arc<Root>) -> Result<Sinks, Se
             let objects = out.join("s3");
             let (objects2, root2, prefix2) = (objects.clone(), root.clone(), prefix.clone());
             let store = move |_| {
-                StorageSink::new(LocalStore::new(&objects2), root2.clone(), &prefix2, &target, period)
+                StorageSink::new(MeteredStore(LocalStore::new(&objects2)), root2.clone(), &prefix2, &target, period)
                     .with_limits(limits)
             };
             tasks.push(spawn_supervised(store, snapshots.subscribe(), ev_tx.clone()));
@@ -106,7 +115,7 @@ pub(super) async fn start(cfg: &RunConfig, root: &Arc<Root>) -> Result<Sinks, Se
             let item = out.join("dynamodb.json");
             let (item2, d) = (item.clone(), decision.subscribe());
             let record = move |_| {
-                RecordSink::new(LocalTable::new(&item2), key.clone(), url.clone(), final_status, period)
+                RecordSink::new(MeteredTable(LocalTable::new(&item2)), key.clone(), url.clone(), final_status, period)
                     .following(d.clone(), decision_wait)
             };
             tasks.push(spawn_supervised(record, snapshots.subscribe(), ev_tx.clone()));

@@ -164,6 +164,7 @@ impl Workers {
     /// Reads the markers of the status folder `dir`; on an error the last ones read stay.
     pub fn read_markers(&mut self, root: &Root, dir: &Path) -> std::io::Result<()> {
         self.markers = StatusSet::read(root, dir)?;
+        crate::metrics::worker_markers(&self.markers, self.list.len() as u32);
         Ok(())
     }
 
@@ -173,6 +174,7 @@ impl Workers {
         for w in &mut self.list {
             changed |= w.refresh(root, max_bytes);
         }
+        crate::metrics::worker_routes(self.list.iter().map(|w| (w.id, w.good.as_ref(), w.assigned)));
         changed
     }
 

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 const WINDOW: Duration = Duration::from_secs(60);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Budget {
     per_window: usize,
     sent: VecDeque<Instant>,
@@ -59,6 +59,11 @@ impl Budget {
     /// The server said 429: nothing is sent before `until`.
     pub fn pause_until(&mut self, until: Instant) {
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+    }
+
+    /// Requests allowed in any 60 s.
+    pub fn limit(&self) -> usize {
+        self.per_window
     }
 
     /// Requests sent in the last 60 s.

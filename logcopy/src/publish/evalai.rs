@@ -454,6 +454,7 @@ impl<T: Transport> EvalAiSink<T> {
     async fn attempt(&mut self, req: &Request) -> Result<Response, AttemptError> {
         sleep_until(self.budget.ready_at(Instant::now(), 1)).await;
         self.budget.spend(Instant::now());
+        crate::metrics::evalai_budget(&self.budget);
         match self.transport.send(req).await {
             Ok(r) if (200..300).contains(&r.status) => Ok(r),
             Ok(r) if r.status == 429 => {
@@ -626,6 +627,7 @@ impl<T: Transport> EvalAiSink<T> {
                 self.sent = Some(outputs.digest());
                 self.failures = 0;
                 info!(seq, "partial results published to EvalAI");
+                crate::metrics::evalai_published(seq);
                 let _ = events.send(SinkEvent::Published { seq }).await;
             }
             Ok(Guarded::Skipped(st)) => {
