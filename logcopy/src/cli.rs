@@ -61,6 +61,11 @@ pub struct RunCommand {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (HOST an IP address, e.g. 0.0.0.0:9100); off by default.
     #[arg(long, env = "METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Period of the heartbeat log line (routes done/assigned per worker, crashes and restarts, EvalAI requests and
+    /// budget, S3 uploads, DynamoDB requests), so that an idle run still says it is alive: seconds or with a unit
+    /// (`90s`, `5m`); 0 turns it off.
+    #[arg(long, env = "HEARTBEAT_LOG", default_value = "60", value_parser = crate::config::span, value_name = "DURATION")]
+    pub heartbeat_log: std::time::Duration,
 }
 
 /// Kubernetes' default termination message path, written only where it exists (a local run creates nothing in
@@ -195,6 +200,11 @@ fn run_daemon(r: RunCommand) -> ExitCode {
         return config_error(&e);
     }
     let span = tracing::info_span!("logcopy", submission = cfg.submission_id);
+    if !r.heartbeat_log.is_zero() {
+        crate::metrics::record();
+        let beat = crate::metrics::heartbeat_log(r.heartbeat_log, cfg.workers);
+        runtime.spawn(tracing::Instrument::instrument(beat, span.clone()));
+    }
     let result = match volume {
         Ok(root) => runtime.block_on(tracing::Instrument::instrument(crate::daemon::run(cfg, root), span)),
         Err(e) => Err(e),

@@ -439,7 +439,7 @@ fn duration_at_least(s: &str, min: Duration) -> Result<Duration, String> {
 }
 
 /// A duration (clap value parser).
-fn span(s: &str) -> Result<Duration, String> {
+pub fn span(s: &str) -> Result<Duration, String> {
     duration_at_least(s, Duration::ZERO)
 }
 

@@ -288,6 +288,86 @@ fn on() -> Option<&'static Metrics> {
     METRICS.get()
 }
 
+/// Turns the recording on without serving it (for the heartbeat log line, which reads the same counters).
+pub fn record() {
+    METRICS.get_or_init(Metrics::new);
+}
+
+/// The operator's heartbeat, one line: the daemon's state, routes done out of assigned (in all and per worker),
+/// crashes and restarts, EvalAI's requests, failures and budget, S3 uploads and bytes, DynamoDB requests. `None`
+/// while the recording is off.
+pub fn heartbeat(workers: u32) -> Option<String> {
+    let m = on()?;
+    let gauge = |f: &Family<WorkerLabel, Gauge>, w: u32| f.get_or_create(&WorkerLabel { worker: w.to_string() }).get();
+    let side = |f: &Family<SideLabel, Gauge>| -> i64 {
+        (1..=workers)
+            .flat_map(|w| {
+                Role::ALL.map(|role| f.get_or_create(&SideLabel { worker: w.to_string(), role: role.as_str() }).get())
+            })
+            .sum()
+    };
+    let state = RunState::ALL
+        .into_iter()
+        .find(|s| m.state.get_or_create(&StateLabel { state: s.as_str() }).get() == 1)
+        .map_or("running", RunState::as_str);
+    let (mut done, mut assigned, mut per) = (0, 0, Vec::new());
+    for w in 1..=workers {
+        let (d, a) = (gauge(&m.routes_done, w), gauge(&m.routes_assigned, w));
+        done += d;
+        assigned += a;
+        per.push(format!("{w}: {d}/{a}"));
+    }
+    let count = |f: &Family<Outcome, Counter>, ok: bool| -> u64 {
+        EVALAI_ENDPOINTS
+            .iter()
+            .flat_map(|e| EVALAI_OUTCOMES.map(|o| (*e, o)))
+            .filter(|(_, o)| (*o == "ok") == ok)
+            .map(|(endpoint, outcome)| f.get_or_create(&Outcome { endpoint, outcome }).get())
+            .sum()
+    };
+    let store = |f: &Family<StoreOutcome, Counter>, ops: &[&'static str], outcomes: &[&'static str]| -> (u64, u64) {
+        let mut n = (0, 0);
+        for op in ops {
+            for outcome in outcomes {
+                let c = f.get_or_create(&StoreOutcome { op, outcome }).get();
+                if *outcome == "ok" { n.0 += c } else { n.1 += c }
+            }
+        }
+        n
+    };
+    let budget = lock(&m.budget)
+        .as_mut()
+        .map(|b| format!(", budget {}/{} in the last 60 s", b.used(tokio::time::Instant::now()), b.limit()))
+        .unwrap_or_default();
+    let (s3_ok, s3_failed) = store(&m.s3_requests, &S3_OPS, &STORE_OUTCOMES);
+    let (db_ok, db_failed) = store(&m.dynamodb_requests, &["update_item"], &TABLE_OUTCOMES);
+    Some(format!(
+        "heartbeat: {state}; routes {done}/{assigned} ({}); crashes {}, restarts {}; EvalAI {} requests ({} failed){budget}, \
+         {} publishes; S3 {} uploads, {:.1} MiB, {s3_ok} requests ({s3_failed} failed); DynamoDB {db_ok} requests \
+         ({db_failed} failed)",
+        per.join(", "),
+        side(&m.crashes),
+        side(&m.restarts),
+        count(&m.evalai_requests, true) + count(&m.evalai_requests, false),
+        count(&m.evalai_requests, false),
+        m.publishes.get(),
+        m.uploads.get(),
+        m.uploaded_bytes.get() as f64 / (1024.0 * 1024.0),
+    ))
+}
+
+/// Logs [`heartbeat`] every `period` (the first after one period), for as long as the runtime runs.
+pub async fn heartbeat_log(period: std::time::Duration, workers: u32) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(line) = heartbeat(workers) {
+            info!("{line}");
+        }
+    }
+}
+
 /// Turns the metrics on and serves them at `addr` (none: off), on the runtime `rt`. `Err` (a configuration error,
 /// exit 2) when nothing can listen there.
 pub fn listen(addr: Option<SocketAddr>, rt: &tokio::runtime::Runtime) -> Result<(), String> {

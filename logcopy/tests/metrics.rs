@@ -161,3 +161,27 @@ fn off_by_default_and_a_bad_address_is_exit_2() {
     assert_eq!(code, 2, "{}", lc.output());
     assert!(lc.stderr_text().contains("--metrics-addr / METRICS_ADDR"), "{}", lc.output());
 }
+
+#[test]
+fn an_idle_run_says_it_is_alive_in_a_heartbeat_line() {
+    // The mid-run volume, nothing changing: before the heartbeat line, an idle logcopy logged nothing at all.
+    let vol = Volume::from_fixture("lb2.0-mid-run");
+    let out = vol.side_dir("local-out");
+    let mut lc = LogcopyCmd::new(&vol)
+        .fast()
+        .flag("--local", out.to_str().unwrap())
+        .flag("--route-count", "20")
+        .flag("--heartbeat-log", "1")
+        .spawn();
+    let line = testkit::eventually(secs(30), "a heartbeat line", || {
+        lc.stdout_text().lines().find(|l| l.contains("heartbeat: running; routes")).map(str::to_string)
+    });
+    // Workers 1-3 recorded 3, 2 and 5 of their 5 routes; worker 4 none (its file is missing).
+    assert!(line.contains("routes 10/20 (1: 3/5, 2: 2/5, 3: 5/5, 4: 0/5)"), "{line}");
+    assert!(line.contains("EvalAI ") && line.contains("S3 ") && line.contains("DynamoDB "), "{line}");
+    assert_eq!(lc.terminate(secs(30)), 0);
+    let quiet = LogcopyCmd::new(&vol).fast().flag("--local", out.to_str().unwrap()).flag("--heartbeat-log", "0");
+    let (code, lc) = quiet.switch("--once").run(secs(30));
+    assert_eq!(code, 0);
+    assert!(!lc.stdout_text().contains("heartbeat:"), "0 turns it off");
+}
