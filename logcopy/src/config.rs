@@ -151,6 +151,9 @@ pub struct RunArgs {
     pub max_results_bytes: u64,
     #[command(flatten)]
     pub storage: StorageArgs,
+    // What the participant sees (crate::view).
+    #[command(flatten)]
+    pub view: crate::view::ViewArgs,
 }
 
 /// The workers and the routes they were given, as `logcopy run` and `logcopy status` read them.
@@ -368,6 +371,8 @@ pub struct RunConfig {
     /// Where each outward edge goes, one line each, logged at start (`warn` for the embedded default and for
     /// an ignored setting).
     pub edges: Vec<(bool, String)>,
+    /// What the participant sees: stdout.txt's format, the heartbeat, results.json before the end.
+    pub view: crate::view::ViewArgs,
 }
 
 /// How the local edges were chosen.
@@ -707,6 +712,7 @@ impl RunArgs {
             max_results_bytes: self.max_results_bytes,
             storage,
             edges: Edges::describe(why, edges),
+            view: self.view,
         })
     }
 
