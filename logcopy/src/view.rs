@@ -602,9 +602,26 @@ pub struct Block {
 }
 
 impl Block {
+    /// A block whose last rendering is the one that opens `stdout` (the file an earlier logcopy left on the
+    /// volume): when the state has not changed, a restart keeps it, time included, so that it rewrites and uploads
+    /// nothing.
+    pub fn resumed(stdout: &str) -> Block {
+        let seed = stdout
+            .strip_prefix("Run status (as of ")
+            .and_then(|rest| rest.get(..23))
+            .and_then(|t| parse_utc(t).map(|at| (at, stdout.split_once("\n\n").map(|(b, _)| format!("{b}\n\n")))));
+        match seed {
+            Some((at, Some(text))) => Block { key: None, at, text },
+            _ => Block::default(),
+        }
+    }
+
     /// The block for `v` at `now`: the last one when neither its key changed nor a heartbeat passed.
     pub fn update(&mut self, v: &RunView, now: i64) -> &str {
         let key = render_block(v, None);
+        if self.key.is_none() && !self.text.is_empty() && render_block(v, Some(self.at)) == self.text {
+            self.key = Some(key.clone());
+        }
         let beat = !v.phase.terminal() && now.saturating_sub(self.at) >= v.heartbeat.as_secs() as i64;
         if self.key.as_deref() != Some(key.as_str()) || beat {
             self.text = render_block(v, Some(now));
@@ -615,7 +632,89 @@ impl Block {
     }
 }
 
+/// `YYYY-MM-DD HH:MM:SS UTC` ([`volume::time::utc_timestamp`]) back to Unix seconds; `None` for anything else.
+fn parse_utc(s: &str) -> Option<i64> {
+    let n = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok());
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    // Days from the civil date (H. Hinnant's algorithm), the inverse of utc_timestamp's.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let t = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    (volume::time::utc_timestamp(t) == s).then_some(t)
+}
+
 /// Unix seconds now.
 pub fn system_clock() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::pyjson::parse;
+
+    fn plan() -> Option<RoutePlan> {
+        Some(RoutePlan { routes: 20, repetitions: 1, workers: 4 })
+    }
+
+    #[test]
+    fn a_route_id_is_shown_only_when_assigned_and_in_logcopys_spelling() {
+        let a = plan().map(|p| p.assigned(2));
+        let shown = |n: &str| assigned_route(Version::V2, a.as_ref(), n);
+        assert_eq!(shown("RouteScenario_7_rep0").as_deref(), Some("RouteScenario_7_rep0"));
+        assert_eq!(shown("RouteScenario_17_rep0"), None, "another worker's route");
+        assert_eq!(shown("RouteScenario_7_rep1"), None, "a repetition not run");
+        assert_eq!(shown("RouteScenario_007_rep0"), None, "not a plain number");
+        assert_eq!(shown("SECRET-ROUTE-XYZ"), None);
+        assert_eq!(assigned_route(Version::V2, None, "RouteScenario_7_rep0"), None, "no plan: nothing is assigned");
+    }
+
+    #[test]
+    fn the_participants_reason_names_no_marker_and_suspects_nobody() {
+        let forged = "a cancel marker that logcopy did not write (simulation.cancel) stopped the workers, and EvalAI \
+                      reports the submission \"running\", not cancelled: the marker was forged (by the participant's code?)";
+        let r = participant_reason(forged, &[]);
+        assert_eq!(r, "the workers stopped on a cancel request that EvalAI does not confirm");
+        let r = participant_reason("worker 2 ended with 4 of 5 routes recorded; worker 4 failed (agent-4.failed)", &[]);
+        assert_eq!(r, "worker 2 ended with 4 of 5 routes recorded; worker 4 failed");
+    }
+
+    #[test]
+    fn provisional_scores_are_the_means_over_the_routes_done() {
+        let merged = parse(
+            br#"{"_checkpoint": {"global_record": {}, "progress": [2, 4], "records": [
+                {"scores": {"score_composed": 50.0, "score_route": 100, "score_penalty": 0.5}},
+                {"scores": {"score_composed": 25.5, "score_route": 51.0, "score_penalty": 0.5}}]}}"#,
+        )
+        .unwrap();
+        let r = provisional_results(Version::V2, merged.as_object()).unwrap();
+        assert!(r.contains("\"Driving score\": 37.75,"), "{r}");
+        assert!(r.contains("\"Route completion\": 75.5,"), "{r}");
+        assert!(r.contains("\"Infraction penalty\": 0.5,"), "{r}");
+        assert!(r.contains("\"Collisions layout\": 0,"), "{r}");
+        assert_eq!(mean_score(None, "score_composed"), None);
+    }
+
+    #[test]
+    fn utc_timestamps_read_back() {
+        for t in [0, 1_764_651_600, 951_782_400, 4_102_444_799] {
+            assert_eq!(parse_utc(&volume::time::utc_timestamp(t)), Some(t));
+        }
+        assert_eq!(parse_utc("2025-02-30 00:00:00 UTC"), None);
+        assert_eq!(parse_utc("not a time"), None);
+    }
+
+    #[test]
+    fn spans_and_bounds() {
+        assert_eq!(span(40), "40s");
+        assert_eq!(span(725), "12m 05s");
+        assert_eq!(span(3 * 3600 + 125), "3h 02m");
+        assert_eq!(span(-5), "0s");
+        let long = ascii_bounded(format!("{}\n", "\u{e9}x".repeat(20_000)), MAX_BYTES);
+        assert!(long.is_ascii() && long.len() <= MAX_BYTES + 8, "{}", long.len());
+    }
 }

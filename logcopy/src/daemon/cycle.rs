@@ -40,6 +40,8 @@ pub(super) struct State {
     last: Option<Arc<Merged>>,
     /// The run status block of stdout.txt, re-rendered on a change of state or at a heartbeat.
     block: view::Block,
+    /// The block was resumed from the stdout.txt on the volume (once, at the first cycle).
+    block_resumed: bool,
     /// The clock of the block (Unix seconds); the goldens inject a fixed one.
     pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
     /// The end being flushed, once there is one: the view's state.
@@ -89,6 +91,7 @@ impl State {
             merge_error: None,
             last: None,
             block: view::Block::default(),
+            block_resumed: false,
             clock: Arc::new(view::system_clock),
             end: None,
         }
@@ -225,6 +228,14 @@ impl State {
         let stdout = match self.cfg.view.stdout_format {
             StdoutFormat::Upstream => m.stdout_upstream.clone(),
             StdoutFormat::Status => {
+                if !self.block_resumed {
+                    // A restart: the block an earlier logcopy wrote stays while the state is the same.
+                    self.block_resumed = true;
+                    let path = std::path::Path::new(volume::layout::EVALAI_STDOUT);
+                    if let Ok(Some(bytes)) = file::read_beneath(&self.root, path, self.cfg.max_results_bytes) {
+                        self.block = view::Block::resumed(&String::from_utf8_lossy(&bytes));
+                    }
+                }
                 let block = self.block.update(&v, (self.clock)());
                 let mut s = format!("{block}{}", m.stdout_truth);
                 if let Some(End::Completed { finished: false, reason }) = &self.end {

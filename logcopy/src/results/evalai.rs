@@ -279,6 +279,19 @@ mod tests {
     }
 
     #[test]
+    fn the_progress_line_can_say_the_assigned_total() {
+        let v = parse(br#"{"_checkpoint": {"global_record": {}, "progress": [15, 15], "records": []}, "sensors": []}"#)
+            .unwrap();
+        let upstream = stdout_txt(Version::V2, v.as_object()).unwrap();
+        assert!(upstream.contains("- All 15 route have been completed\n"), "{upstream}");
+        let truth = stdout_txt_with(Version::V2, v.as_object(), Some((15, 20))).unwrap();
+        assert_eq!(
+            truth,
+            upstream.replace("- All 15 route have been completed", "- Completed 15 out of the 20 routes")
+        );
+    }
+
+    #[test]
     fn partial_summary() {
         let v = parse(br#"{"_checkpoint": {"global_record": {}, "progress": [1, 2], "records": [{"index": 0, "route_id": "R_0_rep0", "status": "Perfect", "meta": {"duration_game": 10.0, "duration_system": 0}}]}, "sensors": ["carla_camera", "carla_lidar", "carla_camera"]}"#).unwrap();
         let s = stdout_txt(Version::V2, v.as_object()).unwrap();
