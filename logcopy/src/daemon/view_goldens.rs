@@ -258,3 +258,40 @@ async fn an_unconfirmed_cancel_is_told_neutrally() {
     assert!(stderr.starts_with("The submission failed: the workers stopped on a cancel request"), "{stderr}");
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// The partial PUTs of an idle run of the mid-run case for `secs` seconds with `--heartbeat heartbeat`.
+async fn idle_puts(heartbeat: &str, secs: u64) -> Vec<String> {
+    let (scratch, args) = volume_of("mid-run", &format!("idle-{heartbeat}"));
+    let extra = ["--heartbeat", heartbeat, "--logs-period", "200ms", "--status-period", "1"];
+    let cfg = config(&scratch, &args, &extra);
+    let root = open_volume(&cfg.logs).unwrap();
+    let end = run_until(cfg, root, async move {
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+        "the test"
+    })
+    .await
+    .unwrap();
+    assert_eq!(end, End::Terminated);
+    let puts = requests(&scratch.join("out"))
+        .into_iter()
+        .filter(|r| r["method"] == "PUT" && r["path"].as_str().unwrap_or("").contains("partially"))
+        .map(|r| r["body"]["stdout"].as_str().unwrap_or("").to_string())
+        .collect();
+    let _ = std::fs::remove_dir_all(&scratch);
+    puts
+}
+
+/// An idle run sends its first result and then status GETs only, for as long as the heartbeat (default 300 s)
+/// has not passed; with a 2 s heartbeat, the clock fields are refreshed, at most one partial PUT a heartbeat.
+#[tokio::test]
+async fn an_idle_run_sends_at_most_one_update_per_heartbeat() {
+    let puts = idle_puts("300", 5).await;
+    assert_eq!(puts.len(), 1, "an idle run sent more than its first result: {puts:#?}");
+    let puts = idle_puts("2", 7).await;
+    assert!((2..=4).contains(&puts.len()), "{} partial PUTs in 7 s with a 2 s heartbeat", puts.len());
+    for pair in puts.windows(2) {
+        assert_ne!(pair[0], pair[1], "a PUT without a change");
+        let body = |s: &str| s.split_once("\n\n").map(|(_, rest)| rest.to_string());
+        assert_eq!(body(&pair[0]), body(&pair[1]), "only the block's clock fields changed");
+    }
+}
