@@ -106,6 +106,16 @@ fn the_upstream_format_is_upstreams_file_and_the_scores_never_change() {
         let want = crate::results::evalai::stdout_txt(version, data.as_object()).unwrap();
         assert_eq!(upstream.stdout, want, "{case}: not upstream's stdout.txt");
         assert!(status.stdout.starts_with("Run status"), "{case}");
+        // Provisional scores change results.json alone, and only before the end.
+        let provisional = preview_of(case, &["--partial-scores", "provisional"]);
+        assert_eq!(provisional.merged, upstream.merged, "{case}: the merged file");
+        if case == "finished" {
+            assert_eq!(provisional.results, upstream.results, "{case}: the final result is upstream's");
+        } else {
+            assert!(upstream.results.contains("\"Driving score\": 0,"), "{case}: {}", upstream.results);
+            assert!(!provisional.results.contains("\"Driving score\": 0,"), "{case}: {}", provisional.results);
+            assert!(provisional.results.contains("\"Collisions layout\": 0,"), "{case}: {}", provisional.results);
+        }
     }
 }
 
