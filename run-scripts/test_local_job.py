@@ -77,12 +77,19 @@ def evalai_records(job):
 
 
 def merge_recorded(tmp):
-    """What `logcopy merge` + `logcopy evalai` make of the recorded route results: the expected EvalAI payload."""
+    """What `logcopy merge` + `logcopy evalai` make of the recorded route results: the expected EvalAI payload
+    (results.json, and upstream's stdout.txt)."""
     files = sorted(str(p) for p in RECORDED.glob("agent/agent*/agent_results.json"))
     merged = tmp / "merged.json"
     subprocess.run([str(BIN / "logcopy"), "merge", "-f", *files, "-e", str(merged)], check=True, capture_output=True)
     subprocess.run([str(BIN / "logcopy"), "evalai", "-f", str(merged), "-o", str(tmp)], check=True, capture_output=True)
-    return json.loads((tmp / "results.json").read_text())
+    return json.loads((tmp / "results.json").read_text()), (tmp / "stdout.txt").read_text()
+
+
+def after_block(stdout):
+    """logcopy run's stdout.txt without its run status block (docs/status.md): upstream's summary."""
+    assert stdout.startswith("Run status"), stdout[:200]
+    return stdout[stdout.index("\n\n") + 2 :]
 
 
 def sha(path):
@@ -110,8 +117,10 @@ class WholeJob(unittest.TestCase):
         self.assertEqual(len(final), 1, "one final status")
         self.assertEqual(final[0]["body"]["submission_status"], "FINISHED")
         with tempfile.TemporaryDirectory() as tmp:
-            expected = merge_recorded(Path(tmp))
+            expected, upstream_stdout = merge_recorded(Path(tmp))
         self.assertEqual(json.loads(final[0]["body"]["result"]), expected)
+        # stdout.txt is the run status block, then upstream's summary byte for byte.
+        self.assertEqual(after_block(final[0]["body"]["stdout"]), upstream_stdout)
         partials = [r for r in evalai_records(job) if r["method"] == "PUT" and "partially" in r["path"]]
         self.assertTrue(partials, "partial results were published during the run")
 

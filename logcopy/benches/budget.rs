@@ -62,7 +62,8 @@ impl Harness {
     fn change(&mut self) -> u64 {
         self.seq += 1;
         let tag = format!("{:020}", self.seq);
-        let outputs = Outputs { merged: tag.clone(), results: "[]".into(), stdout: tag, refused: None };
+        let outputs =
+            Outputs { merged: tag.clone(), results: "[]".into(), stdout: tag, stderr: String::new(), refused: None };
         self.snaps.send_replace(Arc::new(Snapshot {
             seq: self.seq,
             outputs: Some(Arc::new(outputs)),

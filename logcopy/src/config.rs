@@ -154,6 +154,9 @@ pub struct RunArgs {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub uploads: UploadArgs,
+    // What the participant sees (crate::view).
+    #[command(flatten)]
+    pub view: crate::view::ViewArgs,
 }
 
 /// The workers and the routes they were given, as `logcopy run` and `logcopy status` read them.
@@ -372,6 +375,8 @@ pub struct RunConfig {
     /// an ignored setting).
     pub edges: Vec<(bool, String)>,
     pub uploads: crate::publish::s3sync::UploadLimits,
+    /// What the participant sees: stdout.txt's format, the heartbeat, results.json before the end.
+    pub view: crate::view::ViewArgs,
 }
 
 /// How the local edges were chosen.
@@ -712,6 +717,7 @@ impl RunArgs {
             storage,
             edges: Edges::describe(why, edges),
             uploads: self.uploads.limits(),
+            view: self.view,
         })
     }
 

@@ -14,6 +14,7 @@
 //! - [`volume`]: watching the volume and the upload manifest (the contract itself is the `volume` crate);
 //! - [`routes`]: the routes each worker is assigned (upstream's subset formula) and which are missing;
 //! - [`status`]: `logcopy status`, the read-only view of a live or finished volume;
+//! - [`view`]: what the participant sees: the run status block of `stdout.txt`, the failures in EvalAI's `stderr`;
 //! - [`restore`]: the init container's job (the volume back from S3 on a resume);
 //! - [`logging`]: text or JSON log lines, one per entry;
 //! - [`metrics`]: the Prometheus metrics of `logcopy run` (`--metrics-addr`), and their listener.
@@ -28,4 +29,5 @@ pub mod restore;
 pub mod results;
 pub mod routes;
 pub mod status;
+pub mod view;
 pub mod volume;

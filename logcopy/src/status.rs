@@ -123,25 +123,28 @@ fn side(root: &Root, set: &StatusSet, role: Role, worker: WorkerId) -> Side {
         Ok(None) => ("missing".to_owned(), None),
         Err(e) => (format!("malformed: {e}"), None),
     };
-    let starts = set.starts(role, worker);
-    let crashes = set.crashes(role, worker);
-    let state = if set.is_done(role, worker) {
+    let state = side_state(set, parsed.as_ref(), role, worker);
+    Side { state: state.to_owned(), record, parsed }
+}
+
+/// A side's state: from the end markers when there is one, else from its record, else from the other markers.
+pub(crate) fn side_state(set: &StatusSet, parsed: Option<&Record>, role: Role, worker: WorkerId) -> &'static str {
+    if set.is_done(role, worker) {
         State::Done.as_str()
     } else if set.is_failed(role, worker) {
         State::Failed.as_str()
     } else if set.cancelled(worker) {
         State::Cancelled.as_str()
-    } else if let Some(r) = &parsed {
+    } else if let Some(r) = parsed {
         r.state.as_str()
     } else {
-        match (starts.last(), crashes.last()) {
+        match (set.starts(role, worker).last(), set.crashes(role, worker).last()) {
             (None, None) => "not-started",
             (Some(s), Some(c)) if c >= s => State::Restarting.as_str(),
             (None, Some(_)) => State::Restarting.as_str(),
             _ => State::Running.as_str(),
         }
-    };
-    Side { state: state.to_owned(), record, parsed }
+    }
 }
 
 fn worker(root: &Root, set: &StatusSet, args: &StatusArgs, plan: Option<&RoutePlan>, id: WorkerId) -> Worker {

@@ -11,6 +11,7 @@ use crate::results::file;
 use crate::results::pyjson::Value;
 use crate::results::{self, Input, Version, evalai};
 use crate::routes::SHOWN;
+use crate::view::{self, PartialScores, StdoutFormat};
 use crate::volume::{Layout, Root};
 use std::collections::HashSet;
 use std::ops::{Deref, DerefMut};
@@ -35,6 +36,42 @@ pub(super) struct State {
     pub wrote_cancel: bool,
     /// Why the last merge (or its conversion) failed; `None` after a good one. A run cannot end FINISHED on it.
     merge_error: Option<String>,
+    /// The last good merge and its conversions, from which each cycle composes the outputs.
+    last: Option<Arc<Merged>>,
+    /// The run status block of stdout.txt, re-rendered on a change of state or at a heartbeat.
+    block: view::Block,
+    /// The block was resumed from the stdout.txt on the volume (once, at the first cycle).
+    block_resumed: bool,
+    /// The clock of the block (Unix seconds); the goldens inject a fixed one.
+    pub clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// The end being flushed, once there is one: the view's state.
+    end: Option<End>,
+}
+
+/// A good merge and what was computed from it; the view and the outputs are composed from it at each cycle.
+struct Merged {
+    value: Value,
+    bytes: String,
+    /// `results.json` as upstream writes it.
+    results: String,
+    /// `stdout.txt` as upstream writes it.
+    stdout_upstream: String,
+    /// Upstream's summary with the truth in its progress line (routes done out of the routes assigned).
+    stdout_truth: String,
+    refused: Option<String>,
+    /// Records each worker has of its own routes, in worker order.
+    done: Vec<u64>,
+    /// The merged file has its global record (the end): results.json then has the final scores.
+    has_global: bool,
+}
+
+fn record_count(v: &Value) -> u64 {
+    v.as_object()
+        .and_then(|o| o.get("_checkpoint"))
+        .and_then(Value::as_object)
+        .and_then(|c| c.get("records"))
+        .and_then(Value::as_array)
+        .map_or(0, |a| a.len() as u64)
 }
 
 impl State {
@@ -52,6 +89,11 @@ impl State {
             logged: HashSet::new(),
             wrote_cancel: false,
             merge_error: None,
+            last: None,
+            block: view::Block::default(),
+            block_resumed: false,
+            clock: Arc::new(view::system_clock),
+            end: None,
         }
     }
 
@@ -69,13 +111,14 @@ impl State {
             self.log_once(format!("cannot read {}: {e}", dir.display()), |m| warn!("{m}"))
         }
         let changed = self.workers.refresh(&self.root, self.cfg.max_results_bytes);
-        if !changed && self.outputs.is_some() {
-            return false;
+        if changed || self.last.is_none() {
+            self.merge();
         }
-        self.merge()
+        self.compose()
     }
 
-    fn merge(&mut self) -> bool {
+    /// Merges the workers' files and converts the merge; keeps it in `last` when it is good.
+    fn merge(&mut self) {
         let inputs: Vec<Input> = self
             .workers
             .list
@@ -100,28 +143,42 @@ impl State {
             }
         };
         let inputs = self.keep_assigned_routes(inputs);
+        let mut done = vec![0; self.workers.list.len()];
+        for (w, input) in self.workers.list.iter().filter(|w| w.good.is_some()).zip(&inputs) {
+            done[w.id as usize - 1] = record_count(&input.data);
+        }
         let merged = match results::merge(self.version, &inputs) {
             Ok(m) => m,
             Err(f) => {
                 let msg = format!("merge failed, the last good results stay published: {}", f.error);
                 self.log_once(msg, |m| error!("{m}"));
                 self.merge_error = Some(f.error.to_string());
-                return false;
+                return;
             }
         };
         for w in &merged.warnings {
             self.log_once(w.clone(), |m| warn!("{m}"));
         }
         let obj = merged.value.as_object();
-        let converted =
-            evalai::results_json(self.version, obj).and_then(|r| Ok((r, evalai::stdout_txt(self.version, obj)?)));
-        let (results, stdout) = match converted {
+        let truth = self.cfg.routes.map(|p| {
+            let assigned: u64 = (1..=p.workers).map(|i| p.assigned(i).runs()).sum();
+            (record_count(&merged.value), assigned)
+        });
+        let converted = evalai::results_json(self.version, obj).and_then(|r| {
+            let upstream = evalai::stdout_txt(self.version, obj)?;
+            let truth = match truth {
+                Some(t) => evalai::stdout_txt_with(self.version, obj, Some(t))?,
+                None => upstream.clone(),
+            };
+            Ok((r, upstream, truth))
+        });
+        let (results, stdout_upstream, stdout_truth) = match converted {
             Ok(x) => x,
             Err(e) => {
                 let msg = format!("EvalAI conversion failed, the last good results stay published: {e}");
                 self.log_once(msg, |m| error!("{m}"));
                 self.merge_error = Some(format!("the EvalAI conversion failed: {e}"));
-                return false;
+                return;
             }
         };
         self.merge_error = None;
@@ -136,13 +193,83 @@ impl State {
             self.log_once(msg.clone(), |m| error!("{m}"));
             format!("the metric {metric:?} is not a finite number")
         });
-        let outputs = Outputs { merged: merged.to_bytes(), results, stdout, refused };
+        let has_global = obj
+            .and_then(|o| o.get("_checkpoint"))
+            .and_then(Value::as_object)
+            .and_then(|c| c.get("global_record"))
+            .is_some_and(Value::is_truthy);
+        let bytes = merged.to_bytes();
+        self.last = Some(Arc::new(Merged {
+            value: merged.value,
+            bytes,
+            results,
+            stdout_upstream,
+            stdout_truth,
+            refused,
+            done,
+            has_global,
+        }));
+    }
+
+    /// The outputs of the last good merge with the participant's view of the run now (crate::view): the run status
+    /// block and the failures; written and kept when they changed. Returns `true` when they changed.
+    fn compose(&mut self) -> bool {
+        let Some(m) = self.last.clone() else { return false };
+        let facts = view::Facts {
+            version: self.version,
+            plan: self.cfg.routes,
+            merged: m.value.as_object(),
+            routes_done: &m.done,
+            end: self.end.as_ref(),
+            heartbeat: self.cfg.view.heartbeat,
+        };
+        let v = view::build(&self.root, &self.workers.markers, self.cfg.workers, &facts);
+        let stderr = view::render_stderr(&v);
+        let stdout = match self.cfg.view.stdout_format {
+            StdoutFormat::Upstream => m.stdout_upstream.clone(),
+            StdoutFormat::Status => {
+                if !self.block_resumed {
+                    // A restart: the block an earlier logcopy wrote stays while the state is the same.
+                    self.block_resumed = true;
+                    let path = std::path::Path::new(volume::layout::EVALAI_STDOUT);
+                    if let Ok(Some(bytes)) = file::read_beneath(&self.root, path, self.cfg.max_results_bytes) {
+                        self.block = view::Block::resumed(&String::from_utf8_lossy(&bytes));
+                    }
+                }
+                let block = self.block.update(&v, (self.clock)());
+                let mut s = format!("{block}{}", m.stdout_truth);
+                if let Some(End::Completed { finished: false, reason }) = &self.end {
+                    s.push_str(&self.incomplete_note(&view::participant_reason(reason, &v.workers)));
+                }
+                s
+            }
+        };
+        let results = match self.cfg.view.partial_scores {
+            PartialScores::Provisional if !m.has_global => {
+                view::provisional_results(self.version, m.value.as_object()).unwrap_or_else(|| m.results.clone())
+            }
+            _ => m.results.clone(),
+        };
+        let outputs = Outputs { merged: m.bytes.clone(), results, stdout, stderr, refused: m.refused.clone() };
         if self.outputs.as_deref() == Some(&outputs) {
             return false;
         }
         self.write_outputs(&outputs);
         self.outputs = Some(Arc::new(outputs));
         true
+    }
+
+    /// The note that ends stdout.txt on an incomplete end: the participant's reason and the routes with no result.
+    fn incomplete_note(&self, reason: &str) -> String {
+        let missing = self.workers.missing_routes(self.version);
+        let mut note = format!("\nThe submission ended incomplete: {reason}.\n");
+        if missing.count > 0 {
+            let shown = missing.names.join(", ");
+            let more = missing.count - missing.names.len() as u128;
+            let more = if more > 0 { format!(" and {more} more ({} in all)", missing.count) } else { String::new() };
+            note.push_str(&format!("Routes with no result: {shown}{more}.\n"));
+        }
+        note
     }
 
     /// Leaves the records of routes a worker was not given out of its input, so that they are never merged over
@@ -231,7 +358,8 @@ impl State {
         if let Some(e) = &self.merge_error {
             let reason = format!("the final merge of the workers' results failed: {e}");
             // Nothing computed from the final files: no result, no merged file, only the reason.
-            self.outputs = Some(Arc::new(Outputs { stdout: format!("{reason}\n"), ..Outputs::default() }));
+            let stderr = "The submission failed: the workers' results could not be merged\n".to_string();
+            self.outputs = Some(Arc::new(Outputs { stdout: format!("{reason}\n"), stderr, ..Outputs::default() }));
             return End::Completed { finished: false, reason };
         }
         if let Some(why) = self.outputs.as_ref().and_then(|o| o.refused.clone()) {
@@ -246,24 +374,16 @@ impl State {
         for w in &mut self.workers.list {
             w.forget_stamp();
         }
+        // The view's state is the end's from here on (its note, on an incomplete end, closes stdout.txt).
+        self.end = Some(end.clone());
         self.cycle();
-        if let End::Completed { finished: false, reason } = end
+        if let End::Completed { finished: false, .. } = end
             && self.merge_error.is_none()
-            && let Some(o) = &self.outputs
         {
             let missing = self.workers.missing_routes(self.version);
-            let mut note = format!("\nThe submission ended incomplete: {reason}.\n");
             if missing.count > 0 {
-                let shown = missing.names.join(", ");
-                let more = missing.count - missing.names.len() as u128;
-                let more =
-                    if more > 0 { format!(" and {more} more ({} in all)", missing.count) } else { String::new() };
-                note.push_str(&format!("Routes with no result: {shown}{more}.\n"));
-                error!(missing = %missing.count, routes = %shown, "routes with no result");
+                error!(missing = %missing.count, routes = %missing.names.join(", "), "routes with no result");
             }
-            let with_note = Outputs { stdout: format!("{}{note}", o.stdout), ..(**o).clone() };
-            self.write_outputs(&with_note);
-            self.outputs = Some(Arc::new(with_note));
         }
         self.outputs.clone()
     }

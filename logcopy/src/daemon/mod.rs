@@ -30,6 +30,8 @@ mod cycle;
 mod engine;
 mod policy;
 mod sinks;
+#[cfg(test)]
+mod view_goldens;
 mod workers;
 
 use crate::config::RunConfig;
@@ -88,6 +90,23 @@ pub async fn run_until(
     Engine::new(State::new(cfg, root), sinks).run(shutdown).await
 }
 
+/// What a run of `cfg` on the volume beneath `root` would publish now, with the clock stopped at `now` (Unix
+/// seconds): one cycle, then, when the markers decide an end (a cancel marker counting as confirmed), that end's
+/// final cycle. For the goldens of the participant's view (fixtures/view); it writes the outputs on the volume as a
+/// run does, and starts no sink.
+pub fn preview(cfg: RunConfig, root: Arc<Root>, now: i64) -> Option<crate::publish::Outputs> {
+    let mut state = State::new(cfg, root);
+    state.clock = Arc::new(move || now);
+    state.cycle();
+    let cancelled =
+        || state.workers.any_cancel().then(|| End::Cancelled { reason: "a cancel marker is on the volume".into() });
+    if let Some(end) = state.completion().or_else(cancelled) {
+        state.final_outputs(&end);
+        state.final_verdict(end);
+    }
+    state.outputs.as_deref().cloned()
+}
+
 async fn recv_signal(s: &mut Option<Signal>) {
     match s {
         Some(s) => {
@@ -102,17 +121,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn copy_dir(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_dir() {
-                copy_dir(&entry.path(), &to.join(entry.file_name()));
-            } else {
-                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-            }
-        }
-    }
+    use view_goldens::copy_dir;
 
     /// A copy of a recorded volume and a folder for the local sinks, in a fresh scratch folder; the configuration
     /// of a run on them with `args` added.

@@ -614,7 +614,7 @@ impl<T: Transport> EvalAiSink<T> {
             challenge_phase: self.cfg.track_id,
             stdout: &outputs.stdout,
             result: &outputs.results,
-            stderr: "",
+            stderr: &outputs.stderr,
             metadata: &outputs.merged,
         })
         .unwrap_or_default();
@@ -674,7 +674,7 @@ impl<T: Transport> EvalAiSink<T> {
                     submission_status: chosen.as_str(),
                     result: &o.results,
                     stdout: &o.stdout,
-                    stderr: "",
+                    stderr: &o.stderr,
                     environment_log: "",
                     metadata: &o.merged,
                 })
@@ -835,7 +835,13 @@ mod tests {
     }
 
     fn outputs(tag: &str) -> Arc<Outputs> {
-        Arc::new(Outputs { merged: tag.into(), results: "[]".into(), stdout: tag.into(), refused: None })
+        Arc::new(Outputs {
+            merged: tag.into(),
+            results: "[]".into(),
+            stdout: tag.into(),
+            stderr: String::new(),
+            refused: None,
+        })
     }
 
     /// A sink on `sim`, its snapshot sender, its events and the decision it reports.

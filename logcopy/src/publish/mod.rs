@@ -37,6 +37,8 @@ pub struct Outputs {
     pub results: String,
     /// `stdout.txt`.
     pub stdout: String,
+    /// EvalAI's `stderr`: the classified failures ([`crate::view::render_stderr`]); empty when nothing failed.
+    pub stderr: String,
     /// Why EvalAI would refuse these outputs as a partial update (a non-finite metric: EvalAI answers 400), so
     /// none is sent; `None` when they can be sent.
     pub refused: Option<String>,
@@ -47,7 +49,7 @@ impl Outputs {
     pub fn digest(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&self.merged, &self.results, &self.stdout).hash(&mut h);
+        (&self.merged, &self.results, &self.stdout, &self.stderr).hash(&mut h);
         h.finish()
     }
 }

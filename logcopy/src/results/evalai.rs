@@ -125,6 +125,16 @@ fn num_of(v: &Value, what: &str) -> Result<Num, ConvertError> {
 
 /// `stdout.txt`, as `generate_stdout.py` writes it.
 pub fn stdout_txt(version: Version, data: Option<&Object>) -> Result<String, ConvertError> {
+    stdout_txt_with(version, data, None)
+}
+
+/// `stdout.txt` as upstream writes it, except that with `progress` (routes done, routes assigned) its progress line
+/// says those counts instead of the merged file's `progress`, which counts only the workers that wrote a file.
+pub fn stdout_txt_with(
+    version: Version,
+    data: Option<&Object>,
+    progress: Option<(u64, u64)>,
+) -> Result<String, ConvertError> {
     let Some(data) = data else { return Ok(INITIALIZING.into()) };
     let cp = match data.get("_checkpoint") {
         Some(Value::Object(cp))
@@ -169,7 +179,13 @@ pub fn stdout_txt(version: Version, data: Option<&Object>) -> Result<String, Con
             return Err(err(format!("`progress` is {shown}, not a pair (upstream: ValueError)")));
         }
     };
-    if done.py_eq(total) {
+    if let Some((done, total)) = progress {
+        if done == total {
+            out.push_str(&format!("- All {total} route have been completed\n"));
+        } else {
+            out.push_str(&format!("- Completed {done} out of the {total} routes\n"));
+        }
+    } else if done.py_eq(total) {
         out.push_str(&format!("- All {} route have been completed\n", py_str(total)));
     } else {
         out.push_str(&format!("- Completed {} out of the {} routes\n", py_str(done), py_str(total)));
@@ -260,6 +276,19 @@ mod tests {
         .unwrap();
         let e = stdout_txt(Version::V2, v.as_object()).unwrap_err();
         assert!(e.0.contains("unknown sensor 'sonar'"), "{e}");
+    }
+
+    #[test]
+    fn the_progress_line_can_say_the_assigned_total() {
+        let v = parse(br#"{"_checkpoint": {"global_record": {}, "progress": [15, 15], "records": []}, "sensors": []}"#)
+            .unwrap();
+        let upstream = stdout_txt(Version::V2, v.as_object()).unwrap();
+        assert!(upstream.contains("- All 15 route have been completed\n"), "{upstream}");
+        let truth = stdout_txt_with(Version::V2, v.as_object(), Some((15, 20))).unwrap();
+        assert_eq!(
+            truth,
+            upstream.replace("- All 15 route have been completed", "- Completed 15 out of the 20 routes")
+        );
     }
 
     #[test]
