@@ -36,11 +36,7 @@
 //! On failure (moto does not start, logcopy exits non-zero or does not stop, ...) the benchmark says what failed,
 //! kills what it started, keeps the scratch folder (volume, logcopy's output, moto's log and recording) and exits 1.
 
-#[path = "../tests/support/moto.rs"]
-mod moto;
-
 use anyhow::{Context, Result, anyhow, bail};
-use moto::{LOG_KEY, Moto, SUBMISSION, TEAM, aws_env, repo, volume_files};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -51,6 +47,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+use testkit::moto::Moto;
+
+/// The submission the benchmark plays (ids as the storage tests use them) and its table.
+const SUBMISSION: &str = "4321";
+const TEAM: &str = "987";
+const TABLE: &str = "leaderboard-submissions";
+/// logcopy's own log, by its S3 key.
+const LOG_KEY: &str = "4321/logcopy/logcopy.log";
+
+/// Every regular file of the volume, by its S3 key (the manifest excluded).
+fn volume_files(vol: &Path) -> BTreeMap<String, Vec<u8>> {
+    testkit::moto::files_by_key(vol, SUBMISSION, &["logcopy/.upload-manifest.json"])
+}
 
 const BUCKET: &str = "bench-storage";
 const FIXTURE: &str = "lb2.0-mid-run";
@@ -135,7 +144,7 @@ fn run(scratch: &Path, moto_dir: &mut Option<PathBuf>) -> Result<()> {
         catch_unwind(|| Moto::start("bench")).map_err(|p| anyhow!("moto_server did not start: {}", panic_text(&p)))?;
     *moto_dir = moto.recording.parent().map(Path::to_path_buf);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
-    catch_unwind(AssertUnwindSafe(|| rt.block_on(moto.setup(BUCKET, moto::TABLE))))
+    catch_unwind(AssertUnwindSafe(|| rt.block_on(moto.setup(BUCKET, TABLE))))
         .map_err(|p| anyhow!("cannot create the bucket and the table on moto_server: {}", panic_text(&p)))?;
     println!("moto_server on {} (recording {})", moto.endpoint, moto.recording.display());
     let env = Env { bin: &bin, moto: &moto, scratch, clock };
@@ -246,7 +255,7 @@ fn run(scratch: &Path, moto_dir: &mut Option<PathBuf>) -> Result<()> {
 // The volume
 
 fn copy_fixture(dest: &Path) -> Result<()> {
-    let src = repo().join("fixtures/volumes").join(FIXTURE);
+    let src = testkit::fixture_volume(FIXTURE);
     let status = Command::new("cp")
         .arg("-r")
         .arg(&src)
@@ -367,7 +376,7 @@ impl Env<'_> {
                 cmd.env(k, v);
             }
         }
-        cmd.envs(aws_env(self.moto, BUCKET))
+        cmd.envs(self.moto.env(BUCKET, TABLE))
             .env("CHALLENGE_ID", "55")
             .env("SUBMISSION_ID", SUBMISSION)
             .env("TRACK_ID", "2015")

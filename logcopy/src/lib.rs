@@ -24,6 +24,7 @@ pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;
+pub mod oplog;
 pub mod publish;
 pub mod restore;
 pub mod results;

@@ -16,13 +16,13 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::Layer;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 use volume::safe::Root;
 
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
@@ -68,7 +68,20 @@ pub fn init(format: LogFormat, level: LevelFilter, volume_log: Option<(&Root, &P
             }
         }
     }
-    let _ = tracing_subscriber::registry().with(layers.with_filter(level)).try_init();
+    // RUST_LOG's directives on top of --log-level (its default), e.g. `RUST_LOG=aws_smithy_runtime=debug`.
+    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let filter = env.map(|v| {
+        let parsed = EnvFilter::builder().with_default_directive(level.into()).parse(&v);
+        parsed.map_err(|e| format!("RUST_LOG ignored ({e}); --log-level / LOG_LEVEL applies"))
+    });
+    let _ = match filter {
+        Some(Ok(f)) => tracing_subscriber::registry().with(layers.with_filter(f)).try_init(),
+        Some(Err(e)) => {
+            problem = Some(problem.map_or(e.clone(), |p| format!("{p}; {e}")));
+            tracing_subscriber::registry().with(layers.with_filter(level)).try_init()
+        }
+        None => tracing_subscriber::registry().with(layers.with_filter(level)).try_init(),
+    };
     problem
 }
 

@@ -478,6 +478,10 @@ fn t11_completion_with_a_missing_worker() {
 fn t12_completion_finished() {
     let fake = FakeEvalAi::start();
     let vol = Volume::from_fixture("lb2.0-finished");
+    // What the participant's evaluator printed last: the hosts' tail of it (EvalAI's environment_log) carries it,
+    // with the token redacted.
+    let log = vol.read("agent/agent2/leaderboard.log");
+    vol.write_in_place("agent/agent2/leaderboard.log", format!("{log}OPERATOR-TAIL-MARK {TOKEN}\n").as_bytes());
     let mut lc = LogcopyCmd::new(&vol).fast().switch("--final-status").evalai(&fake).spawn();
     let code = lc.wait_exit(secs(30));
     assert_eq!(code, Some(0), "exit code at completion");
@@ -492,6 +496,13 @@ fn t12_completion_finished() {
     assert_eq!(fin.body_str("submission_status"), Some("FINISHED"));
     assert_eq!(fin.body_str("metadata"), Some(vol.read(MERGED).as_str()));
     assert_eq!(fin.body_str("result"), Some(vol.read("evalai/results.json").as_str()));
+    let operator = fin.body_str("environment_log").unwrap_or_default();
+    assert!(operator.contains("===== worker 2") && operator.contains("OPERATOR-TAIL-MARK [redacted]"), "{operator}");
+    assert!(!operator.contains(TOKEN), "the token is redacted");
+    for r in reqs.iter().filter(|r| r.is_partial_put()) {
+        assert!(r.body_str("environment_log").is_none_or(str::is_empty), "a partial update carries the tail");
+        assert!(!r.body_str("stdout").unwrap_or_default().contains("OPERATOR-TAIL-MARK"));
+    }
 }
 
 /// 13: `--once --local` on every recorded volume: exit 0, the requests file, its PUT's metadata is the merged file,

@@ -56,3 +56,23 @@ fn a_configuration_error_is_the_termination_message() {
     let text = std::fs::read_to_string(&msg).expect("the termination message is written");
     assert!(text.starts_with("configuration error: ") && text.contains("--workers"), "{text:?}");
 }
+
+#[test]
+fn rust_log_filters_on_top_of_the_log_level() {
+    let vol = Volume::from_fixture("lb2.0-finished");
+    let (cmd, _) = local(&vol);
+    let (code, lc) = cmd.env("RUST_LOG", "warn").switch("--once").run(Duration::from_secs(60));
+    assert_eq!(code, 0, "{}", lc.output());
+    let out = lc.stdout_text();
+    assert!(!out.contains(" INFO "), "RUST_LOG=warn leaves no INFO line:\n{out}");
+
+    let vol = Volume::from_fixture("lb2.0-finished");
+    let (cmd, _) = local(&vol);
+    let (code, lc) = cmd.env("RUST_LOG", "logcopy=[bad").switch("--once").run(Duration::from_secs(60));
+    assert_eq!(code, 0, "{}", lc.output());
+    let out = lc.stdout_text();
+    assert!(
+        out.contains("RUST_LOG ignored") && out.contains(" INFO "),
+        "a bad RUST_LOG is named, --log-level applies:\n{out}"
+    );
+}

@@ -134,6 +134,37 @@ impl Moto {
     }
 }
 
+impl Moto {
+    /// The environment of a program that talks to this server through the SDK's standard chain: the endpoint, test
+    /// credentials, a region, no instance metadata, no shared config files; plus the bucket and table settings
+    /// (`S3_BUCKET`, `DYNAMODB_SUBMISSIONS_TABLE`).
+    pub fn env(&self, bucket: &str, table: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("AWS_CONFIG_FILE", "/dev/null".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
+            ("S3_BUCKET", bucket.into()),
+            ("DYNAMODB_SUBMISSIONS_TABLE", table.into()),
+        ]
+    }
+}
+
+/// Every regular file under `vol` with its bytes, by the key a sync under `prefix` gives it (`prefix/rel`), except
+/// the relative paths in `skip`.
+pub fn files_by_key(vol: &std::path::Path, prefix: &str, skip: &[&str]) -> BTreeMap<String, Vec<u8>> {
+    crate::files_under(vol)
+        .into_iter()
+        .filter_map(|p| {
+            let rel = p.strip_prefix(vol).ok()?.to_string_lossy().into_owned();
+            (!skip.contains(&rel.as_str())).then(|| (format!("{prefix}/{rel}"), std::fs::read(&p).unwrap_or_default()))
+        })
+        .collect()
+}
+
 /// (method, url) of each request in a recording, moto-api calls excluded. moto writes each entry and its newline
 /// in two writes from concurrent threads, so two entries can share a line: the text is read as a stream of JSON
 /// values, not as lines.

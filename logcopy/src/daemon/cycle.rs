@@ -385,6 +385,16 @@ impl State {
                 error!(missing = %missing.count, routes = %missing.names.join(", "), "routes with no result");
             }
         }
+        // The operator's tail of each evaluator log, for the final update only (EvalAI shows it to hosts only).
+        if let Some(o) = &self.outputs {
+            let token = match &self.cfg.evalai {
+                crate::config::EvalAiTarget::Http { token, .. } => Some(token.expose()),
+                crate::config::EvalAiTarget::Local { .. } => None,
+            };
+            let log =
+                crate::oplog::environment_log(&self.root, self.cfg.workers, &token.into_iter().collect::<Vec<_>>());
+            self.outputs = Some(Arc::new(Outputs { environment_log: log, ..(**o).clone() }));
+        }
         self.outputs.clone()
     }
 }

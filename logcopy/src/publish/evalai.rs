@@ -675,7 +675,7 @@ impl<T: Transport> EvalAiSink<T> {
                     result: &o.results,
                     stdout: &o.stdout,
                     stderr: &o.stderr,
-                    environment_log: "",
+                    environment_log: &o.environment_log,
                     metadata: &o.merged,
                 })
                 .unwrap_or_default();

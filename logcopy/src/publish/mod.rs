@@ -39,6 +39,8 @@ pub struct Outputs {
     pub stdout: String,
     /// EvalAI's `stderr`: the classified failures ([`crate::view::render_stderr`]); empty when nothing failed.
     pub stderr: String,
+    /// EvalAI's `environment_log`, hosts only, on the final update only ([`crate::oplog`]); empty before the end.
+    pub environment_log: String,
     /// Why EvalAI would refuse these outputs as a partial update (a non-finite metric: EvalAI answers 400), so
     /// none is sent; `None` when they can be sent.
     pub refused: Option<String>,

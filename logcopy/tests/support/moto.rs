@@ -1,7 +1,6 @@
-//! What the storage tests and benchmarks share beyond the test kit's `moto_server` harness ([`Moto`]): the bucket
-//! and table setup for one submission, its DynamoDB item, copies of recorded volumes, `logcopy run` against the
-//! server, and a volume's files by S3 key. Included with `mod` by the tests and with `#[path]` by
-//! `benches/storage.rs` (a benchmark cannot reach `tests/`'s modules otherwise).
+//! What logcopy's storage tests share beyond the test kit's `moto_server` harness ([`Moto`]): one submission's
+//! ids and table, its DynamoDB item, copies of recorded volumes, `logcopy run` against the server, and a volume's
+//! files by S3 key.
 
 #![allow(dead_code)]
 
@@ -84,37 +83,12 @@ pub fn logcopy(moto: &Moto, bucket: &str, vol: &Path, extra: &[&str]) -> i32 {
 }
 
 pub fn aws_env(moto: &Moto, bucket: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
-        ("AWS_ACCESS_KEY_ID", "testing".into()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ("AWS_CONFIG_FILE", "/dev/null".into()),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
-        ("S3_BUCKET", bucket.into()),
-        ("DYNAMODB_SUBMISSIONS_TABLE", TABLE.into()),
-    ]
+    moto.env(bucket, TABLE)
 }
 
 /// Every regular file of the volume, by its S3 key (the manifest excluded).
 pub fn volume_files(vol: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![vol.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                let rel = e.path().strip_prefix(vol).unwrap().to_string_lossy().into_owned();
-                if rel != "logcopy/.upload-manifest.json" {
-                    out.insert(format!("{SUBMISSION}/{rel}"), std::fs::read(e.path()).unwrap());
-                }
-            }
-        }
-    }
-    out
+    testkit::moto::files_by_key(vol, SUBMISSION, &["logcopy/.upload-manifest.json"])
 }
 
 pub const LOG_KEY: &str = "4321/logcopy/logcopy.log";
