@@ -62,8 +62,14 @@ impl Harness {
     fn change(&mut self) -> u64 {
         self.seq += 1;
         let tag = format!("{:020}", self.seq);
-        let outputs =
-            Outputs { merged: tag.clone(), results: "[]".into(), stdout: tag, stderr: String::new(), refused: None };
+        let outputs = Outputs {
+            merged: tag.clone(),
+            results: "[]".into(),
+            stdout: tag,
+            stderr: String::new(),
+            environment_log: String::new(),
+            refused: None,
+        };
         self.snaps.send_replace(Arc::new(Snapshot {
             seq: self.seq,
             outputs: Some(Arc::new(outputs)),

@@ -250,7 +250,15 @@ impl State {
             }
             _ => m.results.clone(),
         };
-        let outputs = Outputs { merged: m.bytes.clone(), results, stdout, stderr, refused: m.refused.clone() };
+        let outputs = Outputs {
+            merged: m.bytes.clone(),
+            results,
+            stdout,
+            stderr,
+            refused: m.refused.clone(),
+            // Set once, at the end (final_outputs); kept by any later composition.
+            environment_log: self.outputs.as_ref().map(|o| o.environment_log.clone()).unwrap_or_default(),
+        };
         if self.outputs.as_deref() == Some(&outputs) {
             return false;
         }

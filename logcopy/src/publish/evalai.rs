@@ -840,6 +840,7 @@ mod tests {
             results: "[]".into(),
             stdout: tag.into(),
             stderr: String::new(),
+            environment_log: String::new(),
             refused: None,
         })
     }
