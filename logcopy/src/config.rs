@@ -39,7 +39,8 @@ impl fmt::Display for Secret {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    /// One readable line per event.
+    /// One readable line per event (`text` too, as the supervisor calls it: one `LOG_FORMAT` serves the pod).
+    #[value(alias = "text")]
     Human,
     /// One JSON object per line, for FluentD and CloudWatch.
     Json,

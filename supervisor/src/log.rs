@@ -19,6 +19,8 @@ pub enum Level {
     Error,
     Warn,
     Info,
+    /// `trace` too: one `LOG_LEVEL` serves every container of the pod, and logcopy has it.
+    #[value(alias = "trace")]
     Debug,
 }
 
@@ -36,7 +38,9 @@ impl Level {
 /// The shape of a line on stdout and stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
-    /// A timestamp, a level, and the message, for people.
+    /// A timestamp, a level, and the message, for people (`human` too: one `LOG_FORMAT` serves every container of
+    /// the pod, and logcopy calls it so).
+    #[value(alias = "human")]
     Text,
     /// One JSON object per line (ts, level, role, worker, msg), for FluentD and CloudWatch.
     Json,
