@@ -102,7 +102,7 @@ struct Job {
 /// (`volume::shard::key_of`), its monitor its own outputs.
 #[derive(Clone)]
 pub struct KeyMap {
-    map: Arc<dyn Fn(&Path) -> Option<PathBuf> + Send + Sync>,
+    map: Arc<KeyFn>,
     /// The key folders (relative to the prefix, ending in `/`) the end's check lists instead of the whole prefix.
     lists: Option<Vec<String>>,
 }
@@ -120,6 +120,9 @@ impl KeyMap {
         KeyMap { map: Arc::new(map), lists: Some(lists) }
     }
 }
+
+/// A key map's function: a volume path to its key below the prefix, or `None`.
+type KeyFn = dyn Fn(&Path) -> Option<PathBuf> + Send + Sync;
 
 /// What the sink remembers between syncs; lent to the plan's thread for each sync.
 #[derive(Default)]
