@@ -135,6 +135,7 @@ class K8sPod:
         self.result = None  # succeeded / failed / failindex / evicted / killed / lost / stale
         self.procs = {}
         self.started = time.monotonic()
+        self.wall_started = time.time()
         self.term_at = None
         self.evicting = False
         self.ignore = False  # a pod the controller no longer follows (stale, lost)
@@ -330,6 +331,7 @@ class IndexedJob:
             ROUTES=str(self.out / "no-routes-file.xml"),
             TEAM_AGENT="local_agent.py",
             FAKE_EVAL_ROUTE_SECONDS=str(a.route_seconds),
+            FAKE_EVAL_ROUTE_SECONDS_SIGMA=str(a.route_seconds_sigma),
             FAKE_EVAL_RECORDS=str(self.records_file),
             FAKE_EVAL_LOG=str(p.folder / "evaluator.starts"),
         )
@@ -619,7 +621,17 @@ class IndexedJob:
                     "state": st["state"],
                     "failures": st["failures"],
                     "ignored": st["ignored"],
-                    "pods": [{"n": p.n, "result": p.result, "name": p.name} for p in st["pods"]],
+                    "pods": [
+                        {
+                            "n": p.n,
+                            "result": p.result,
+                            "name": p.name,
+                            "started": p.wall_started,
+                            "evaluator_started": mtime(p.folder / "evaluator.starts"),
+                            "exits": {k: pr.rc for k, pr in p.procs.items()},
+                        }
+                        for p in st["pods"]
+                    ],
                 }
                 for i, st in self.index.items()
             },
@@ -630,12 +642,23 @@ class IndexedJob:
             "dynamodb": self.moto.item(),
             "s3_faults": self.proxy.faults if self.proxy else 0,
             "evalai_requests": self.evalai.requests() if self.evalai else None,
+            "processes": [
+                {"name": pr.name, "pid": pr.pid, "start": pr.start, "end": pr.end, "rc": pr.rc} for pr in self.pod.procs
+            ],
+            "cancel_at": getattr(self, "cancel_at", None),
         }
         if a.summary:
             Path(a.summary).write_text(json.dumps(summary, indent=2, default=str))
         print(f"final status: {status or 'none'}", flush=True)
         expected = "CANCELLED" if a.cancel_after is not None else ("FAILED" if a.lose_pod else "FINISHED")
         return 0 if monitor.rc == 0 and status == expected else 1
+
+
+def mtime(path):
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def run(args, lj):
