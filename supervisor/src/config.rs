@@ -31,6 +31,9 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Print the GPU index of a UUID (as get_gpu_device.sh), or list the GPUs.
     Gpu(GpuArgs),
+    /// Print the exit codes and their Indexed Job pod failure policy actions as JSON (for check-manifest).
+    #[command(hide = true)]
+    ExitCodes,
 }
 
 /// What `supervisor simulator --help` adds after the flags: the paths it uses by default.
@@ -40,10 +43,13 @@ fn simulator_help() -> String {
 Paths:
   CARLA's output (stdout and stderr, appended) goes to --log-file, by default
   {} (upstream mounts the volume's {}/ folder at
-  {}). CARLA itself reads DISPLAY and its X socket in /tmp/.X11-unix.",
+  {}). CARLA itself reads DISPLAY and its X socket in /tmp/.X11-unix.
+
+{}",
         mount::simulator_log(0).with_file_name("simulator-<worker>.log").display(),
         layout::SIMULATOR_DIR,
-        mount::SIMULATOR
+        mount::SIMULATOR,
+        crate::exit::help()
     )
 }
 
@@ -57,9 +63,12 @@ with RESUME, or when a results file with data exists), checkpoint, record, debug
 and, exported with PYTHONPATH as upstream, CARLA_ROOT, SCENARIO_RUNNER_ROOT and LEADERBOARD_ROOT. An
 empty variable counts as unset (upstream's ${{VAR:-default}}). Its output (appended) goes to --log-file, by default
 {log} beside the checkpoint ({default}). NVIDIA_VISIBLE_DEVICES and NVIDIA_DRIVER_CAPABILITIES are the container
-runtime's, passed on.",
+runtime's, passed on.
+
+{exit}",
         log = layout::EVALUATOR_LOG,
-        default = std::path::Path::new(mount::AGENT).join(layout::EVALUATOR_LOG).display()
+        default = std::path::Path::new(mount::AGENT).join(layout::EVALUATOR_LOG).display(),
+        exit = crate::exit::help()
     )
 }
 
@@ -71,12 +80,26 @@ pub enum RestartMode {
     Container,
 }
 
+/// The shape of the Job the supervisor runs in: what an end for good exits with ([`crate::exit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Topology {
+    /// Generation 1: one pod of N pairs, restartPolicy OnFailure: every handled end exits 0.
+    Pod,
+    /// One Indexed Job pod per worker, restartPolicy Never: an end for good exits 41 (attempt budget spent) or 42
+    /// (participant fault), which the Job's podFailurePolicy turns into FailIndex.
+    Indexed,
+}
+
 /// The flags of both roles.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Worker number (generation 2). Default: NVIDIA_VISIBLE_DEVICES + 1 (generation 1).
+    /// Worker number (generation 2). Default: JOB_COMPLETION_INDEX + 1 (set by Kubernetes in an Indexed Job), else
+    /// NVIDIA_VISIBLE_DEVICES + 1 (generation 1).
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<u32>,
+    /// The Job's shape: what an end for good exits with (see the exit codes below).
+    #[arg(long, env = "TOPOLOGY", value_enum, default_value_t = Topology::Pod)]
+    pub topology: Topology,
     /// The shared marker folder (upstream mounts containers-status/ there).
     #[arg(long, env = "STATUS_DIR", default_value = mount::STATUS)]
     pub status_dir: PathBuf,
@@ -110,19 +133,37 @@ pub struct Common {
 }
 
 impl Common {
-    /// WORKER_ID, else NVIDIA_VISIBLE_DEVICES + 1.
+    /// WORKER_ID, else JOB_COMPLETION_INDEX + 1, else NVIDIA_VISIBLE_DEVICES + 1.
     pub fn worker(&self) -> Result<WorkerId, String> {
-        if let Some(id) = self.worker_id {
-            return Ok(WorkerId(id));
-        }
-        match std::env::var("NVIDIA_VISIBLE_DEVICES") {
-            Ok(v) => v.trim().parse::<u32>().map(|d| WorkerId(d + 1)).map_err(|_| {
-                format!("--worker-id / WORKER_ID is not set and NVIDIA_VISIBLE_DEVICES ({v:?}) is not a GPU index")
-            }),
-            Err(_) => Err("--worker-id / WORKER_ID is required (or NVIDIA_VISIBLE_DEVICES, generation 1)".into()),
-        }
+        let var = |k: &str| std::env::var(k).ok();
+        worker_from(self.worker_id, var("JOB_COMPLETION_INDEX"), var("NVIDIA_VISIBLE_DEVICES"))
     }
 }
+
+/// [`Common::worker`] from its three sources.
+pub fn worker_from(id: Option<u32>, job_index: Option<String>, nvidia: Option<String>) -> Result<WorkerId, String> {
+    if let Some(id) = id {
+        return Ok(WorkerId(id));
+    }
+    if let Some(v) = job_index {
+        return v.trim().parse::<u32>().ok().and_then(|i| i.checked_add(1)).map(WorkerId).ok_or_else(|| {
+            format!(
+                "--worker-id / WORKER_ID is not set and JOB_COMPLETION_INDEX ({v:?}) is not a completion index \
+                 (0, 1, ...)"
+            )
+        });
+    }
+    match nvidia {
+        Some(v) => v.trim().parse::<u32>().ok().and_then(|d| d.checked_add(1)).map(WorkerId).ok_or_else(|| {
+            format!("--worker-id / WORKER_ID is not set and NVIDIA_VISIBLE_DEVICES ({v:?}) is not a GPU index")
+        }),
+        None => Err("--worker-id / WORKER_ID is required (or JOB_COMPLETION_INDEX of an Indexed Job, or \
+                     NVIDIA_VISIBLE_DEVICES, generation 1)"
+            .into()),
+    }
+}
+
+impl Common {}
 
 #[derive(Debug, Clone, Args)]
 pub struct SimulatorArgs {
@@ -170,6 +211,14 @@ pub struct AgentArgs {
     /// evaluator's "Failed - Simulation crashed" record (zero scores if it recorded nothing). Off by default.
     #[arg(long, env = "ROUTE_RETRIES", value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     pub route_retries: Option<u32>,
+    /// Workers of the submission: with --route-count and no ROUTES_SUBSET, this worker's subset is upstream's
+    /// split (`ceil(i*step)-ceil((i+1)*step)-1`, step = routes/workers) for its worker number (an Indexed Job's
+    /// pods share one template).
+    #[arg(long = "workers", env = "SUBMISSION_WORKERS", value_name = "S", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+    /// Routes of the submission (ids 0..N-1), for --workers.
+    #[arg(long = "route-count", env = "ROUTE_COUNT", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub route_count: Option<u32>,
     /// The command that receives the evaluator's arguments. Default: bash sourcing ~/.bashrc and
     /// ~/agent_sources.sh as upstream, then `python3 -u $LEADERBOARD_ROOT/leaderboard/leaderboard_evaluator.py`.
     #[arg(last = true)]
@@ -224,6 +273,50 @@ pub struct EvaluatorEnv {
     /// leaderboard_evaluator.py. Default /workspace/leaderboard.
     #[arg(long = "leaderboard-root", env = "LEADERBOARD_ROOT", value_name = "DIR")]
     pub leaderboard_root: Option<String>,
+}
+
+impl AgentArgs {
+    /// The evaluator's ROUTES_SUBSET for `worker`: as given, or upstream's split from --workers and --route-count.
+    /// An error when only one of the two is set, when the split gives this worker nothing, or when a given subset
+    /// differs from the split.
+    pub fn routes_subset(&self, worker: WorkerId) -> Result<Option<String>, String> {
+        let given = self.evaluator.routes_subset.clone().filter(|s| !s.trim().is_empty());
+        let (workers, routes) = match (self.workers, self.route_count) {
+            (None, None) => return Ok(given),
+            (Some(w), Some(r)) => (w, r),
+            _ => return Err("--workers / SUBMISSION_WORKERS and --route-count / ROUTE_COUNT go together".into()),
+        };
+        if worker.0 == 0 || worker.0 > workers {
+            return Err(format!(
+                "worker {} is not one of the {workers} workers (--workers / SUBMISSION_WORKERS)",
+                worker.0
+            ));
+        }
+        let (first, last) = upstream_subset(routes, workers, worker.0 - 1);
+        if last < first {
+            return Err(format!(
+                "worker {} of {workers} gets no route of {routes} (--route-count / ROUTE_COUNT)",
+                worker.0
+            ));
+        }
+        let split = format!("{first}-{last}");
+        match given {
+            Some(g) if g.trim() != split => Err(format!(
+                "ROUTES_SUBSET {g:?} is not worker {}'s share {split} of {routes} routes over {workers} workers",
+                worker.0
+            )),
+            _ => Ok(Some(split)),
+        }
+    }
+}
+
+/// Upstream's split (`aws/lambda/preparallel.py`) for worker `i` (0-based): `ceil(i*step)` to `ceil((i+1)*step)-1`
+/// with `step = routes/workers` in floating point as Python computes it, except that the end is kept at
+/// `routes-1` (in floats `29/7*7 > 29`, and the evaluator refuses a route id past its file), as make-job does.
+pub fn upstream_subset(routes: u32, workers: u32, i: u32) -> (i64, i64) {
+    let step = f64::from(routes) / f64::from(workers);
+    let at = |k: u32| (f64::from(k) * step).ceil() as i64;
+    (at(i), (at(i.saturating_add(1)) - 1).min(i64::from(routes) - 1))
 }
 
 /// A value, or its default when unset or empty.
@@ -288,4 +381,78 @@ pub struct GpuArgs {
     /// nvidia-smi, run to list the GPUs.
     #[arg(long, env = "NVIDIA_SMI", default_value = "nvidia-smi")]
     pub nvidia_smi: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_id_then_completion_index_then_gpu() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(worker_from(Some(7), s("0"), s("3")), Ok(WorkerId(7)));
+        assert_eq!(worker_from(None, s("0"), s("3")), Ok(WorkerId(1)));
+        assert_eq!(worker_from(None, s(" 15 "), None), Ok(WorkerId(16)));
+        assert_eq!(worker_from(None, None, s("3")), Ok(WorkerId(4)));
+        for bad in ["", "-1", "x", "4294967295"] {
+            let err = worker_from(None, s(bad), s("0")).unwrap_err();
+            assert!(err.contains("JOB_COMPLETION_INDEX") && err.contains(&format!("{bad:?}")), "{err}");
+        }
+        assert!(worker_from(None, None, None).unwrap_err().contains("JOB_COMPLETION_INDEX"));
+    }
+
+    /// Upstream's formula, evaluated by python3 itself (the same expression as aws/lambda/preparallel.py), against
+    /// ours for 1..24 workers x 1..300 routes (with the last end kept at routes-1).
+    #[test]
+    fn subsets_are_upstreams_formula() {
+        let script = "import math\nfor w in range(1, 25):\n    for r in range(w, 301):\n        step = float(r) / float(w)\n        \
+                      print(' '.join('{}-{}'.format(math.ceil(i*step), min(math.ceil((i+1)*step)-1, r-1)) for i in range(w)))\n";
+        let out = std::process::Command::new("python3")
+            .args(["-c", script])
+            .output()
+            .expect("python3 is needed to check the split against upstream's");
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        for w in 1..25u32 {
+            for r in w..301u32 {
+                let ours: Vec<String> = (0..w)
+                    .map(|i| {
+                        let (a, b) = upstream_subset(r, w, i);
+                        format!("{a}-{b}")
+                    })
+                    .collect();
+                assert_eq!(ours.join(" "), lines.next().unwrap(), "{w} workers, {r} routes");
+            }
+        }
+    }
+
+    fn agent(args: &[&str]) -> AgentArgs {
+        let mut argv = vec!["supervisor", "agent"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Agent(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn routes_subset_from_workers_and_route_count() {
+        let a = agent(&["--workers", "7", "--route-count", "29"]);
+        assert_eq!(a.routes_subset(WorkerId(1)).unwrap().as_deref(), Some("0-4"));
+        assert_eq!(a.routes_subset(WorkerId(7)).unwrap().as_deref(), Some("25-28"));
+        assert!(a.routes_subset(WorkerId(8)).unwrap_err().contains("not one of the 7 workers"));
+        let given = agent(&["--workers", "2", "--route-count", "10", "--routes-subset", "5-9"]);
+        assert_eq!(given.routes_subset(WorkerId(2)).unwrap().as_deref(), Some("5-9"));
+        assert!(given.routes_subset(WorkerId(1)).unwrap_err().contains("is not worker 1's share 0-4"));
+        assert!(agent(&["--workers", "2"]).routes_subset(WorkerId(1)).unwrap_err().contains("go together"));
+        assert!(
+            agent(&["--workers", "4", "--route-count", "2"])
+                .routes_subset(WorkerId(2))
+                .unwrap_err()
+                .contains("no route")
+        );
+        assert_eq!(agent(&["--routes-subset", "3-4"]).routes_subset(WorkerId(9)).unwrap().as_deref(), Some("3-4"));
+        assert_eq!(agent(&[]).routes_subset(WorkerId(1)).unwrap(), None);
+    }
 }
