@@ -192,7 +192,8 @@ pub struct SimulatorArgs {
 pub struct AgentArgs {
     #[command(flatten)]
     pub common: Common,
-    /// The evaluator's checkpoint (its results file).
+    /// The evaluator's checkpoint (its results file); `{worker}` in it becomes the worker number (an Indexed Job's
+    /// pods share one template: /tmp/agent/agent{worker}/agent_results.json).
     #[arg(long, env = "CHECKPOINT_ENDPOINT", default_value = mount::CHECKPOINT)]
     pub checkpoint: PathBuf,
     /// The evaluator counts as hung after printing nothing for this long (upstream MAX_IDLE). Seconds (`800`,
@@ -273,6 +274,14 @@ pub struct EvaluatorEnv {
     /// leaderboard_evaluator.py. Default /workspace/leaderboard.
     #[arg(long = "leaderboard-root", env = "LEADERBOARD_ROOT", value_name = "DIR")]
     pub leaderboard_root: Option<String>,
+}
+
+/// `path` with every `{worker}` replaced by the worker number.
+pub fn with_worker(path: &std::path::Path, worker: WorkerId) -> PathBuf {
+    match path.to_str() {
+        Some(p) if p.contains("{worker}") => PathBuf::from(p.replace("{worker}", &worker.0.to_string())),
+        _ => path.to_path_buf(),
+    }
 }
 
 impl AgentArgs {
@@ -425,6 +434,14 @@ mod tests {
                 assert_eq!(ours.join(" "), lines.next().unwrap(), "{w} workers, {r} routes");
             }
         }
+    }
+
+    #[test]
+    fn the_checkpoint_names_its_worker() {
+        let p = with_worker(std::path::Path::new("/tmp/agent/agent{worker}/agent_results.json"), WorkerId(12));
+        assert_eq!(p, std::path::Path::new("/tmp/agent/agent12/agent_results.json"));
+        let plain = std::path::Path::new("/tmp/agent/agent_results.json");
+        assert_eq!(with_worker(plain, WorkerId(3)), plain);
     }
 
     fn agent(args: &[&str]) -> AgentArgs {

@@ -57,6 +57,7 @@ fn main() -> ExitCode {
                 Err(e) => return config_error(&e),
             };
             let mut a = a;
+            a.checkpoint = supervisor::config::with_worker(&a.checkpoint, worker);
             match a.routes_subset(worker) {
                 Ok(subset) => a.evaluator.routes_subset = subset,
                 Err(e) => return config_error(&e),

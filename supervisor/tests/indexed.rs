@@ -178,3 +178,20 @@ fn the_worker_and_its_routes_come_from_the_completion_index() {
     ensure!(scene, e == code(CONFIG_ERROR), "a bad index is a configuration error; got {e:?}");
     ensure!(scene, scene.output(&bad).contains("JOB_COMPLETION_INDEX (\"x\")"), "naming the value");
 }
+
+/// An Indexed Job's pods share one template: `{worker}` in the checkpoint names the worker's own folder
+/// (generation 1's `agent/agentN/` layout on the pod's volume).
+#[test]
+fn the_checkpoint_template_names_the_workers_folder() {
+    let mut scene = Scene::new("template");
+    scene.env("TOPOLOGY", "indexed").env("FAKE_EVAL_ROUTE_SECONDS", "0.1");
+    std::fs::create_dir_all(scene.path("vol/agent5")).unwrap();
+    let mut sim = scene.sim().unset("WORKER_ID").env("JOB_COMPLETION_INDEX", "4").start();
+    let template = scene.path("vol/agent{worker}/agent_results.json");
+    let mut agent = scene.agent_at(&template).unset("WORKER_ID").env("JOB_COMPLETION_INDEX", "4").start();
+    let a = agent.wait_exit(RUN);
+    let s = sim.wait_exit(STEP);
+    ensure!(scene, a == Some(0) && s == Some(0), "a finished shard exits 0; got {s:?} {a:?}");
+    ensure!(scene, scene.path("vol/agent5/agent_results.json").is_file(), "the results file is worker 5's");
+    ensure!(scene, scene.path("vol/agent5/leaderboard.log").is_file(), "and the evaluator's log beside it");
+}

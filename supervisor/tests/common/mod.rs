@@ -166,6 +166,13 @@ impl Scene {
         }
     }
 
+    /// The agent with another `--checkpoint` (which may hold `{worker}`).
+    pub fn agent_at(&self, checkpoint: &Path) -> Launch<'_> {
+        let mut l = self.agent();
+        l.args[2] = checkpoint.into();
+        l
+    }
+
     /// Both sides with the scene's settings.
     pub fn pair(&self) -> (Sup, Sup) {
         (self.sim().start(), self.agent().start())
