@@ -21,7 +21,10 @@
 use crate::publish::Outputs;
 use crate::publish::budget::Budget;
 use crate::publish::evalai::{Method, Request, Response, Transport, TransportError};
-use crate::publish::store::{MULTIPART_THRESHOLD, ObjectInfo, ObjectStore, PutStats, StoreError};
+use crate::publish::store::{
+    GetCondition, GetOutcome, MULTIPART_THRESHOLD, ObjectInfo, ObjectStore, PutCondition, PutOutcome, PutStats,
+    StoreError,
+};
 use crate::publish::table::{Condition, ItemKey, ItemStore, TableError, Updated};
 use crate::results::pyjson::Value;
 use crate::routes::Assigned;
@@ -685,6 +688,37 @@ impl<S: ObjectStore> ObjectStore for MeteredStore<S> {
     async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
         let r = self.0.delete(keys).await;
         self.count("delete", &r);
+        r
+    }
+
+    async fn put_bytes(&self, key: &str, body: Vec<u8>, cond: PutCondition) -> Result<PutOutcome, StoreError> {
+        let len = body.len() as u64;
+        let r = self.0.put_bytes(key, body, cond).await;
+        if let Some(m) = on() {
+            let outcome = match &r {
+                Ok(PutOutcome::PreconditionFailed) => "precondition_failed",
+                r => store_outcome(r),
+            };
+            m.s3_requests.get_or_create(&StoreOutcome { op: "put", outcome }).inc();
+            if let Ok(PutOutcome::Written { .. }) = &r {
+                m.uploads.inc();
+                m.uploaded_bytes.inc_by(len);
+            }
+        }
+        r
+    }
+
+    async fn get_bytes(&self, key: &str, cond: GetCondition<'_>, max: u64) -> Result<GetOutcome, StoreError> {
+        let r = self.0.get_bytes(key, cond, max).await;
+        if let Some(m) = on() {
+            let outcome = match &r {
+                Ok(GetOutcome::NotModified) => "not_modified",
+                Ok(GetOutcome::Changed) => "precondition_failed",
+                Ok(GetOutcome::Missing) => "missing",
+                r => store_outcome(r),
+            };
+            m.s3_requests.get_or_create(&StoreOutcome { op: "get", outcome }).inc();
+        }
         r
     }
 }

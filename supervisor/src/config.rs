@@ -246,9 +246,18 @@ pub struct EvaluatorEnv {
     /// QUALIFIER track).
     #[arg(long, env = "ROUTES", value_name = "FILE")]
     pub routes: Option<String>,
-    /// This worker's routes, e.g. 0-4: --routes-subset.
+    /// This worker's routes, e.g. 0-4: --routes-subset. Unset (an Indexed Job's pods share one template): upstream's
+    /// split of --route-count over --workers for this worker.
     #[arg(long = "routes-subset", env = "ROUTES_SUBSET", value_name = "RANGE")]
     pub routes_subset: Option<String>,
+    /// The routes in all (ids 0..N), from which this worker's subset is computed when ROUTES_SUBSET is unset.
+    #[arg(long = "route-count", env = "ROUTE_COUNT", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub route_count: Option<u32>,
+    /// The submission's workers (shards), for the split of --route-count.
+    #[arg(long = "workers", env = "SUBMISSION_WORKERS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
     /// Runs of every route: --repetitions. Default 1.
     #[arg(long, env = "REPETITIONS", value_name = "N")]
     pub repetitions: Option<String>,

@@ -97,6 +97,15 @@ fn main() -> ExitCode {
             let mut agent = Agent::new(a.command.clone(), checkpoint.clone());
             agent.run_as = a.run_as;
             agent.env = a.evaluator.clone();
+            if agent.env.routes_subset.as_deref().is_none_or(str::is_empty)
+                && let Some(routes) = agent.env.route_count
+            {
+                let workers = agent.env.workers.unwrap_or(1);
+                if worker.0 > workers {
+                    return config_error(&format!("worker {} of --workers / SUBMISSION_WORKERS {workers}", worker.0));
+                }
+                agent.env.routes_subset = Some(volume::shard::routes_subset(routes, workers, worker));
+            }
             agent.idle_timeout = a.idle_timeout;
             agent.route_retries = a.route_retries.map(|k| supervisor::role::agent::RouteRetries::new(&checkpoint, k));
             run(Role::Agent, worker, a.common, log, &mut agent)

@@ -9,6 +9,7 @@
 //! - [`results`]: the Leaderboard results file's model: versions, infraction lists, route ids, the `_checkpoint`;
 //! - [`pyjson`] and [`num`]: JSON and numbers the way CPython reads and writes them, for byte-identical files;
 //! - [`status`]: the worker status record beside the markers: why a side restarted or failed;
+//! - [`shard`]: the Indexed Job's keys, shard status object and pod attempts (S3 as the medium between pods);
 //! - [`safe`]: reading and writing beneath a root without following a symbolic link in any component;
 //! - [`duration`] and [`time`]: durations in flags and the UTC timestamps the scripts write.
 //!
@@ -21,5 +22,6 @@ pub mod num;
 pub mod pyjson;
 pub mod results;
 pub mod safe;
+pub mod shard;
 pub mod status;
 pub mod time;

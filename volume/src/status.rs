@@ -350,7 +350,7 @@ fn parse_end(e: &Object) -> Result<End, Malformed> {
     })
 }
 
-fn str_field(o: &Object, field: &'static str, max: usize) -> Result<Option<String>, Malformed> {
+pub(crate) fn str_field(o: &Object, field: &'static str, max: usize) -> Result<Option<String>, Malformed> {
     match o.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Str(s)) if s.len() <= max => Ok(Some(s.clone())),
@@ -359,11 +359,11 @@ fn str_field(o: &Object, field: &'static str, max: usize) -> Result<Option<Strin
     }
 }
 
-fn req_str(o: &Object, field: &'static str, max: usize) -> Result<String, Malformed> {
+pub(crate) fn req_str(o: &Object, field: &'static str, max: usize) -> Result<String, Malformed> {
     str_field(o, field, max)?.ok_or(Malformed::Field { field, why: "missing" })
 }
 
-fn opt_int(o: &Object, field: &'static str, min: i64, max: i64) -> Result<Option<i64>, Malformed> {
+pub(crate) fn opt_int(o: &Object, field: &'static str, min: i64, max: i64) -> Result<Option<i64>, Malformed> {
     match o.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Int(n)) if (min..=max).contains(n) => Ok(Some(*n)),
@@ -372,11 +372,11 @@ fn opt_int(o: &Object, field: &'static str, min: i64, max: i64) -> Result<Option
     }
 }
 
-fn opt_u32(o: &Object, field: &'static str) -> Result<Option<u32>, Malformed> {
+pub(crate) fn opt_u32(o: &Object, field: &'static str) -> Result<Option<u32>, Malformed> {
     Ok(opt_int(o, field, 0, u32::MAX.into())?.map(|n| n as u32))
 }
 
-fn req_u32(o: &Object, field: &'static str) -> Result<u32, Malformed> {
+pub(crate) fn req_u32(o: &Object, field: &'static str) -> Result<u32, Malformed> {
     opt_u32(o, field)?.ok_or(Malformed::Field { field, why: "missing" })
 }
 
@@ -385,7 +385,7 @@ fn opt_i32(o: &Object, field: &'static str) -> Result<Option<i32>, Malformed> {
 }
 
 /// Unix seconds from 1970 to 9999.
-fn req_time(o: &Object, field: &'static str) -> Result<i64, Malformed> {
+pub(crate) fn req_time(o: &Object, field: &'static str) -> Result<i64, Malformed> {
     opt_int(o, field, 0, 253_402_300_799)?.ok_or(Malformed::Field { field, why: "missing" })
 }
 

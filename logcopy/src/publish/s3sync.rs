@@ -97,6 +97,33 @@ struct Job {
     root: Arc<Root>,
 }
 
+/// Which files of the volume a sink uploads and under which key (relative to the prefix): `None` leaves a file out.
+/// The default keeps every file under its own path; an Indexed Job's uploader keeps its worker's keys
+/// (`volume::shard::key_of`), its monitor its own outputs.
+#[derive(Clone)]
+pub struct KeyMap {
+    map: Arc<KeyFn>,
+    /// The key folders (relative to the prefix, ending in `/`) the end's check lists instead of the whole prefix.
+    lists: Option<Vec<String>>,
+}
+
+impl Default for KeyMap {
+    fn default() -> Self {
+        KeyMap { map: Arc::new(|rel: &Path| Some(rel.to_path_buf())), lists: None }
+    }
+}
+
+impl KeyMap {
+    /// `map` chooses and names the files; the end's check lists only `lists` (key folders ending in `/`, relative
+    /// to the prefix), which must hold every key `map` gives.
+    pub fn new(map: impl Fn(&Path) -> Option<PathBuf> + Send + Sync + 'static, lists: Vec<String>) -> KeyMap {
+        KeyMap { map: Arc::new(map), lists: Some(lists) }
+    }
+}
+
+/// A key map's function: a volume path to its key below the prefix, or `None`.
+type KeyFn = dyn Fn(&Path) -> Option<PathBuf> + Send + Sync;
+
 /// What the sink remembers between syncs; lent to the plan's thread for each sync.
 #[derive(Default)]
 struct Ledger {
@@ -131,6 +158,7 @@ pub struct StorageSink<S: ObjectStore> {
     ledger: Ledger,
     min_interval: Duration,
     limits: UploadLimits,
+    keys: KeyMap,
     stop: Stop,
     /// The plans' thread. Not the local store's: a plan waits for uploads to take its jobs.
     lane: Lane,
@@ -146,6 +174,7 @@ impl<S: ObjectStore> StorageSink<S> {
             prefix: prefix.to_string(),
             min_interval,
             limits: UploadLimits::default(),
+            keys: KeyMap::default(),
             stop: Stop(Arc::new(AtomicBool::new(false))),
             lane: Lane::new("logcopy-s3-plan"),
         }
@@ -157,17 +186,30 @@ impl<S: ObjectStore> StorageSink<S> {
         self
     }
 
+    /// Uploading only the files `keys` keeps, under the keys it gives.
+    pub fn with_keys(mut self, keys: KeyMap) -> Self {
+        self.keys = keys;
+        self
+    }
+
     /// At the end: one LIST of the prefix, compared with the manifest by size. An object that is missing or of
     /// another size (an upload of a killed logcopy that the server completed after a newer one, or a change made
     /// behind our back) is forgotten, so that the next pass uploads it again. Returns how many.
     async fn verify(&mut self) -> usize {
-        let listed = match self.store.list(&format!("{}/", self.prefix)).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "cannot list the uploaded objects to check them");
-                return 0;
-            }
+        let folders = match &self.keys.lists {
+            None => vec![format!("{}/", self.prefix)],
+            Some(l) => l.iter().map(|f| format!("{}/{f}", self.prefix)).collect(),
         };
+        let mut listed = Vec::new();
+        for folder in folders {
+            match self.store.list(&folder).await {
+                Ok(l) => listed.extend(l),
+                Err(e) => {
+                    warn!(error = %e, "cannot list the uploaded objects to check them");
+                    return 0;
+                }
+            }
+        }
         let remote: HashMap<&str, u64> = listed
             .iter()
             .filter_map(|o| Some((o.key.strip_prefix(&self.prefix)?.strip_prefix('/')?, o.size)))
@@ -209,6 +251,7 @@ impl<S: ObjectStore> StorageSink<S> {
             prefix: self.prefix.clone(),
             min_interval: self.min_interval,
             limits: self.limits,
+            keys: self.keys.clone(),
             final_flush,
             now: Instant::now(),
             stop: self.stop.0.clone(),
@@ -304,6 +347,7 @@ struct Plan {
     prefix: String,
     min_interval: Duration,
     limits: UploadLimits,
+    keys: KeyMap,
     final_flush: bool,
     now: Instant,
     stop: Arc<AtomicBool>,
@@ -401,7 +445,8 @@ impl Plan {
             if (class != UploadPriority::Rest) != first {
                 continue;
             }
-            let key = match object_key(&self.prefix, &f.rel) {
+            let Some(mapped) = (self.keys.map)(&f.rel) else { continue };
+            let key = match object_key(&self.prefix, &mapped) {
                 Ok(k) => k,
                 Err(reason) => {
                     ledger.warn_once(format!("not uploaded: {:?}: {reason}", f.rel));
@@ -572,6 +617,7 @@ mod tests {
             prefix: "1".into(),
             min_interval: Duration::ZERO,
             limits: UploadLimits { max_file_bytes: u64::MAX, ..UploadLimits::default() },
+            keys: KeyMap::default(),
             final_flush: false,
             now: Instant::now(),
             stop: stop.clone(),
@@ -597,6 +643,34 @@ mod tests {
         assert!(rx.blocking_recv().is_none(), "no job for the huge file");
         assert!(ledger.manifest.files.is_empty(), "the manifest changes only with uploads");
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A sink with a key map uploads only the files it keeps, under the keys it gives, and its end's check lists
+    /// only the folders it names.
+    #[tokio::test]
+    async fn a_key_map_chooses_and_renames_the_files() {
+        let base = std::env::temp_dir().join(format!("logcopy-keymap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let vol = base.join("vol");
+        for d in ["agent/agent1", "agent/agent11", "simulator"] {
+            std::fs::create_dir_all(vol.join(d)).unwrap();
+        }
+        for f in ["agent/agent1/agent_results.json", "agent/agent11/agent_results.json", "simulator/CarlaUE4.log"] {
+            std::fs::write(vol.join(f), f.as_bytes()).unwrap();
+        }
+        let root = Arc::new(Root::open(&vol).unwrap());
+        let store = super::super::store::LocalStore::new(&base.join("s3"));
+        let w = volume::markers::WorkerId(1);
+        let keys = KeyMap::new(move |rel| volume::shard::key_of(rel, w), vec!["agent/agent1/".into()]);
+        let mut sink = StorageSink::new(store, root, "9", "local:k", Duration::ZERO).with_keys(keys);
+        assert_eq!(sink.sync(true).await.uploaded, 2);
+        let s3 = base.join("s3");
+        let got: Vec<String> = testkit::scratch::files_under(&s3)
+            .iter()
+            .map(|p| p.strip_prefix(&s3).unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(got, ["9/agent/agent1/agent_results.json", "9/simulator/worker-1/CarlaUE4.log"]);
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     /// A file removed from the volume leaves the manifest at the next sync: the manifest never grows past what the

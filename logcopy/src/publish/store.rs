@@ -55,10 +55,54 @@ pub struct ObjectInfo {
     pub size: u64,
 }
 
-/// How many requests an upload took (for the benchmark and the logs).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How many requests an upload took (for the benchmark and the logs), and the stored object's ETag when the store
+/// gave one (a conditional write of the same key names it: [`PutCondition::IfMatch`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutStats {
     pub requests: u32,
+    pub etag: Option<String>,
+}
+
+/// The precondition of a conditional write ([`ObjectStore::put_bytes`]): S3's `If-None-Match: *` and `If-Match`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutCondition {
+    /// Written whatever is there.
+    Always,
+    /// Written only when no object has the key (`If-None-Match: *`).
+    IfAbsent,
+    /// Written only when the object's ETag is this one (`If-Match`).
+    IfMatch(String),
+}
+
+/// What a conditional write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Written; the new object's ETag.
+    Written { etag: String },
+    /// The precondition failed (S3's 412): nothing was written.
+    PreconditionFailed,
+}
+
+/// What a conditional read ([`ObjectStore::get_bytes`]) found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GetOutcome {
+    /// The object and its ETag.
+    Found { body: Vec<u8>, etag: String },
+    /// Its ETag is still the one given as `if_none_match` (S3's 304): no body was sent.
+    NotModified,
+    /// Its ETag is not the one given as `if_match` (S3's 412): it changed since.
+    Changed,
+    /// No object has the key.
+    Missing,
+}
+
+/// The conditions of a read ([`ObjectStore::get_bytes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GetCondition<'a> {
+    /// `If-None-Match`: [`GetOutcome::NotModified`] when the ETag is this one.
+    pub if_none_match: Option<&'a str>,
+    /// `If-Match`: [`GetOutcome::Changed`] when the ETag is not this one.
+    pub if_match: Option<&'a str>,
 }
 
 /// An object store: S3 or a local folder.
@@ -73,6 +117,20 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn get(&self, key: &str, dest: File) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Deletes `keys`.
     fn delete(&self, keys: &[String]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Writes a small object (held in memory) under a precondition.
+    fn put_bytes(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        cond: PutCondition,
+    ) -> impl Future<Output = Result<PutOutcome, StoreError>> + Send;
+    /// Reads a small object under conditions; an object over `max` bytes is an error (nothing more is read).
+    fn get_bytes(
+        &self,
+        key: &str,
+        cond: GetCondition<'_>,
+        max: u64,
+    ) -> impl Future<Output = Result<GetOutcome, StoreError>> + Send;
 }
 
 /// Per-attempt timeout of S3 and DynamoDB requests when none is configured (`--storage-timeout`).
@@ -124,7 +182,7 @@ impl S3Store {
             .await
             .map_err(|e| err("create multipart upload", key, DisplayErrorContext(e)))?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
-        let mut stats = PutStats { requests: 1 };
+        let mut stats = PutStats { requests: 1, etag: None };
         let part = part_size(len);
         let result: Result<Vec<CompletedPart>, StoreError> = async {
             let mut parts = Vec::new();
@@ -160,7 +218,8 @@ impl S3Store {
                 return Err(e);
             }
         };
-        c.complete_multipart_upload()
+        let done = c
+            .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(&upload_id)
@@ -169,6 +228,7 @@ impl S3Store {
             .await
             .map_err(|e| err("complete multipart upload", key, DisplayErrorContext(e)))?;
         stats.requests += 1;
+        stats.etag = done.e_tag().map(String::from);
         Ok(stats)
     }
 }
@@ -182,7 +242,8 @@ impl ObjectStore for S3Store {
         if len >= MULTIPART_THRESHOLD {
             return self.put_multipart(key, &file, len).await;
         }
-        self.client
+        let out = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
@@ -191,7 +252,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| err("put", key, DisplayErrorContext(e)))?;
-        Ok(PutStats { requests: 1 })
+        Ok(PutStats { requests: 1, etag: out.e_tag().map(String::from) })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
@@ -238,6 +299,59 @@ impl ObjectStore for S3Store {
         Ok(n)
     }
 
+    async fn put_bytes(&self, key: &str, body: Vec<u8>, cond: PutCondition) -> Result<PutOutcome, StoreError> {
+        let len = body.len() as i64;
+        let conditional = cond != PutCondition::Always;
+        let mut req = self.client.put_object().bucket(&self.bucket).key(key).content_length(len).body(body.into());
+        req = match cond {
+            PutCondition::Always => req,
+            PutCondition::IfAbsent => req.if_none_match("*"),
+            PutCondition::IfMatch(etag) => req.if_match(etag),
+        };
+        match req.send().await {
+            Ok(out) => Ok(PutOutcome::Written { etag: out.e_tag().unwrap_or_default().to_string() }),
+            // 412, 409 (a concurrent conditional write of the same key won) and, for `If-Match`, 404 (no object
+            // has the key): not written.
+            Err(e) if conditional && matches!(http_status(&e), Some(412 | 409 | 404)) => {
+                Ok(PutOutcome::PreconditionFailed)
+            }
+            Err(e) => Err(err("put", key, DisplayErrorContext(e))),
+        }
+    }
+
+    async fn get_bytes(&self, key: &str, cond: GetCondition<'_>, max: u64) -> Result<GetOutcome, StoreError> {
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_if_none_match(cond.if_none_match.map(String::from))
+            .set_if_match(cond.if_match.map(String::from));
+        let mut obj = match req.send().await {
+            Ok(o) => o,
+            Err(e) => {
+                return match http_status(&e) {
+                    Some(304) => Ok(GetOutcome::NotModified),
+                    Some(412) => Ok(GetOutcome::Changed),
+                    Some(404) => Ok(GetOutcome::Missing),
+                    _ => Err(err("get", key, DisplayErrorContext(e))),
+                };
+            }
+        };
+        let etag = obj.e_tag().unwrap_or_default().to_string();
+        if obj.content_length().is_some_and(|n| n as u64 > max) {
+            return Err(err("get", key, format!("{} bytes, over the cap of {max}", obj.content_length().unwrap_or(0))));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = obj.body.try_next().await.map_err(|e| err("get", key, e))? {
+            if (body.len() + chunk.len()) as u64 > max {
+                return Err(err("get", key, format!("over the cap of {max} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(GetOutcome::Found { body, etag })
+    }
+
     async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
         for chunk in keys.chunks(1000) {
             let objects: Vec<ObjectIdentifier> =
@@ -256,6 +370,11 @@ impl ObjectStore for S3Store {
     }
 }
 
+/// The HTTP status of a failed S3 request, when the server answered.
+fn http_status<E>(e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
+}
+
 /// Set when the future that started a blocking copy is dropped, so that the copy stops within a chunk.
 #[derive(Default)]
 struct StopOnDrop(std::sync::Arc<AtomicBool>);
@@ -263,6 +382,35 @@ struct StopOnDrop(std::sync::Arc<AtomicBool>);
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The local store's ETag of an object: its inode, size and modification time. Every write is a new file renamed
+/// into place, so every write has a new ETag, as S3's do.
+fn local_etag(m: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("\"{:x}-{:x}-{:x}.{:x}\"", m.ino(), m.len(), m.mtime(), m.mtime_nsec())
+}
+
+/// Whether two ETags are the same, quoted or not (S3 accepts either in a condition).
+fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
+}
+
+/// An exclusive `flock` of a folder, held until dropped.
+struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    fn exclusive(dir: &Path) -> std::io::Result<DirLock> {
+        use std::os::fd::AsRawFd;
+        let f = File::open(dir)?;
+        // SAFETY: flock on a descriptor we own; it is released when the file is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(DirLock { _file: f })
     }
 }
 
@@ -324,12 +472,13 @@ impl ObjectStore for LocalStore {
                     }
                     Ok(())
                 })
-                .map_err(|e| e.source)
+                .map_err(|e| e.source)?;
+                Ok(root.stat(&rel)?.as_ref().map(local_etag))
             })
             .await;
         drop(stop);
-        done.map_err(|e| err("put", key, e))?;
-        Ok(PutStats { requests: 1 })
+        let etag = done.map_err(|e: std::io::Error| err("put", key, e))?;
+        Ok(PutStats { requests: 1, etag })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
@@ -352,6 +501,61 @@ impl ObjectStore for LocalStore {
             })
             .await;
         Ok(listed)
+    }
+
+    async fn put_bytes(&self, key: &str, body: Vec<u8>, cond: PutCondition) -> Result<PutOutcome, StoreError> {
+        let rel = self.path(key)?.strip_prefix(&self.root).map(Path::to_path_buf).unwrap_or_default();
+        let store = self.root.clone();
+        let (_, done) = self
+            .lane
+            .run(body, move |body| -> std::io::Result<PutOutcome> {
+                std::fs::create_dir_all(&store)?;
+                // One writer at a time across processes (the check and the write are one step, as S3's are).
+                let _lock = DirLock::exclusive(&store)?;
+                let root = Root::open(&store)?;
+                let now = root.stat(&rel)?.as_ref().map(local_etag);
+                let holds = match (&cond, &now) {
+                    (PutCondition::Always, _) | (PutCondition::IfAbsent, None) => true,
+                    (PutCondition::IfMatch(want), Some(now)) => same_etag(want, now),
+                    _ => false,
+                };
+                if !holds {
+                    return Ok(PutOutcome::PreconditionFailed);
+                }
+                if let Some(dir) = rel.parent() {
+                    root.create_dir_all(dir)?;
+                }
+                root.write_atomic_unsynced(&rel, |out| out.write_all(body)).map_err(|e| e.source)?;
+                let etag = root.stat(&rel)?.as_ref().map(local_etag).unwrap_or_default();
+                Ok(PutOutcome::Written { etag })
+            })
+            .await;
+        done.map_err(|e| err("put", key, e))
+    }
+
+    async fn get_bytes(&self, key: &str, cond: GetCondition<'_>, max: u64) -> Result<GetOutcome, StoreError> {
+        let mut file = match File::open(self.path(key)?) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(GetOutcome::Missing),
+            Err(e) => return Err(err("get", key, e)),
+        };
+        let meta = file.metadata().map_err(|e| err("get", key, e))?;
+        let etag = local_etag(&meta);
+        if cond.if_match.is_some_and(|want| !same_etag(want, &etag)) {
+            return Ok(GetOutcome::Changed);
+        }
+        if cond.if_none_match.is_some_and(|seen| same_etag(seen, &etag)) {
+            return Ok(GetOutcome::NotModified);
+        }
+        if meta.len() > max {
+            return Err(err("get", key, format!("{} bytes, over the cap of {max}", meta.len())));
+        }
+        let mut body = Vec::with_capacity(meta.len() as usize);
+        (&mut file).take(max + 1).read_to_end(&mut body).map_err(|e| err("get", key, e))?;
+        if body.len() as u64 > max {
+            return Err(err("get", key, format!("over the cap of {max} bytes")));
+        }
+        Ok(GetOutcome::Found { body, etag })
     }
 
     async fn get(&self, key: &str, mut dest: File) -> Result<u64, StoreError> {

@@ -109,6 +109,8 @@ pub struct Engine {
     own: RefCell<Option<HashSet<String>>>,
     /// Forged markers already logged.
     forged: RefCell<HashSet<String>>,
+    /// The status folder was found flooded, and it was logged.
+    flooded: std::cell::Cell<bool>,
     /// This side's status record (`<role>-<ID>.status.json` beside the markers), rewritten at each change.
     record: Record,
     /// The last exit of a child of this side, reaped by the monitor or by a stop: the status record's exit.
@@ -158,6 +160,7 @@ impl Engine {
             _watcher: watcher,
             own: RefCell::new(None),
             forged: RefCell::new(HashSet::new()),
+            flooded: std::cell::Cell::new(false),
             record,
             last_exit: None,
         };
@@ -193,10 +196,23 @@ impl Engine {
     }
 
     pub fn markers(&self) -> StatusSet {
-        let set = StatusSet::read(&self.status, Path::new("")).unwrap_or_else(|e| {
+        let mut set = StatusSet::read(&self.status, Path::new("")).unwrap_or_else(|e| {
             self.warn(&format!("cannot read {}: {e}", self.common.status_dir.display()));
             StatusSet::default()
         });
+        if set.truncated() {
+            // Flooded (the participant's code can write the folder): this pair's markers, found by name.
+            set.probe_ends(&self.status, Path::new(""), [self.worker]);
+            let limit = volume::markers::attempt_limit(self.common.max_attempts);
+            set.probe_attempts(&self.status, Path::new(""), self.worker, limit.saturating_add(1));
+            if !self.flooded.replace(true) {
+                self.warn(&format!(
+                    "{} holds more than {} entries: only this pair's markers are read, by name",
+                    self.common.status_dir.display(),
+                    volume::markers::MAX_STATUS_ENTRIES
+                ));
+            }
+        }
         self.check_forged(&set);
         set
     }
