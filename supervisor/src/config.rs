@@ -212,14 +212,6 @@ pub struct AgentArgs {
     /// evaluator's "Failed - Simulation crashed" record (zero scores if it recorded nothing). Off by default.
     #[arg(long, env = "ROUTE_RETRIES", value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     pub route_retries: Option<u32>,
-    /// Workers of the submission: with --route-count and no ROUTES_SUBSET, this worker's subset is upstream's
-    /// split (`ceil(i*step)-ceil((i+1)*step)-1`, step = routes/workers) for its worker number (an Indexed Job's
-    /// pods share one template).
-    #[arg(long = "workers", env = "SUBMISSION_WORKERS", value_name = "S", value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub workers: Option<u32>,
-    /// Routes of the submission (ids 0..N-1), for --workers.
-    #[arg(long = "route-count", env = "ROUTE_COUNT", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub route_count: Option<u32>,
     /// The command that receives the evaluator's arguments. Default: bash sourcing ~/.bashrc and
     /// ~/agent_sources.sh as upstream, then `python3 -u $LEADERBOARD_ROOT/leaderboard/leaderboard_evaluator.py`.
     #[arg(last = true)]
@@ -291,50 +283,6 @@ pub fn with_worker(path: &std::path::Path, worker: WorkerId) -> PathBuf {
         Some(p) if p.contains("{worker}") => PathBuf::from(p.replace("{worker}", &worker.0.to_string())),
         _ => path.to_path_buf(),
     }
-}
-
-impl AgentArgs {
-    /// The evaluator's ROUTES_SUBSET for `worker`: as given, or upstream's split from --workers and --route-count.
-    /// An error when only one of the two is set, when the split gives this worker nothing, or when a given subset
-    /// differs from the split.
-    pub fn routes_subset(&self, worker: WorkerId) -> Result<Option<String>, String> {
-        let given = self.evaluator.routes_subset.clone().filter(|s| !s.trim().is_empty());
-        let (workers, routes) = match (self.workers, self.route_count) {
-            (None, None) => return Ok(given),
-            (Some(w), Some(r)) => (w, r),
-            _ => return Err("--workers / SUBMISSION_WORKERS and --route-count / ROUTE_COUNT go together".into()),
-        };
-        if worker.0 == 0 || worker.0 > workers {
-            return Err(format!(
-                "worker {} is not one of the {workers} workers (--workers / SUBMISSION_WORKERS)",
-                worker.0
-            ));
-        }
-        let (first, last) = upstream_subset(routes, workers, worker.0 - 1);
-        if last < first {
-            return Err(format!(
-                "worker {} of {workers} gets no route of {routes} (--route-count / ROUTE_COUNT)",
-                worker.0
-            ));
-        }
-        let split = format!("{first}-{last}");
-        match given {
-            Some(g) if g.trim() != split => Err(format!(
-                "ROUTES_SUBSET {g:?} is not worker {}'s share {split} of {routes} routes over {workers} workers",
-                worker.0
-            )),
-            _ => Ok(Some(split)),
-        }
-    }
-}
-
-/// Upstream's split (`aws/lambda/preparallel.py`) for worker `i` (0-based): `ceil(i*step)` to `ceil((i+1)*step)-1`
-/// with `step = routes/workers` in floating point as Python computes it, except that the end is kept at
-/// `routes-1` (in floats `29/7*7 > 29`, and the evaluator refuses a route id past its file), as make-job does.
-pub fn upstream_subset(routes: u32, workers: u32, i: u32) -> (i64, i64) {
-    let step = f64::from(routes) / f64::from(workers);
-    let at = |k: u32| (f64::from(k) * step).ceil() as i64;
-    (at(i), (at(i.saturating_add(1)) - 1).min(i64::from(routes) - 1))
 }
 
 /// A value, or its default when unset or empty.
@@ -419,66 +367,11 @@ mod tests {
         assert!(worker_from(None, None, None).unwrap_err().contains("JOB_COMPLETION_INDEX"));
     }
 
-    /// Upstream's formula, evaluated by python3 itself (the same expression as aws/lambda/preparallel.py), against
-    /// ours for 1..24 workers x 1..300 routes (with the last end kept at routes-1).
-    #[test]
-    fn subsets_are_upstreams_formula() {
-        let script = "import math\nfor w in range(1, 25):\n    for r in range(w, 301):\n        step = float(r) / float(w)\n        \
-                      print(' '.join('{}-{}'.format(math.ceil(i*step), min(math.ceil((i+1)*step)-1, r-1)) for i in range(w)))\n";
-        let out = std::process::Command::new("python3")
-            .args(["-c", script])
-            .output()
-            .expect("python3 is needed to check the split against upstream's");
-        assert!(out.status.success());
-        let text = String::from_utf8(out.stdout).unwrap();
-        let mut lines = text.lines();
-        for w in 1..25u32 {
-            for r in w..301u32 {
-                let ours: Vec<String> = (0..w)
-                    .map(|i| {
-                        let (a, b) = upstream_subset(r, w, i);
-                        format!("{a}-{b}")
-                    })
-                    .collect();
-                assert_eq!(ours.join(" "), lines.next().unwrap(), "{w} workers, {r} routes");
-            }
-        }
-    }
-
     #[test]
     fn the_checkpoint_names_its_worker() {
         let p = with_worker(std::path::Path::new("/tmp/agent/agent{worker}/agent_results.json"), WorkerId(12));
         assert_eq!(p, std::path::Path::new("/tmp/agent/agent12/agent_results.json"));
         let plain = std::path::Path::new("/tmp/agent/agent_results.json");
         assert_eq!(with_worker(plain, WorkerId(3)), plain);
-    }
-
-    fn agent(args: &[&str]) -> AgentArgs {
-        let mut argv = vec!["supervisor", "agent"];
-        argv.extend(args);
-        match Cli::try_parse_from(argv).unwrap().command {
-            Command::Agent(a) => *a,
-            _ => unreachable!(),
-        }
-    }
-
-    #[test]
-    fn routes_subset_from_workers_and_route_count() {
-        let a = agent(&["--workers", "7", "--route-count", "29"]);
-        assert_eq!(a.routes_subset(WorkerId(1)).unwrap().as_deref(), Some("0-4"));
-        assert_eq!(a.routes_subset(WorkerId(7)).unwrap().as_deref(), Some("25-28"));
-        assert!(a.routes_subset(WorkerId(8)).unwrap_err().contains("not one of the 7 workers"));
-        let given = agent(&["--workers", "2", "--route-count", "10", "--routes-subset", "5-9"]);
-        assert_eq!(given.routes_subset(WorkerId(2)).unwrap().as_deref(), Some("5-9"));
-        assert!(given.routes_subset(WorkerId(1)).unwrap_err().contains("is not worker 1's share 0-4"));
-        assert!(agent(&["--workers", "2"]).routes_subset(WorkerId(1)).unwrap_err().contains("go together"));
-        assert!(
-            agent(&["--workers", "4", "--route-count", "2"])
-                .routes_subset(WorkerId(2))
-                .unwrap_err()
-                .contains("no route")
-        );
-        assert_eq!(agent(&["--routes-subset", "3-4"]).routes_subset(WorkerId(9)).unwrap().as_deref(), Some("3-4"));
-        assert_eq!(agent(&[]).routes_subset(WorkerId(1)).unwrap(), None);
     }
 }

@@ -58,10 +58,6 @@ fn main() -> ExitCode {
             };
             let mut a = a;
             a.checkpoint = supervisor::config::with_worker(&a.checkpoint, worker);
-            match a.routes_subset(worker) {
-                Ok(subset) => a.evaluator.routes_subset = subset,
-                Err(e) => return config_error(&e),
-            }
             let log_name = volume::layout::EVALUATOR_LOG;
             let default_log = a.checkpoint.parent().map(|d| d.join(log_name)).unwrap_or_else(|| log_name.into());
             let log = a.common.log_file.clone().unwrap_or(default_log);

@@ -114,10 +114,18 @@ fn an_evaluator_that_cannot_start_ends_the_agent_with_0_under_pod() {
 fn a_configuration_error_exits_2_under_both() {
     for topology in ["pod", "indexed"] {
         let scene = Scene::new(&format!("config-{topology}"));
-        let mut agent = scene.agent().env("TOPOLOGY", topology).env("SUBMISSION_WORKERS", "4").start();
+        // Worker 8 of 7 shards.
+        let mut agent = scene
+            .agent()
+            .env("TOPOLOGY", topology)
+            .env("ROUTES_SUBSET", "")
+            .env("ROUTE_COUNT", "29")
+            .env("SUBMISSION_WORKERS", "7")
+            .env("WORKER_ID", "8")
+            .start();
         let a = agent.wait_exit(STEP);
         ensure!(scene, a == code(CONFIG_ERROR), "{topology}: exit {CONFIG_ERROR}; got {a:?}");
-        ensure!(scene, scene.output(&agent).contains("go together"), "it says why");
+        ensure!(scene, scene.output(&agent).contains("SUBMISSION_WORKERS"), "it says why");
     }
 }
 
