@@ -188,6 +188,9 @@ class MakeJob(unittest.TestCase):
         self.assertEqual((menv["SUBMISSION_WORKERS"]["value"], menv["ROUTE_COUNT"]["value"]), ("8", "20"))
         self.assertEqual((menv["MONITOR_PERIOD"]["value"], menv["WORKER_SILENCE"]["value"]), ("5s", "20m"))
         self.assertEqual(mc["terminationMessagePolicy"], "FallbackToLogsOnError")
+        mspec = monitor["spec"]
+        self.assertEqual((mspec["template"]["spec"]["restartPolicy"], mspec["backoffLimit"]), ("OnFailure", 4))
+        self.assertNotIn("podFailurePolicy", mspec, "Kubernetes rejects one beside OnFailure")
         policy = docs[("NetworkPolicy", "leaderboard-submission-worker-egress")]["spec"]
         https = [r for r in policy["egress"] if r.get("to")]
         self.assertEqual(https[0]["to"][0]["ipBlock"]["except"], ["169.254.169.254/32"])
