@@ -15,6 +15,7 @@ pub mod simulator;
 
 use crate::child::{self, Child, LogFile};
 use crate::config::{Common, RestartMode};
+use crate::exit;
 use crate::log::Level;
 use crate::reaper::{self, Exit, Signal, SignalEvent};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
@@ -595,9 +596,13 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
             eng.set_state(State::Cancelled, attempt);
             return 0;
         }
-        if set.is_done(role, worker) || set.is_failed(role, worker) {
-            eng.note("this side has already ended (done or failed marker present)");
+        if set.is_done(role, worker) {
+            eng.note("this side has already ended (done marker present)");
             return 0;
+        }
+        if set.is_failed(role, worker) {
+            eng.note("this side has already ended (failed marker present)");
+            return exit::failed(eng.common.topology, None);
         }
         if set.is_failed(peer, worker) {
             let attempt = set.plan_attempt(role, worker).attempt;
@@ -637,9 +642,11 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
             let why = format!("attempt budget spent ({} of {}): ending for good", plan.spent, eng.common.max_attempts);
             eng.note(&why);
             eng.write(Marker::Failed { role, worker });
+            // The last attempt's end, when this process saw it: whose fault the spent budget was.
+            let last = eng.record.last_end.as_ref().map(|e| (e.side, e.reason));
             eng.set_end(role, Reason::AttemptBudgetSpent, &why, plan.attempt);
             eng.set_state(State::Failed, plan.attempt);
-            return 0;
+            return exit::failed(eng.common.topology, last);
         }
         let attempt = plan.attempt;
         (eng.record.routes_subset, eng.record.repetitions) = spec.routes();
@@ -716,10 +723,10 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
                 spec.after_done(eng, attempt);
                 return 0;
             }
-            Outcome::Failed(reason) => {
-                eng.note(&format!("ending for good: {reason}"));
+            Outcome::Failed(why) => {
+                eng.note(&format!("ending for good: {why}"));
                 eng.write(Marker::Failed { role, worker });
-                return 0;
+                return exit::failed(eng.common.topology, Some((side, reason)));
             }
             Outcome::PeerFailed => return end_for_peer(eng, spec),
             Outcome::Cancelled => {
@@ -728,7 +735,8 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
             }
             Outcome::Terminated(exit) => {
                 eng.note(&format!("the child ended after a forwarded signal ({exit})"));
-                return exit.shell_code();
+                let forwarded = eng.terminating.map(Signal::raw);
+                return exit::terminated(eng.common.topology, exit.shell_code(), forwarded);
             }
         }
     }
