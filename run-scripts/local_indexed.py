@@ -338,7 +338,17 @@ class IndexedJob:
         if "ROUTES_SUBSET" not in agent_env:
             agent_env["ROUTES_SUBSET"] = self.subset(i)
         p.subset = agent_env["ROUTES_SUBSET"]
-        checkpoint = (self.mounted(agent, "/tmp/agent", p.volume) or p.volume / f"agent/agent{i}") / "agent_results.json"
+        # The model's CHECKPOINT_ENDPOINT names the worker's folder below the agent's mount of the pod volume.
+        tmpl = next(
+            (e["value"] for e in agent.get("env", []) if e["name"] == "CHECKPOINT_ENDPOINT"),
+            "/tmp/agent/agent_results.json",
+        )
+        base = self.mounted(agent, "/tmp/agent", p.volume)
+        if base is None:
+            checkpoint = p.volume / f"agent/agent{i}/agent_results.json"
+        else:
+            checkpoint = base / Path(tmpl.replace("{worker}", str(i))).relative_to("/tmp/agent")
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
         argv = self.command(agent) + ["--checkpoint", checkpoint, "--", self.lj.FIXTURES / "bin/fake-evaluator"]
         p.procs["agent"] = self.pod.spawn(f"w{i}.{p.n}/agent", argv, agent_env, p.folder / "agent.log")
         p.phase = "running"
