@@ -694,6 +694,14 @@ impl<S: ObjectStore> Uploader<S> {
     }
 }
 
+/// Whether a changed path (from notify) is one the results upload or the status object follows: the worker's
+/// results file or anything in the status folder (the logs wait for the period's sync, so that an agent writing
+/// its log all the time costs no rescan).
+fn watched_change(root: &Root, cfg: &UploadConfig, path: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(root.path()) else { return false };
+    rel == layout::worker_results(cfg.worker.0) || rel.parent() == Some(Path::new(STATUS_DIR))
+}
+
 /// The logs' sync, on a task of its own so that a large upload never delays a results upload.
 type SyncRequest = (bool, Option<oneshot::Sender<SyncReport>>);
 
@@ -785,7 +793,11 @@ pub async fn run<S: ObjectStore>(cfg: UploadConfig, store: S, sync_store: S, roo
         let deadline = debounce.deadline();
         tokio::select! {
             () = &mut stop => break,
-            Some(_) = events.recv(), if !stale => debounce.event(Instant::now()),
+            Some(paths) = events.recv(), if !stale => {
+                if paths.is_empty() || paths.iter().any(|p| watched_change(&root, &up.cfg, p)) {
+                    debounce.event(Instant::now());
+                }
+            }
             () = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
                 debounce.clear();
                 if up.owner && up.refresh(false).await.is_err() {

@@ -396,3 +396,58 @@ async fn restore_worker_fetches_exactly_its_keys_among_twelve_and_the_uploader_s
     assert_eq!(s.results, prev.results, "the shard's results object is still the previous pod's");
     assert!(s.ended);
 }
+
+#[tokio::test]
+async fn a_running_pod_that_finds_a_newer_pod_stops_writing_and_stops_its_pair() {
+    let (moto, vol, mut pod, first) = started("overtaken", &[]).await;
+    // The shard's next pod (one failure) takes over behind this one's back.
+    let newer = shard("next", 1, 1, &first.results.as_ref().unwrap().etag, 33);
+    put(&moto, STATUS_KEY, newer.to_json().as_bytes()).await;
+    std::fs::write(vol.join("containers-status/agent-1.crash0"), b"").unwrap();
+    testkit::eventually_true(Duration::from_secs(10), "the overtaken pod's local cancel marker", || {
+        vol.join("containers-status/simulation-1.cancel").exists()
+    });
+    moto.reset_recording();
+    std::fs::write(vol.join("agent/agent1/agent_results.json"), b"{\"late\": true}\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pod.sigterm(), 0);
+    assert!(pod.log().contains("stale pod"), "{}", pod.log());
+    let writes: Vec<_> = requests(&moto).into_iter().filter(|(m, _)| m != "GET").collect();
+    assert_eq!(writes, [], "nothing written once stale, not even at SIGTERM");
+    assert_eq!(status(&moto).await.unwrap().0, newer, "the newer pod's status object stands");
+    assert!(object(&moto, "4321/containers-status/uploader-1.done").await.is_none());
+}
+
+#[test]
+fn a_worker_out_of_range_or_missing_is_a_configuration_error_naming_it() {
+    let run = |sub: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_logcopy"))
+            .arg(sub)
+            .args(extra)
+            .env_clear()
+            .env("SUBMISSION_ID", ID)
+            .env("SUBMISSION_WORKERS", "12")
+            .env("S3_BUCKET", BUCKET)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let vol = scratch("config").join("logs");
+    let logs = vol.to_str().unwrap();
+    let (code, err) = run("upload", &["--logs", logs], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--worker / WORKER_ID (or JOB_COMPLETION_INDEX): is required"), "{err}");
+    let (code, err) = run("upload", &["--logs", logs], &[("JOB_COMPLETION_INDEX", "12")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("worker 13 (from JOB_COMPLETION_INDEX + 1) is not in 1..=12"), "{err}");
+    let (code, err) = run("restore", &["--logs", logs, "--worker"], &[("WORKER_ID", "x1")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("\"x1\" (from --worker / WORKER_ID) is not a worker number"), "{err}");
+    let (code, err) = run("restore", &["--logs", logs, "--worker", "3"], &[("S3_BUCKET", "")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("S3_BUCKET: is required with --worker"), "{err}");
+    let (code, err) = run("upload", &["--logs", logs, "--worker", "1"], &[("POD_FAILURE_COUNT", "-1")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("POD_FAILURE_COUNT"), "{err}");
+}
