@@ -304,6 +304,17 @@ impl std::fmt::Display for End {
 #[derive(Debug)]
 struct Stale;
 
+/// What a pass over the volume found to write.
+#[derive(Default)]
+struct Pending {
+    /// The results file's bytes and SHA-256, when they are not what this shard uploaded last.
+    results: Option<(Vec<u8>, String)>,
+    /// Markers and status records (name, bytes, SHA-256) not uploaded as they are.
+    files: Vec<(String, Vec<u8>, String)>,
+    markers: Vec<Marker>,
+    records: Vec<status::Record>,
+}
+
 /// The uploader's state between requests.
 struct Uploader<S: ObjectStore> {
     cfg: UploadConfig,
@@ -431,7 +442,9 @@ impl<S: ObjectStore> Uploader<S> {
                 );
             }
             self.status_etag = etag;
-            self.scan_status_files().await;
+            let p = self.scan();
+            self.markers = p.markers;
+            self.records = p.records;
             match self.put_status(false).await {
                 Ok(true) => {
                     self.owner = true;
@@ -478,16 +491,19 @@ impl<S: ObjectStore> Uploader<S> {
         }
     }
 
-    /// Reads worker N's markers and status records from the volume; uploads each that changed. Returns whether
-    /// the status object must say something new.
-    async fn scan_status_files(&mut self) -> bool {
+    /// One pass over the volume: the results file when its content changed, worker N's markers and status records,
+    /// and those of them that changed since their upload. Local reads only.
+    fn scan(&mut self) -> Pending {
+        let mut p = Pending { results: self.read_results(), ..Pending::default() };
         let w = self.cfg.worker;
         let dir = Path::new(STATUS_DIR);
         let entries = match self.root.list(dir) {
             Ok(e) => e.unwrap_or_default(),
             Err(e) => {
                 self.warn_once(format!("cannot list {}: {e}", self.root.display(dir).display()));
-                return false;
+                p.markers = self.markers.clone();
+                p.records = self.records.clone();
+                return p;
             }
         };
         let mut names: Vec<String> = entries
@@ -498,7 +514,6 @@ impl<S: ObjectStore> Uploader<S> {
             .collect();
         names.sort();
         names.truncate(shard::MAX_MARKERS + 2);
-        let (mut markers, mut records) = (Vec::new(), Vec::new());
         for name in names {
             let rel = dir.join(&name);
             let max = if Marker::parse(&name).is_some() { MAX_MARKER_BYTES } else { status::MAX_BYTES };
@@ -511,9 +526,9 @@ impl<S: ObjectStore> Uploader<S> {
                 }
             };
             match Marker::parse(&name) {
-                Some(m) => markers.push(m),
+                Some(m) => p.markers.push(m),
                 None => match status::Record::parse(&bytes) {
-                    Ok(r) if r.worker == w => records.push(r),
+                    Ok(r) if r.worker == w => p.records.push(r),
                     Ok(_) => continue,
                     Err(e) => {
                         // A record half-written or forged: left out until it parses.
@@ -523,38 +538,81 @@ impl<S: ObjectStore> Uploader<S> {
                 },
             }
             let sha = hash(&bytes);
-            if self.sent.get(&name) == Some(&sha) {
-                continue;
+            if self.sent.get(&name) != Some(&sha) {
+                p.files.push((name, bytes, sha));
             }
-            match self.store.put_bytes(&self.key(&rel), bytes, PutCondition::Always).await {
+        }
+        p.markers.sort();
+        p
+    }
+
+    /// The results file's bytes and SHA-256 when its content is not the one this shard uploaded last.
+    fn read_results(&mut self) -> Option<(Vec<u8>, String)> {
+        let rel = self.results_rel();
+        let bytes = match self.root.read_capped(&rel, self.cfg.max_results_bytes) {
+            Ok(b) => b?,
+            Err(e) => {
+                self.warn_once(format!("not uploaded: {}: {e}", rel.display()));
+                return None;
+            }
+        };
+        let sha = hash(&bytes);
+        (self.results_sha.as_deref() != Some(&sha)).then_some((bytes, sha))
+    }
+
+    /// Before this pod writes anything but its status object: one conditional GET of the status object on the
+    /// ETag this pod wrote (a 304 when no other pod wrote since). A newer pod's object makes this pod stale before
+    /// it writes a results object or a marker over the newer pod's.
+    async fn guard(&mut self) -> Result<(), Stale> {
+        let Some(etag) = self.status_etag.clone() else { return Ok(()) };
+        let cond = GetCondition { if_none_match: Some(&etag), if_match: None };
+        match self.store.get_bytes(&self.status_key(), cond, shard::MAX_BYTES).await {
+            Ok(GetOutcome::Found { body, .. }) => match ShardStatus::parse(&body) {
+                Ok(other) if self.newer(&other) => {
+                    self.stale(&other);
+                    Err(Stale)
+                }
+                _ => Ok(()),
+            },
+            Ok(_) => Ok(()),
+            Err(e) => {
+                warn!(error = %e, "cannot read the status object before writing; going on (its PUT is conditional)");
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes what a pass found: the results object, the changed markers and records, then the status object
+    /// when anything it says changed (or `force`: a heartbeat; or `ended`: the final flush).
+    async fn apply(&mut self, p: Pending, force: bool, ended: bool) -> Result<(), Stale> {
+        if p.results.is_some() || !p.files.is_empty() {
+            self.guard().await?;
+        }
+        let results = match p.results {
+            Some((bytes, sha)) => self.put_results(bytes, sha).await?,
+            None => false,
+        };
+        for (name, bytes, sha) in p.files {
+            let key = self.key(&Path::new(STATUS_DIR).join(&name));
+            match self.store.put_bytes(&key, bytes, PutCondition::Always).await {
                 Ok(_) => {
                     self.sent.insert(name, sha);
                 }
                 Err(e) => warn!(error = %e, "upload failed; retried at the next change or period"),
             }
         }
-        markers.sort();
-        let changed = markers != self.markers || records != self.records;
-        self.markers = markers;
-        self.records = records;
-        changed
+        let news = p.markers != self.markers || p.records != self.records;
+        self.markers = p.markers;
+        self.records = p.records;
+        if results || news || force || ended {
+            self.write_status(ended).await?;
+        }
+        Ok(())
     }
 
-    /// Uploads the results file when its content changed. Returns whether the results object changed.
-    async fn upload_results(&mut self) -> Result<bool, Stale> {
+    /// Uploads the results file (its content changed). Returns whether the results object changed.
+    async fn put_results(&mut self, bytes: Vec<u8>, sha: String) -> Result<bool, Stale> {
         let rel = self.results_rel();
-        let bytes = match self.root.read_capped(&rel, self.cfg.max_results_bytes) {
-            Ok(Some(b)) => b,
-            Ok(None) => return Ok(false),
-            Err(e) => {
-                self.warn_once(format!("not uploaded: {}: {e}", rel.display()));
-                return Ok(false);
-            }
-        };
-        let sha = hash(&bytes);
-        if self.results_sha.as_deref() == Some(&sha) {
-            return Ok(false);
-        }
         let key = self.key(&rel);
         let size = bytes.len() as u64;
         let cond = match &self.results {
@@ -630,9 +688,13 @@ impl<S: ObjectStore> Uploader<S> {
                 match self.check_stale().await {
                     Err(Stale) => Err(Ok(Stale)),
                     Ok(found) => {
-                        if let Some((other, etag)) = found {
-                            self.seq = self.seq.max(other.map_or(0, |o| o.seq));
-                            self.status_etag = Some(etag);
+                        match found {
+                            Some((other, etag)) => {
+                                self.seq = self.seq.max(other.map_or(0, |o| o.seq));
+                                self.status_etag = Some(etag);
+                            }
+                            // Deleted behind this pod's back: written anew.
+                            None => self.status_etag = None,
                         }
                         Ok(false)
                     }
@@ -642,15 +704,10 @@ impl<S: ObjectStore> Uploader<S> {
         }
     }
 
-    /// One pass over the volume: the results file, the markers and records, then the status object when anything
-    /// changed (or `force`).
+    /// One pass over the volume and its writes (`force`: the status object even when nothing changed).
     async fn refresh(&mut self, force: bool) -> Result<(), Stale> {
-        let results = self.upload_results().await?;
-        let files = self.scan_status_files().await;
-        if results || files || force {
-            self.write_status(false).await?;
-        }
-        Ok(())
+        let p = self.scan();
+        self.apply(p, force, false).await
     }
 
     async fn write_status(&mut self, ended: bool) -> Result<(), Stale> {
@@ -832,11 +889,8 @@ pub async fn run<S: ObjectStore>(cfg: UploadConfig, store: S, sync_store: S, roo
     info!(budget = ?up.cfg.flush_budget, "SIGTERM: final flush (results, markers and records, the status object, uploader done, then the logs)");
     let budget = up.cfg.flush_budget;
     let flush = async {
-        if up.upload_results().await.is_err() {
-            return End::Stale;
-        }
-        up.scan_status_files().await;
-        if up.write_status(true).await.is_err() {
+        let p = up.scan();
+        if up.apply(p, false, true).await.is_err() {
             return End::Stale;
         }
         let done = Path::new(STATUS_DIR).join(shard::uploader_done_name(up.cfg.worker));

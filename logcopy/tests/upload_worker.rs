@@ -403,19 +403,23 @@ async fn a_running_pod_that_finds_a_newer_pod_stops_writing_and_stops_its_pair()
     // The shard's next pod (one failure) takes over behind this one's back.
     let newer = shard("next", 1, 1, &first.results.as_ref().unwrap().etag, 33);
     put(&moto, STATUS_KEY, newer.to_json().as_bytes()).await;
+    let (results_before, _) = object(&moto, "4321/agent/agent1/agent_results.json").await.unwrap();
+    moto.reset_recording();
+    // A change: the status object is checked (a conditional GET) before the results object or a marker is written.
+    std::fs::write(vol.join("agent/agent1/agent_results.json"), b"{\"late\": true}\n").unwrap();
     std::fs::write(vol.join("containers-status/agent-1.crash0"), b"").unwrap();
     testkit::eventually_true(Duration::from_secs(10), "the overtaken pod's local cancel marker", || {
         vol.join("containers-status/simulation-1.cancel").exists()
     });
-    moto.reset_recording();
-    std::fs::write(vol.join("agent/agent1/agent_results.json"), b"{\"late\": true}\n").unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(pod.sigterm(), 0);
     assert!(pod.log().contains("stale pod"), "{}", pod.log());
     let writes: Vec<_> = requests(&moto).into_iter().filter(|(m, _)| m != "GET").collect();
     assert_eq!(writes, [], "nothing written once stale, not even at SIGTERM");
     assert_eq!(status(&moto).await.unwrap().0, newer, "the newer pod's status object stands");
     assert!(object(&moto, "4321/containers-status/uploader-1.done").await.is_none());
+    let (results_after, _) = object(&moto, "4321/agent/agent1/agent_results.json").await.unwrap();
+    assert_eq!(results_after, results_before, "the newer pod's results object stands");
 }
 
 #[test]
