@@ -295,7 +295,10 @@ fn run_restore(a: RestoreArgs) -> ExitCode {
     crate::logging::flush();
     match result {
         Ok(r) => {
-            let what = if cfg.resume { "resumed" } else { "fresh" };
+            let what = match cfg.worker {
+                Some(w) => format!("worker {w}'s"),
+                None => (if cfg.resume { "resumed" } else { "fresh" }).to_string(),
+            };
             tracing::info!(downloaded = r.downloaded, bytes = r.bytes, skipped = r.skipped, "{what} volume ready");
             ExitCode::SUCCESS
         }

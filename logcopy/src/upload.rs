@@ -288,6 +288,8 @@ pub enum End {
     OutOfTime,
     /// A newer pod of the shard owns it: nothing was written since.
     Stale,
+    /// SIGTERM before this pod could take the shard over (S3 out of reach): nothing to flush.
+    NeverOwned,
 }
 
 impl std::fmt::Display for End {
@@ -296,6 +298,7 @@ impl std::fmt::Display for End {
             End::Flushed => "final flush done",
             End::OutOfTime => "final flush out of time (--flush-budget)",
             End::Stale => "stale pod: a newer pod of the shard owns it; nothing written",
+            End::NeverOwned => "the shard was never taken over (S3 out of reach?): nothing written",
         })
     }
 }
@@ -655,8 +658,7 @@ impl<S: ObjectStore> Uploader<S> {
     /// After a failed precondition: the status object again; `Err(Stale)` when a newer pod wrote it.
     async fn check_stale(&mut self) -> Result<Option<(Option<ShardStatus>, String)>, Stale> {
         match self.read_status().await {
-            Ok(Some((Some(other), etag))) if self.newer(&other) => {
-                let _ = etag;
+            Ok(Some((Some(other), _))) if self.newer(&other) => {
                 self.stale(&other);
                 Err(Stale)
             }
@@ -796,7 +798,7 @@ pub async fn run<S: ObjectStore>(cfg: UploadConfig, store: S, sync_store: S, roo
         Ok(s) => s,
         Err(e) => {
             error!("cannot handle SIGTERM: {e}");
-            return End::OutOfTime;
+            return End::NeverOwned;
         }
     };
     let mut int = signal(SignalKind::interrupt()).ok();
@@ -882,9 +884,11 @@ pub async fn run<S: ObjectStore>(cfg: UploadConfig, store: S, sync_store: S, roo
             debounce.clear();
         }
     }
-    if stale || !up.owner {
-        info!("SIGTERM: {}", if stale { "stale pod, nothing to flush" } else { "the shard was never taken over" });
-        return if stale { End::Stale } else { End::OutOfTime };
+    if stale {
+        return End::Stale;
+    }
+    if !up.owner {
+        return End::NeverOwned;
     }
     info!(budget = ?up.cfg.flush_budget, "SIGTERM: final flush (results, markers and records, the status object, uploader done, then the logs)");
     let budget = up.cfg.flush_budget;
