@@ -176,6 +176,11 @@ async fn started(name: &str, extra: &[&str]) -> (Moto, PathBuf, Pod, ShardStatus
 #[tokio::test]
 async fn only_worker_ns_keys_go_the_status_follows_changes_and_sigterm_flushes_in_order() {
     let (moto, vol, mut pod, first) = started("keys", &[]).await;
+    // Hostile files added while it runs: a link to a file outside the volume, another worker's status record.
+    let outside = vol.parent().unwrap().join("outside-secret");
+    std::fs::write(&outside, b"secret").unwrap();
+    std::os::unix::fs::symlink(&outside, vol.join("agent/agent1/logs/secret.log")).unwrap();
+    std::fs::write(vol.join("containers-status/agent-2.status.json"), b"{}").unwrap();
     assert_eq!((first.worker.0, first.attempt.failures, first.uid.as_str()), (1, 0, "uid-keys"));
     let (_, results_etag) = object(&moto, "4321/agent/agent1/agent_results.json").await.unwrap();
     let names = |s: &ShardStatus| {
@@ -235,7 +240,7 @@ async fn only_worker_ns_keys_go_the_status_follows_changes_and_sigterm_flushes_i
             "4321/shards/worker-1.json",
             "4321/simulator/worker-1/CarlaUE4.log",
         ],
-        "only worker 1's keys: neither agent/agent11 nor the forged agent-2.done"
+        "only worker 1's keys: neither agent/agent11, the forged agent-2.done and agent-2.status.json, nor a link"
     );
     assert_eq!(all["4321/agent/agent1/logs/route0.log"], b"route 0\nroute 0 ends\n");
 }
@@ -262,7 +267,8 @@ async fn an_idle_uploader_costs_one_conditional_get_a_period_and_its_heartbeats(
         gets.iter().all(|p| p.as_str() == format!("{BUCKET}/4321/containers-status/simulation.cancel")),
         "idle GETs are the cancel check alone (no LIST): {gets:?}"
     );
-    assert!((5..=12).contains(&gets.len()), "one cancel GET a period: {}", gets.len());
+    // At most one a period (the timer cannot fire faster); at least a few, however loaded the machine.
+    assert!((2..=12).contains(&gets.len()), "one cancel GET a period: {}", gets.len());
     assert!(puts.iter().all(|p| p.as_str() == format!("{BUCKET}/{STATUS_KEY}")), "only heartbeats: {puts:?}");
     assert!((1..=4).contains(&puts.len()), "a heartbeat every 2 s: {}", puts.len());
     assert_eq!(reqs.len(), gets.len() + puts.len(), "{reqs:?}");
