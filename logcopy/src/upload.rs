@@ -761,6 +761,15 @@ fn watched_change(root: &Root, cfg: &UploadConfig, path: &Path) -> bool {
     rel == layout::worker_results(cfg.worker.0) || rel.parent() == Some(Path::new(STATUS_DIR))
 }
 
+/// Whether a changed path is logcopy's own (its upload manifest): no reason for another sync.
+fn own_file(root: &Root, path: &Path) -> bool {
+    path.strip_prefix(root.path()).is_ok_and(|rel| rel.starts_with(layout::LOGCOPY_DIR))
+}
+
+/// Without a file event, the logs' sync still runs every this many periods (a lost event delays an upload by at
+/// most this; at the default 5 s period, a minute).
+const RESYNC_PERIODS: u32 = 12;
+
 /// The logs' sync, on a task of its own so that a large upload never delays a results upload.
 type SyncRequest = (bool, Option<oneshot::Sender<SyncReport>>);
 
@@ -848,6 +857,8 @@ pub async fn run<S: ObjectStore>(cfg: UploadConfig, store: S, sync_store: S, roo
     let mut tick = tokio::time::interval(up.cfg.period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stale = false;
+    // Whether a file event came since the logs' last sync, and the periods since it.
+    let (mut logs_dirty, mut idle_periods) = (true, 0u32);
     loop {
         let deadline = debounce.deadline();
         tokio::select! {
@@ -856,6 +867,7 @@ pub async fn run<S: ObjectStore>(cfg: UploadConfig, store: S, sync_store: S, roo
                 if paths.is_empty() || paths.iter().any(|p| watched_change(&root, &up.cfg, p)) {
                     debounce.event(Instant::now());
                 }
+                logs_dirty |= paths.is_empty() || paths.iter().any(|p| !own_file(&root, p));
             }
             () = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
                 debounce.clear();
@@ -877,7 +889,12 @@ pub async fn run<S: ObjectStore>(cfg: UploadConfig, store: S, sync_store: S, roo
                     stale = true;
                     continue;
                 }
-                let _ = sync.try_send((false, None));
+                // The logs' sync walks the volume: only after a change (or every RESYNC_PERIODS, for lost events).
+                idle_periods += 1;
+                if (logs_dirty || idle_periods >= RESYNC_PERIODS) && sync.try_send((false, None)).is_ok() {
+                    logs_dirty = false;
+                    idle_periods = 0;
+                }
             }
         }
         if stale {

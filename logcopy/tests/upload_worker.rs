@@ -215,6 +215,10 @@ async fn only_worker_ns_keys_go_the_status_follows_changes_and_sigterm_flushes_i
     until(10, "the new marker is uploaded", || async { object(&moto, "4321/containers-status/agent-1.done").await })
         .await;
 
+    // A new log goes with the next period's sync (its file event marks the logs changed).
+    std::fs::write(vol.join("agent/agent1/logs/route1.log"), b"route 1\n").unwrap();
+    until(10, "the new log is uploaded", || async { object(&moto, "4321/agent/agent1/logs/route1.log").await }).await;
+
     // SIGTERM: the log written just before goes last, after the status object's end and uploader-1.done.
     std::fs::write(vol.join("agent/agent1/logs/route0.log"), b"route 0\nroute 0 ends\n").unwrap();
     moto.reset_recording();
@@ -233,6 +237,7 @@ async fn only_worker_ns_keys_go_the_status_follows_changes_and_sigterm_flushes_i
         [
             "4321/agent/agent1/agent_results.json",
             "4321/agent/agent1/logs/route0.log",
+            "4321/agent/agent1/logs/route1.log",
             "4321/containers-status/agent-1.done",
             "4321/containers-status/agent-1.start0",
             "4321/containers-status/simulator-1.start0",
