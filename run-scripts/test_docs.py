@@ -25,6 +25,7 @@ SECTIONS = {
         [BIN / "logcopy", "merge"],
         [BIN / "logcopy", "evalai"],
         [BIN / "logcopy", "status"],
+        [BIN / "logcopy", "upload"],
     ],
     "supervisor": [[BIN / "supervisor", "simulator"], [BIN / "supervisor", "agent"], [BIN / "supervisor", "gpu"]],
     "make-job": [[sys.executable, ROOT / "docker" / "k8s" / "make-job"]],

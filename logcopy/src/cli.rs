@@ -44,6 +44,9 @@ pub enum Command {
     /// The state of the submission from the markers, the workers' status records and results files (read only,
     /// safe on a live volume): one line per worker, or JSON with --json (docs/status.md).
     Status(crate::status::StatusArgs),
+    /// An Indexed Job's worker pod uploader (a native sidecar): worker N's keys to S3, its shard status object,
+    /// the cancel check, the final flush on SIGTERM (docs/architecture.md, "Indexed Job").
+    Upload(Box<crate::upload::UploadCommand>),
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +146,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Merge(a) => merge(&a),
         Command::Evalai(a) => evalai(&a),
         Command::Status(a) => return status(&a),
+        Command::Upload(u) => return crate::upload::main(*u),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -246,6 +250,14 @@ fn status(a: &crate::status::StatusArgs) -> ExitCode {
     }
 }
 
+/// The one-threaded async runtime of a subcommand; exit 2 when it cannot start.
+pub(crate) fn runtime(command: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        eprintln!("logcopy {command}: cannot start the async runtime: {e}");
+        ExitCode::from(2)
+    })
+}
+
 /// `logcopy restore`: 0 done, 1 the restore failed (S3 unreachable, disk full, ...), 2 bad configuration.
 fn run_restore(a: RestoreArgs) -> ExitCode {
     let cfg = match a.validate() {
@@ -255,12 +267,9 @@ fn run_restore(a: RestoreArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match runtime("restore") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("logcopy restore: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     // Only a resume touches S3. Its chain is checked before logging starts (as `run`'s); a provider that does not
     // answer is asked again, a few times, before the restore goes on (and fails with exit 1 if S3 stays out of reach).
@@ -286,7 +295,10 @@ fn run_restore(a: RestoreArgs) -> ExitCode {
     crate::logging::flush();
     match result {
         Ok(r) => {
-            let what = if cfg.resume { "resumed" } else { "fresh" };
+            let what = match cfg.worker {
+                Some(w) => format!("worker {w}'s"),
+                None => (if cfg.resume { "resumed" } else { "fresh" }).to_string(),
+            };
             tracing::info!(downloaded = r.downloaded, bytes = r.bytes, skipped = r.skipped, "{what} volume ready");
             ExitCode::SUCCESS
         }

@@ -248,7 +248,7 @@ const TABLE: &str = "--dynamodb-table / DYNAMODB_SUBMISSIONS_TABLE";
 /// Where the embedded local sinks write when no folder is given.
 pub const DEFAULT_LOCAL_OUT: &str = "logcopy-local";
 
-fn valid_bucket(b: &str) -> bool {
+pub(crate) fn valid_bucket(b: &str) -> bool {
     (3..=63).contains(&b.len())
         && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
 }
@@ -279,6 +279,11 @@ pub struct RestoreArgs {
     /// Embedded local sinks: restore from OUT/s3/ instead of S3.
     #[arg(long, value_name = "OUT")]
     pub local: Option<PathBuf>,
+    /// An Indexed Job's worker pod: fetch exactly worker N's results file, its last good copy and route-crash
+    /// record (no LIST, no markers, no logs) so that it resumes from the shard's previous pod. Without a value:
+    /// WORKER_ID, else JOB_COMPLETION_INDEX + 1 (docs/architecture.md, "Indexed Job").
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "")]
+    pub worker: Option<String>,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -291,11 +296,20 @@ pub struct RestoreConfig {
     pub workers: u32,
     pub resume: bool,
     pub storage: StorageTarget,
+    /// `--worker`: an Indexed Job's worker pod, restored by exact keys.
+    pub worker: Option<volume::markers::WorkerId>,
 }
 
 impl RestoreArgs {
     pub fn validate(self) -> Result<RestoreConfig, ConfigError> {
         let resume = self.resume.as_deref().is_some_and(|r| !r.trim().is_empty());
+        let worker = match self.worker.as_deref() {
+            None => None,
+            Some(flag) => Some(crate::upload::resolve_worker(
+                Some(flag).filter(|f| !f.trim().is_empty()).map(str::to_string),
+                self.workers,
+            )?),
+        };
         let storage = match &self.local {
             Some(out) => StorageTarget::Local { out: out.clone() },
             None => match self.storage.bucket() {
@@ -307,6 +321,9 @@ impl RestoreArgs {
                     bucket: b.to_string(),
                     table: self.storage.table().unwrap_or_default().to_string(),
                 },
+                None if worker.is_some() => {
+                    return Err(bad(BUCKET, "is required with --worker (or --local OUT to restore from OUT/s3/)"));
+                }
                 // Resuming from nowhere would silently hand the workers a fresh volume.
                 None if resume => {
                     return Err(bad(
@@ -326,6 +343,7 @@ impl RestoreArgs {
             workers: self.workers,
             resume,
             storage,
+            worker,
         })
     }
 }
@@ -450,7 +468,7 @@ pub fn span(s: &str) -> Result<Duration, String> {
 }
 
 /// A period or a timeout: at least 100 ms (clap value parser).
-fn period(s: &str) -> Result<Duration, String> {
+pub(crate) fn period(s: &str) -> Result<Duration, String> {
     duration_at_least(s, Duration::from_millis(100))
 }
 
@@ -459,7 +477,7 @@ fn period(s: &str) -> Result<Duration, String> {
 pub struct EvalAiId(Option<u64>);
 
 /// An EvalAI id (clap value parser).
-fn evalai_id(s: &str) -> Result<EvalAiId, String> {
+pub(crate) fn evalai_id(s: &str) -> Result<EvalAiId, String> {
     let s = s.trim();
     if s.is_empty() {
         return Ok(EvalAiId(None));
@@ -471,7 +489,11 @@ fn evalai_id(s: &str) -> Result<EvalAiId, String> {
 }
 
 /// An id that a run with a remote edge must be given; local runs label with `local_default`.
-fn required(setting: &'static str, v: Option<EvalAiId>, local_default: Option<u64>) -> Result<u64, ConfigError> {
+pub(crate) fn required(
+    setting: &'static str,
+    v: Option<EvalAiId>,
+    local_default: Option<u64>,
+) -> Result<u64, ConfigError> {
     v.and_then(|v| v.0).or(local_default).ok_or_else(|| bad(setting, "is required"))
 }
 

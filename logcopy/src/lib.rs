@@ -15,7 +15,8 @@
 //! - [`routes`]: the routes each worker is assigned (upstream's subset formula) and which are missing;
 //! - [`status`]: `logcopy status`, the read-only view of a live or finished volume;
 //! - [`view`]: what the participant sees: the run status block of `stdout.txt`, the failures in EvalAI's `stderr`;
-//! - [`restore`]: the init container's job (the volume back from S3 on a resume);
+//! - [`restore`]: the init container's job (the volume back from S3 on a resume; an Indexed Job's worker by keys);
+//! - [`upload`]: an Indexed Job's worker pod uploader (`logcopy upload`);
 //! - [`logging`]: text or JSON log lines, one per entry;
 //! - [`metrics`]: the Prometheus metrics of `logcopy run` (`--metrics-addr`), and their listener.
 
@@ -30,5 +31,6 @@ pub mod restore;
 pub mod results;
 pub mod routes;
 pub mod status;
+pub mod upload;
 pub mod view;
 pub mod volume;

@@ -73,6 +73,9 @@ pub async fn restore(cfg: &RestoreConfig) -> Result<RestoreReport, RestoreError>
     // The volume root is the operator's (trusted); everything beneath it is reached through it, no link followed.
     std::fs::create_dir_all(&cfg.logs).map_err(io(cfg.logs.clone()))?;
     let root = Arc::new(Root::open(&cfg.logs).map_err(io(cfg.logs.clone()))?);
+    if let Some(w) = cfg.worker {
+        return restore_worker(cfg, &root, &prefix, w).await;
+    }
     let report = if cfg.resume {
         match &cfg.storage {
             StorageTarget::Aws { bucket, .. } => {
@@ -235,5 +238,87 @@ async fn download<S: ObjectStore>(
         from = %store.describe(),
         "volume restored"
     );
+    Ok(report)
+}
+
+/// The files an Indexed Job's worker pod restores for worker `w`, by volume path: its results file (the
+/// evaluator's checkpoint), the supervisor's last good copy and its route-crash record beside it. Not the logs, not
+/// the markers: each pod starts with a fresh in-pod attempt budget (the shard's pod-level budget is the Job's
+/// `backoffLimitPerIndex`).
+pub fn worker_files(w: volume::markers::WorkerId) -> [PathBuf; 3] {
+    let results = volume::layout::worker_results(w.0);
+    [volume::layout::last_good_path(&results), volume::layout::route_crashes_path(&results), results]
+}
+
+/// The largest route-crash record restored (it holds a count per route).
+const MAX_ROUTE_CRASHES_BYTES: u64 = 1 << 20;
+
+/// `logcopy restore --worker N`: the pod volume's folders (worker N's alone among the workers' folders), then
+/// worker N's files of [`worker_files`] by a GET of each exact key (no LIST: upstream's `*${WORKER_ID}.json` also
+/// matched workers 11, 21, ...), each capped, written beneath the root (no link followed) and seeded into the upload
+/// manifest so that the uploader does not upload them again. A missing object (the shard's first pod) is skipped.
+async fn restore_worker(
+    cfg: &RestoreConfig,
+    root: &Arc<Root>,
+    prefix: &str,
+    w: volume::markers::WorkerId,
+) -> Result<RestoreReport, RestoreError> {
+    let shared = if cfg.private_status { PRIVATE_DIR } else { OPEN_DIR };
+    for d in volume::layout::GEN1_DIRS {
+        make_dir(root, Path::new(d), shared)?;
+    }
+    make_dir(root, &volume::layout::worker_dir(w.0), OPEN_DIR)?;
+    let report = match &cfg.storage {
+        StorageTarget::Aws { bucket, .. } => {
+            let sdk = crate::publish::store::sdk_config(crate::publish::store::DEFAULT_STORAGE_TIMEOUT).await;
+            fetch_worker(&S3Store::new(&sdk, bucket), root, cfg, prefix, w).await?
+        }
+        StorageTarget::Local { out } => fetch_worker(&LocalStore::new(&out.join("s3")), root, cfg, prefix, w).await?,
+    };
+    Ok(report)
+}
+
+async fn fetch_worker<S: ObjectStore>(
+    store: &S,
+    root: &Root,
+    cfg: &RestoreConfig,
+    prefix: &str,
+    w: volume::markers::WorkerId,
+) -> Result<RestoreReport, RestoreError> {
+    use crate::publish::store::{GetCondition, GetOutcome};
+    use std::io::Write;
+    let mut report = RestoreReport::default();
+    let mut manifest = Manifest::load(root, &manifest_target(&cfg.storage, prefix));
+    info!(worker = w.0, from = %store.describe(), "restoring worker {w}'s files from the store (exact keys)");
+    for rel in worker_files(w) {
+        let key = format!("{prefix}/{}", rel.display());
+        let max = if rel == volume::layout::route_crashes_path(&volume::layout::worker_results(w.0)) {
+            MAX_ROUTE_CRASHES_BYTES
+        } else {
+            crate::results::file::DEFAULT_MAX_BYTES
+        };
+        let body = match store.get_bytes(&key, GetCondition::default(), max).await? {
+            GetOutcome::Found { body, .. } => body,
+            _ => {
+                info!(key = %key, "not in the store: nothing to restore");
+                continue;
+            }
+        };
+        let err = || io(root.display(&rel));
+        let mut file = root.create_file(&rel, file_mode(cfg, &rel.to_string_lossy())).map_err(err())?;
+        file.write_all(&body).map_err(err())?;
+        file.sync_all().map_err(err())?;
+        let meta = file.metadata().map_err(err())?;
+        let (hash, size) = sha256(&body[..]).map_err(err())?;
+        manifest.files.insert(
+            rel.to_string_lossy().into_owned(),
+            Entry { size, sha256: hash, mtime_ns: mtime_ns(&meta), ino: meta.ino() },
+        );
+        report.downloaded += 1;
+        report.bytes += size;
+        info!(key = %key, bytes = size, "restored");
+    }
+    manifest.save(root).map_err(|e| RestoreError::Io { path: e.path, source: e.source })?;
+    info!(worker = w.0, downloaded = report.downloaded, bytes = report.bytes, "worker {w}'s files restored");
     Ok(report)
 }
