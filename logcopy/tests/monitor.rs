@@ -11,7 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::{CHALLENGE, FakeEvalAi, PHASE, SUBMISSION, Scratch, TEAM, TOKEN, Volume, route_ids, worker_file};
+use support::{
+    CHALLENGE, FakeEvalAi, PHASE, SUBMISSION, Scratch, TEAM, TOKEN, Volume, now_epoch, route_ids, worker_file,
+};
 use testkit::moto::Moto;
 use volume::markers::{Attempt, Marker, Role, WorkerId};
 use volume::shard::{ObjectRef, PodAttempt, ShardStatus, status_key};
@@ -300,10 +302,12 @@ async fn idle_is_cheap_changes_arrive_stale_pods_are_ignored_and_cancel_reaches_
     assert!(hi - lo <= 1, "one GET per worker per period: {per_worker:?}");
 
     // A results change reaches EvalAI.
+    let changed = now_epoch();
     ups[1].results(&worker_file("2.0", 2, 4, None)).await;
-    fake.wait_put_where(Duration::from_secs(30), "worker 2's new routes", |r| {
+    let put = fake.wait_put_where(Duration::from_secs(30), "worker 2's new routes", |r| {
         r.metadata_routes().iter().any(|id| id == "RouteScenario_8_rep0")
     });
+    println!("a worker's results change to the EvalAI PUT: {:.2} s (monitor period 0.5 s)", put.t - changed);
 
     // An older pod of worker 3 (attempt 0, while attempt 1 runs) writes a status object claiming done: ignored.
     let mut stale = Uploader::new(&moto, "idle", 3, 0).await;

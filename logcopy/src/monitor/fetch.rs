@@ -207,11 +207,20 @@ impl<S: ObjectStore> Fetcher<S> {
     /// Fetches the results object the newest status object names, when it is not the one in the working volume.
     async fn fetch_results(&mut self, i: usize, pass: &mut Pass) {
         let s = &self.shards[i];
-        let Some(want) = s.newest.as_ref().and_then(|st| st.results.as_ref()).map(|r| r.etag.clone()) else { return };
-        if s.results.as_deref() == Some(want.as_str()) {
+        let Some(want) = s.newest.as_ref().and_then(|st| st.results.clone()) else { return };
+        if s.results.as_deref() == Some(want.etag.as_str()) {
             return;
         }
         let key = format!("{}/{}", self.prefix, volume::layout::worker_results(s.id).display());
+        if want.size > self.max_results {
+            // Not fetched at all (the run would refuse it unread, as on a generation 1 volume): the worker's last
+            // good results stay.
+            let why =
+                format!("{key} is {} bytes, over --max-results-bytes {}: not fetched", want.size, self.max_results);
+            self.shards[i].report(why);
+            return;
+        }
+        let want = want.etag;
         let cond = GetCondition { if_none_match: None, if_match: Some(&want) };
         match self.store.get_bytes(&key, cond, self.max_results).await {
             Ok(GetOutcome::Found { body, etag }) => {
@@ -275,4 +284,145 @@ pub fn cancel_keys(prefix: &str, workers: u32) -> Vec<String> {
     all.extend((1..=workers).map(|i| Marker::WorkerCancel { worker: WorkerId(i) }));
     let dir = Path::new(volume::layout::STATUS_DIR);
     all.iter().map(|m| format!("{prefix}/{}", dir.join(m.file_name()).display())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::store::{LocalStore, PutCondition, PutOutcome};
+    use volume::markers::Attempt;
+    use volume::shard::{ObjectRef, PodAttempt, status_key};
+
+    struct Setup {
+        dir: PathBuf,
+        store: Arc<LocalStore>,
+        fetcher: Fetcher<LocalStore>,
+        lost: LostWorkers,
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn setup(name: &str) -> Setup {
+        let dir = std::env::temp_dir().join(format!("logcopy-fetch-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (vol, out) = (dir.join("volume"), dir.join("out"));
+        std::fs::create_dir_all(&vol).unwrap();
+        let args = ["--local", out.to_str().unwrap(), "--logs", vol.to_str().unwrap(), "--workers", "2"];
+        let cfg = crate::config::tests::parse(&args).unwrap();
+        let mon = MonitorArgs { monitor_period: Duration::from_secs(1), worker_silence: Duration::from_secs(60) };
+        let store = Arc::new(LocalStore::new(&out.join("s3")));
+        let root = Arc::new(Root::open(&vol).unwrap());
+        let lost = LostWorkers::default();
+        let fetcher = Fetcher::new(store.clone(), root, &cfg, &mon, lost.clone());
+        Setup { dir, store, fetcher, lost }
+    }
+
+    fn status(worker: u32, failures: u32, seq: u64, markers: Vec<Marker>) -> ShardStatus {
+        ShardStatus {
+            worker: WorkerId(worker),
+            pod: format!("pod-{failures}"),
+            uid: format!("uid-{failures}"),
+            attempt: PodAttempt { failures, ignored: 0 },
+            seq,
+            results: None,
+            markers,
+            records: Vec::new(),
+            ended: false,
+            at: 1_700_000_000 + seq as i64,
+        }
+    }
+
+    fn start(w: u32) -> Marker {
+        Marker::Start { role: Role::Agent, worker: WorkerId(w), attempt: Attempt(0) }
+    }
+
+    fn done(w: u32) -> Vec<Marker> {
+        Role::ALL.iter().map(|&role| Marker::Done { role, worker: WorkerId(w) }).collect()
+    }
+
+    impl Setup {
+        async fn put(&self, key: &str, body: &[u8]) -> String {
+            let key = format!("1/{key}");
+            match self.store.put_bytes(&key, body.to_vec(), PutCondition::Always).await.unwrap() {
+                PutOutcome::Written { etag } => etag,
+                PutOutcome::PreconditionFailed => panic!("refused"),
+            }
+        }
+
+        async fn put_status(&self, st: &ShardStatus) {
+            self.put(&status_key(st.worker).display().to_string(), st.to_json().as_bytes()).await;
+        }
+
+        fn vol(&self, rel: &str) -> PathBuf {
+            self.dir.join("volume").join(rel)
+        }
+    }
+
+    /// A new object is mirrored (its results object fetched by its ETag, its markers); an unchanged one costs a
+    /// 304; a malformed or stale one is ignored; markers the newest object no longer lists are removed.
+    #[tokio::test]
+    async fn the_fetcher_mirrors_the_newest_object_only() {
+        let mut t = setup("mirror");
+        assert_eq!(t.fetcher.pass().await, Pass::default());
+        assert_eq!(t.fetcher.waiting(), [1, 2], "no object yet: both wait for a pod");
+
+        let etag = t.put("agent/agent1/agent_results.json", b"{\"one\": 1}").await;
+        let mut st = status(1, 1, 1, vec![start(1)]);
+        st.results = Some(ObjectRef { etag, size: 10 });
+        t.put_status(&st).await;
+        assert_eq!(t.fetcher.pass().await, Pass { objects: 1, results: 1 });
+        assert_eq!(std::fs::read(t.vol("agent/agent1/agent_results.json")).unwrap(), b"{\"one\": 1}");
+        assert!(t.vol("containers-status/agent-1.start0").exists());
+        assert_eq!(t.fetcher.waiting(), [2]);
+        assert_eq!(t.fetcher.pass().await, Pass::default(), "nothing changed: 304s only");
+
+        // Malformed, then a stale pod's object claiming done: both ignored.
+        t.put(&status_key(WorkerId(1)).display().to_string(), b"{not json").await;
+        assert_eq!(t.fetcher.pass().await, Pass { objects: 1, results: 0 });
+        t.put_status(&status(1, 0, 9, done(1))).await;
+        t.fetcher.pass().await;
+        assert!(!t.vol("containers-status/agent-1.done").exists(), "a stale pod's markers are not mirrored");
+        assert_eq!(t.fetcher.shards[0].newest.as_ref().unwrap().seq, 1);
+
+        // The same pod later: its markers replace the old ones.
+        let mut st = status(1, 1, 2, done(1));
+        st.results = t.fetcher.shards[0].newest.as_ref().unwrap().results.clone();
+        t.put_status(&st).await;
+        assert_eq!(t.fetcher.pass().await, Pass { objects: 1, results: 0 }, "the same results: not fetched again");
+        assert!(t.vol("containers-status/agent-1.done").exists());
+        assert!(t.vol("containers-status/simulator-1.done").exists());
+        assert!(!t.vol("containers-status/agent-1.start0").exists(), "a marker no longer listed is removed");
+    }
+
+    /// Silent past `--worker-silence` without an end marker: lost; a new object un-loses it. A worker that ended, or
+    /// whose object never appeared, is never lost. A results object over the cap is not fetched.
+    #[tokio::test]
+    async fn a_silent_worker_is_lost_until_it_reports_again() {
+        let mut t = setup("lost");
+        t.put_status(&status(1, 0, 1, vec![start(1)])).await;
+        let mut ended = status(2, 0, 1, done(2));
+        ended.results = Some(ObjectRef { etag: "\"big\"".into(), size: 1 << 40 });
+        t.put_status(&ended).await;
+        t.fetcher.pass().await;
+        assert!(!t.vol("agent/agent2/agent_results.json").exists(), "over the cap: not fetched");
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(61)).unwrap();
+        for s in &mut t.fetcher.shards {
+            s.changed = long_ago;
+        }
+        t.fetcher.pass().await;
+        assert!(t.lost.contains(1), "silent and running: lost");
+        assert!(!t.lost.contains(2), "ended: never lost");
+        t.put_status(&status(1, 0, 2, vec![start(1)])).await;
+        t.fetcher.pass().await;
+        assert!(!t.lost.contains(1), "it reports again: no longer lost");
+
+        let mut t = setup("waiting");
+        t.fetcher.shards[0].changed = long_ago;
+        t.fetcher.pass().await;
+        assert!(!t.lost.contains(1), "no object yet: waiting for a pod, not lost");
+    }
 }
