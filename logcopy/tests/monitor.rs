@@ -105,14 +105,17 @@ struct Monitor {
 
 impl Monitor {
     fn start(moto: &Moto, bucket: &str, fake: &FakeEvalAi, dir: &Path, extra: &[&str]) -> Monitor {
+        Monitor::start_with(moto, bucket, fake, dir, &[FAST, extra].concat())
+    }
+
+    fn start_with(moto: &Moto, bucket: &str, fake: &FakeEvalAi, dir: &Path, flags: &[&str]) -> Monitor {
         let logs = dir.join("working-volume");
         std::fs::create_dir_all(&logs).unwrap();
         let log = dir.join("monitor.log");
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let mut c = logcopy("monitor", &logs, fake);
         c.current_dir(dir)
-            .args(FAST)
-            .args(extra)
+            .args(flags)
             .envs(moto.env(bucket, TABLE))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -419,5 +422,57 @@ async fn a_restarted_monitor_continues_and_one_started_after_the_end_does_nothin
 impl Monitor {
     fn logged_now(&self, what: &str) -> bool {
         self.output().contains(what)
+    }
+}
+
+/// Figures, not a check (`cargo test -p logcopy --test monitor figures -- --ignored --nocapture`): the monitor's S3
+/// requests a minute by kind while idle, its CPU and peak RSS, for S = 4, 16 and 64 workers at a 5 s period (the
+/// default), each worker running with one route recorded.
+#[tokio::test]
+#[ignore = "prints figures; about 2.5 minutes"]
+async fn figures() {
+    for workers in [4u32, 16, 64] {
+        let bucket = format!("figures-{workers}");
+        let (moto, dir) = setup(&bucket).await;
+        for w in 1..=workers {
+            let mut u = Uploader::new(&moto, &bucket, w, 0).await;
+            u.results(&worker_file("2.0", (w - 1) % 4 + 1, 1, None)).await;
+        }
+        let fake = FakeEvalAi::start();
+        let mut flags: Vec<String> = FAST.iter().map(|f| f.to_string()).collect();
+        let value = |flags: &mut Vec<String>, name: &str, v: String| {
+            let i = flags.iter().position(|f| f == name).unwrap();
+            flags[i + 1] = v;
+        };
+        value(&mut flags, "--workers", workers.to_string());
+        value(&mut flags, "--route-count", (workers * 5).to_string());
+        value(&mut flags, "--monitor-period", "5".into());
+        value(&mut flags, "--logs-period", "10".into());
+        value(&mut flags, "--status-period", "20".into());
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mon = Monitor::start_with(&moto, &bucket, &fake, &dir.path(""), &flags);
+        fake.wait_acked_put(Duration::from_secs(120), 1);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        moto.reset_recording();
+        let pid = mon.child.id();
+        let cpu0 = testkit::procfs::cpu_seconds(pid).unwrap();
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let (cpu, mins) = (testkit::procfs::cpu_seconds(pid).unwrap() - cpu0, t0.elapsed().as_secs_f64() / 60.0);
+        let (hwm, _) = testkit::procfs::memory_kib(pid).unwrap();
+        let reqs = moto.requests();
+        let count = |f: &dyn Fn(&(String, String)) -> bool| reqs.iter().filter(|r| f(r)).count() as f64 / mins;
+        let status = count(&|(m, u)| m == "GET" && u.contains("/shards/"));
+        let list = count(&|(m, u)| m == "GET" && u.contains("list-type"));
+        let gets = count(&|(m, u)| m == "GET" && !u.contains("/shards/") && !u.contains("list-type"));
+        let puts = count(&|(m, _)| m == "PUT");
+        let other = count(&|(m, _)| m != "GET" && m != "PUT");
+        println!(
+            "S={workers:>2} idle, period 5 s: per minute {status:.0} status GETs (304), {gets:.0} other GETs, \
+             {list:.0} LIST, {puts:.0} PUT, {other:.0} other (DynamoDB); CPU {:.2} s per minute, peak RSS {} MiB",
+            cpu / mins,
+            hwm / 1024
+        );
+        assert_eq!(list, 0.0, "no LIST in steady state");
     }
 }
