@@ -158,6 +158,13 @@ impl<S: ObjectStore> Fetcher<S> {
             }
             return;
         }
+        match &s.newest {
+            None => info!(worker = s.id, pod = %st.pod, attempt = %st.attempt, "the worker's pod reports"),
+            Some(old) if old.uid != st.uid => {
+                info!(worker = s.id, pod = %st.pod, attempt = %st.attempt, before = %old.pod, "a new pod of the worker")
+            }
+            Some(_) => {}
+        }
         s.problem = None;
         s.changed = Instant::now();
         if s.lost {
