@@ -1,8 +1,8 @@
 //! The monitor's fetcher: mirrors each worker's shard in S3 into the working volume, with no LIST. Each period, one
 //! conditional GET of each worker's status object (`If-None-Match` on the ETag last seen: a 304 when nothing
 //! moved); on a new object, parsed strictly and never older than the newest seen, its results object is fetched
-//! when its ETag changed (`If-Match` on it) and written atomically at the worker's results path, and its markers and
-//! status records replace the worker's in `containers-status/`. A worker whose object stays unchanged for
+//! when its ETag changed (`If-Match` on it) and written atomically at the worker's results path, and then (never
+//! before its results are in place) its markers and status records replace the worker's in `containers-status/`. A worker whose object stays unchanged for
 //! `--worker-silence` without an end marker is lost ([`LostWorkers`]); a new object un-loses it.
 
 use crate::config::{MonitorArgs, RunConfig};
@@ -31,6 +31,11 @@ struct Shard {
     /// When its status object last changed (the monitor's clock; the uploader's `at` is another machine's).
     changed: Instant,
     lost: bool,
+    /// The newest object's markers and records are not in the working volume yet: they wait for the results
+    /// object it names, so that the run never sees a worker's done markers beside older results.
+    unmirrored: bool,
+    /// The markers in the working volume end the worker (as the completion policy reads them).
+    ended: bool,
     /// The last problem logged, so that each is logged once.
     problem: Option<String>,
 }
@@ -43,7 +48,8 @@ impl Shard {
         }
     }
 
-    /// Whether its markers end it (a `.failed` marker, or both done markers), as the completion policy reads them.
+    /// Whether the newest object's markers end it (a `.failed` marker, or both done markers), as the completion
+    /// policy reads them.
     fn has_ended(&self) -> bool {
         let Some(s) = &self.newest else { return false };
         let set = StatusSet::from_names(s.markers.iter().map(Marker::file_name));
@@ -85,6 +91,8 @@ impl<S: ObjectStore> Fetcher<S> {
                 results: None,
                 changed: now,
                 lost: false,
+                unmirrored: false,
+                ended: false,
                 problem: None,
             })
             .collect();
@@ -127,6 +135,18 @@ impl<S: ObjectStore> Fetcher<S> {
             Err(e) => self.shards[i].report(format!("cannot read its status object: {e}")),
         }
         self.fetch_results(i, pass).await;
+        let s = &self.shards[i];
+        let in_place = match s.newest.as_ref().and_then(|st| st.results.as_ref()) {
+            None => true,
+            // Over the cap it is never fetched: the markers go without it.
+            Some(r) => r.size > self.max_results || s.results.as_deref() == Some(r.etag.as_str()),
+        };
+        if s.unmirrored && in_place {
+            self.mirror(i);
+            let s = &mut self.shards[i];
+            s.unmirrored = false;
+            s.ended = s.has_ended();
+        }
         self.judge(i);
     }
 
@@ -173,7 +193,7 @@ impl<S: ObjectStore> Fetcher<S> {
             info!(worker = s.id, pod = %st.pod, "{}", format!("worker {} reports again: no longer lost", s.id));
         }
         s.newest = Some(st);
-        self.mirror(i);
+        s.unmirrored = true;
     }
 
     /// The worker's markers and status records in the working volume become the newest object's.
@@ -256,12 +276,13 @@ impl<S: ObjectStore> Fetcher<S> {
         }
     }
 
-    /// Lost: an object seen, unchanged for `--worker-silence`, and no end marker. A shard whose object never
-    /// appeared waits for a pod (queued behind the Job's parallelism) and is never lost.
+    /// Lost: an object seen, unchanged for `--worker-silence`, and no end marker in the working volume (a worker
+    /// whose last object names results that never became readable is lost too, rather than waited for forever). A
+    /// shard whose object never appeared waits for a pod (queued behind the Job's parallelism) and is never lost.
     fn judge(&mut self, i: usize) {
         let silent = self.shards[i].changed.elapsed();
         let s = &self.shards[i];
-        if s.lost || s.newest.is_none() || s.has_ended() || silent < self.silence {
+        if s.lost || s.newest.is_none() || s.ended || silent < self.silence {
             return;
         }
         let st = s.newest.as_ref().expect("checked");
@@ -403,6 +424,28 @@ mod tests {
         assert!(t.vol("containers-status/agent-1.done").exists());
         assert!(t.vol("containers-status/simulator-1.done").exists());
         assert!(!t.vol("containers-status/agent-1.start0").exists(), "a marker no longer listed is removed");
+    }
+
+    /// A status object's markers wait for the results object it names: a worker's done markers never reach the run
+    /// beside older results.
+    #[tokio::test]
+    async fn the_markers_wait_for_the_results_they_come_with() {
+        let mut t = setup("order");
+        let results = "agent/agent1/agent_results.json";
+        let first = t.put(results, b"{\"routes\": 4}").await;
+        let newer = t.put(results, b"{\"routes\": 5}").await;
+        let mut st = status(1, 0, 1, done(1));
+        st.results = Some(ObjectRef { etag: first, size: 14 });
+        t.put_status(&st).await;
+        t.fetcher.pass().await;
+        assert!(!t.vol("containers-status/agent-1.done").exists(), "its results changed since (412): no markers yet");
+        assert!(!t.vol(results).exists());
+        st.seq += 1;
+        st.results = Some(ObjectRef { etag: newer, size: 14 });
+        t.put_status(&st).await;
+        assert_eq!(t.fetcher.pass().await, Pass { objects: 1, results: 1 });
+        assert_eq!(std::fs::read(t.vol(results)).unwrap(), b"{\"routes\": 5}");
+        assert!(t.vol("containers-status/agent-1.done").exists(), "the markers with their results");
     }
 
     /// Silent past `--worker-silence` without an end marker: lost; a new object un-loses it. A worker that ended, or
