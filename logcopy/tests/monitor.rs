@@ -419,6 +419,23 @@ async fn a_restarted_monitor_continues_and_one_started_after_the_end_does_nothin
     assert_eq!(fake.requests().len(), before, "no EvalAI request after the end");
 }
 
+/// SIGTERM ends the monitor with the final flush (the newest merge in S3), exit 0, and no `monitor.done`: the run
+/// did not end, and a new monitor goes on with it.
+#[tokio::test]
+async fn sigterm_flushes_and_leaves_no_done_marker() {
+    let (moto, dir) = setup("sigterm").await;
+    let _ups = running(&moto, "sigterm", 0).await;
+    let fake = FakeEvalAi::start();
+    let mut mon = Monitor::start(&moto, "sigterm", &fake, &dir.path(""), &[]);
+    fake.wait_acked_put(Duration::from_secs(60), 1);
+    testkit::procfs::signal(mon.child.id() as i32, libc::SIGTERM);
+    assert_eq!(mon.exit(60).await, 0, "{}", mon.output());
+    let merged = String::from_utf8(object(&moto, "sigterm", MERGED_KEY).await.expect("the merged file")).unwrap();
+    assert_eq!(route_ids(&merged).len(), 8, "2 routes of each of the 4 workers");
+    assert!(object(&moto, "sigterm", DONE_KEY).await.is_none(), "no monitor.done after a SIGTERM");
+    assert_eq!(fake.requests().into_iter().filter(|r| r.is_final_put()).count(), 0, "no final status");
+}
+
 impl Monitor {
     fn logged_now(&self, what: &str) -> bool {
         self.output().contains(what)

@@ -38,6 +38,9 @@ use volume::layout::{EVALAI_DIR, LOGCOPY_LOG, STATUS_DIR};
 use volume::markers::Marker;
 use volume::shard::MONITOR_DONE;
 
+/// The period at which an uploader refreshes its status object even when nothing changed (volume::shard).
+const HEARTBEAT: Duration = Duration::from_secs(60);
+
 /// Runs `logcopy monitor` to one of its ends; SIGTERM or SIGINT ends it with the final flush. `None`: the monitor had
 /// already ended (`monitor.done` is in S3), nothing was done.
 pub async fn run(cfg: RunConfig, mon: MonitorArgs, root: Arc<Root>) -> Result<Option<End>, SetupError> {
@@ -80,6 +83,13 @@ async fn monitor<S: ObjectStore>(
         }
         Ok(_) => {}
         Err(e) => warn!("cannot tell whether the monitor had already ended ({e}); going on"),
+    }
+    if mon.worker_silence < 2 * HEARTBEAT {
+        warn!(
+            worker_silence_s = mon.worker_silence.as_secs_f64(),
+            "--worker-silence is shorter than two of the uploaders' {} s heartbeats: an idle worker can be taken for lost",
+            HEARTBEAT.as_secs()
+        );
     }
     let lost = LostWorkers::default();
     let mut fetcher = Fetcher::new(store.clone(), root.clone(), &cfg, &mon, lost.clone());
