@@ -16,16 +16,8 @@ use volume::results::RouteId;
 /// How many route names a missing-route list holds; the rest are only counted.
 pub const SHOWN: usize = 100;
 
-/// Upstream's `ROUTES_SUBSET` bounds for worker `i` (0-based) of `workers`:
-/// `ceil(i*step), ceil((i+1)*step)-1` with `step = routes/workers` in floating point, as Python computes them.
-/// The float arithmetic is kept on purpose: `29/7*7` is `29.000000000000004`, so the last of 7 workers over 29
-/// routes is given `25-29`, one id past the routes file. `end < start` is an empty subset (more workers than routes).
-pub fn upstream_subset(routes: u32, workers: u32, i: u32) -> (i64, i64) {
-    let step = f64::from(routes) / f64::from(workers);
-    // ceil of at most u32::MAX * 2 fits an i64 exactly.
-    let at = |k: u32| (f64::from(k) * step).ceil() as i64;
-    (at(i), at(i.saturating_add(1)) - 1)
-}
+/// Upstream's `ROUTES_SUBSET` bounds (the contract crate's, shared with the supervisor).
+pub use volume::shard::upstream_subset;
 
 /// The routes of a submission and how they are split among its workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -92,10 +92,19 @@ pub fn report(args: &StatusArgs) -> Result<Report, StatusError> {
     let root = Root::open(&args.logs).map_err(|source| StatusError::Volume { path: args.logs.clone(), source })?;
     let plan = args.routes.plan();
     let mut notes = Vec::new();
-    let set = StatusSet::read(&root, Path::new(volume::layout::STATUS_DIR)).unwrap_or_else(|e| {
+    let status_dir = Path::new(volume::layout::STATUS_DIR);
+    let mut set = StatusSet::read(&root, status_dir).unwrap_or_else(|e| {
         notes.push(format!("cannot read {}: {e}", volume::layout::STATUS_DIR));
         StatusSet::default()
     });
+    if set.truncated() {
+        set.probe_ends(&root, status_dir, (1..=args.routes.workers).map(WorkerId));
+        notes.push(format!(
+            "{} holds more than {} entries: only the first were read, and the end markers by name",
+            volume::layout::STATUS_DIR,
+            volume::markers::MAX_STATUS_ENTRIES
+        ));
+    }
     let workers: Vec<Worker> =
         (1..=args.routes.workers).map(|i| worker(&root, &set, args, plan.as_ref(), WorkerId(i))).collect();
     Ok(Report { state: submission_state(&set, &workers), logcopy_done: set.logcopy_done(), workers, notes })

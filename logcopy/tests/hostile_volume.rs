@@ -236,3 +236,21 @@ fn a_results_file_over_the_cap_keeps_the_workers_last_good_parse() {
     lc.sigterm();
     assert_eq!(lc.wait_exit(Duration::from_secs(20)), Some(0), "{}", lc.output());
 }
+
+/// A status folder flooded by the participant's code (which can write it) with far more files than any run writes:
+/// logcopy reads a bounded number of entries, finds the end markers by name, says so once, and the run still ends
+/// with the right status. Before the cap, every cycle listed the whole folder into memory.
+#[test]
+fn a_flooded_status_folder_is_read_within_a_bound_and_the_run_still_ends() {
+    let vol = Volume::from_fixture("lb2.0-finished");
+    let status = vol.path("containers-status");
+    for i in 0..volume::markers::MAX_STATUS_ENTRIES + 5_000 {
+        std::fs::File::create(status.join(format!("junk-{i:06}"))).unwrap();
+    }
+    let out = vol.side_dir("local-out");
+    let (code, lc) = LogcopyCmd::new(&vol).flag("--local", out.to_str().unwrap()).run(Duration::from_secs(120));
+    let output = lc.output();
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("logcopy ends: final status FINISHED"), "{output}");
+    assert_eq!(output.matches("the status folder holds more than").count(), 1, "the flood is logged once\n{output}");
+}

@@ -140,7 +140,11 @@ pub fn spawn(spec: &Spec, log: Option<File>, banner: &str) -> std::io::Result<Ch
     unsafe {
         cmd.pre_exec(reaper::unblock_all_in_child);
     }
-    let mut child = cmd.spawn()?;
+    // The reaper waits while std forks and execs: a failed exec's child is std's to reap ([`reaper::SPAWN_LOCK`]).
+    let mut child = {
+        let _spawning = reaper::SPAWN_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cmd.spawn()?
+    };
     let started = Instant::now();
     let last_output_ms = Arc::new(AtomicU64::new(0));
     for stream in [

@@ -31,6 +31,9 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Print the GPU index of a UUID (as get_gpu_device.sh), or list the GPUs.
     Gpu(GpuArgs),
+    /// Print the exit codes and their Indexed Job pod failure policy actions as JSON (for check-manifest).
+    #[command(hide = true)]
+    ExitCodes,
 }
 
 /// What `supervisor simulator --help` adds after the flags: the paths it uses by default.
@@ -40,10 +43,13 @@ fn simulator_help() -> String {
 Paths:
   CARLA's output (stdout and stderr, appended) goes to --log-file, by default
   {} (upstream mounts the volume's {}/ folder at
-  {}). CARLA itself reads DISPLAY and its X socket in /tmp/.X11-unix.",
+  {}). CARLA itself reads DISPLAY and its X socket in /tmp/.X11-unix.
+
+{}",
         mount::simulator_log(0).with_file_name("simulator-<worker>.log").display(),
         layout::SIMULATOR_DIR,
-        mount::SIMULATOR
+        mount::SIMULATOR,
+        crate::exit::help()
     )
 }
 
@@ -57,9 +63,12 @@ with RESUME, or when a results file with data exists), checkpoint, record, debug
 and, exported with PYTHONPATH as upstream, CARLA_ROOT, SCENARIO_RUNNER_ROOT and LEADERBOARD_ROOT. An
 empty variable counts as unset (upstream's ${{VAR:-default}}). Its output (appended) goes to --log-file, by default
 {log} beside the checkpoint ({default}). NVIDIA_VISIBLE_DEVICES and NVIDIA_DRIVER_CAPABILITIES are the container
-runtime's, passed on.",
+runtime's, passed on.
+
+{exit}",
         log = layout::EVALUATOR_LOG,
-        default = std::path::Path::new(mount::AGENT).join(layout::EVALUATOR_LOG).display()
+        default = std::path::Path::new(mount::AGENT).join(layout::EVALUATOR_LOG).display(),
+        exit = crate::exit::help()
     )
 }
 
@@ -71,12 +80,26 @@ pub enum RestartMode {
     Container,
 }
 
+/// The shape of the Job the supervisor runs in: what an end for good exits with ([`crate::exit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Topology {
+    /// Generation 1: one pod of N pairs, restartPolicy OnFailure: every handled end exits 0.
+    Pod,
+    /// One Indexed Job pod per worker, restartPolicy Never: an end for good exits 41 (attempt budget spent) or 42
+    /// (participant fault), which the Job's podFailurePolicy turns into FailIndex.
+    Indexed,
+}
+
 /// The flags of both roles.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Worker number (generation 2). Default: NVIDIA_VISIBLE_DEVICES + 1 (generation 1).
+    /// Worker number (generation 2). Default: JOB_COMPLETION_INDEX + 1 (set by Kubernetes in an Indexed Job), else
+    /// NVIDIA_VISIBLE_DEVICES + 1 (generation 1).
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<u32>,
+    /// The Job's shape: what an end for good exits with (see the exit codes below).
+    #[arg(long, env = "TOPOLOGY", value_enum, default_value_t = Topology::Pod)]
+    pub topology: Topology,
     /// The shared marker folder (upstream mounts containers-status/ there).
     #[arg(long, env = "STATUS_DIR", default_value = mount::STATUS)]
     pub status_dir: PathBuf,
@@ -110,19 +133,37 @@ pub struct Common {
 }
 
 impl Common {
-    /// WORKER_ID, else NVIDIA_VISIBLE_DEVICES + 1.
+    /// WORKER_ID, else JOB_COMPLETION_INDEX + 1, else NVIDIA_VISIBLE_DEVICES + 1.
     pub fn worker(&self) -> Result<WorkerId, String> {
-        if let Some(id) = self.worker_id {
-            return Ok(WorkerId(id));
-        }
-        match std::env::var("NVIDIA_VISIBLE_DEVICES") {
-            Ok(v) => v.trim().parse::<u32>().map(|d| WorkerId(d + 1)).map_err(|_| {
-                format!("--worker-id / WORKER_ID is not set and NVIDIA_VISIBLE_DEVICES ({v:?}) is not a GPU index")
-            }),
-            Err(_) => Err("--worker-id / WORKER_ID is required (or NVIDIA_VISIBLE_DEVICES, generation 1)".into()),
-        }
+        let var = |k: &str| std::env::var(k).ok();
+        worker_from(self.worker_id, var("JOB_COMPLETION_INDEX"), var("NVIDIA_VISIBLE_DEVICES"))
     }
 }
+
+/// [`Common::worker`] from its three sources.
+pub fn worker_from(id: Option<u32>, job_index: Option<String>, nvidia: Option<String>) -> Result<WorkerId, String> {
+    if let Some(id) = id {
+        return Ok(WorkerId(id));
+    }
+    if let Some(v) = job_index {
+        return v.trim().parse::<u32>().ok().and_then(|i| i.checked_add(1)).map(WorkerId).ok_or_else(|| {
+            format!(
+                "--worker-id / WORKER_ID is not set and JOB_COMPLETION_INDEX ({v:?}) is not a completion index \
+                 (0, 1, ...)"
+            )
+        });
+    }
+    match nvidia {
+        Some(v) => v.trim().parse::<u32>().ok().and_then(|d| d.checked_add(1)).map(WorkerId).ok_or_else(|| {
+            format!("--worker-id / WORKER_ID is not set and NVIDIA_VISIBLE_DEVICES ({v:?}) is not a GPU index")
+        }),
+        None => Err("--worker-id / WORKER_ID is required (or JOB_COMPLETION_INDEX of an Indexed Job, or \
+                     NVIDIA_VISIBLE_DEVICES, generation 1)"
+            .into()),
+    }
+}
+
+impl Common {}
 
 #[derive(Debug, Clone, Args)]
 pub struct SimulatorArgs {
@@ -151,7 +192,8 @@ pub struct SimulatorArgs {
 pub struct AgentArgs {
     #[command(flatten)]
     pub common: Common,
-    /// The evaluator's checkpoint (its results file).
+    /// The evaluator's checkpoint (its results file); `{worker}` in it becomes the worker number (an Indexed Job's
+    /// pods share one template: /tmp/agent/agent{worker}/agent_results.json).
     #[arg(long, env = "CHECKPOINT_ENDPOINT", default_value = mount::CHECKPOINT)]
     pub checkpoint: PathBuf,
     /// The evaluator counts as hung after printing nothing for this long (upstream MAX_IDLE). Seconds (`800`,
@@ -196,9 +238,18 @@ pub struct EvaluatorEnv {
     /// QUALIFIER track).
     #[arg(long, env = "ROUTES", value_name = "FILE")]
     pub routes: Option<String>,
-    /// This worker's routes, e.g. 0-4: --routes-subset.
+    /// This worker's routes, e.g. 0-4: --routes-subset. Unset (an Indexed Job's pods share one template): upstream's
+    /// split of --route-count over --workers for this worker.
     #[arg(long = "routes-subset", env = "ROUTES_SUBSET", value_name = "RANGE")]
     pub routes_subset: Option<String>,
+    /// The routes in all (ids 0..N), from which this worker's subset is computed when ROUTES_SUBSET is unset.
+    #[arg(long = "route-count", env = "ROUTE_COUNT", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub route_count: Option<u32>,
+    /// The submission's workers (shards), for the split of --route-count.
+    #[arg(long = "workers", env = "SUBMISSION_WORKERS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
     /// Runs of every route: --repetitions. Default 1.
     #[arg(long, env = "REPETITIONS", value_name = "N")]
     pub repetitions: Option<String>,
@@ -224,6 +275,14 @@ pub struct EvaluatorEnv {
     /// leaderboard_evaluator.py. Default /workspace/leaderboard.
     #[arg(long = "leaderboard-root", env = "LEADERBOARD_ROOT", value_name = "DIR")]
     pub leaderboard_root: Option<String>,
+}
+
+/// `path` with every `{worker}` replaced by the worker number.
+pub fn with_worker(path: &std::path::Path, worker: WorkerId) -> PathBuf {
+    match path.to_str() {
+        Some(p) if p.contains("{worker}") => PathBuf::from(p.replace("{worker}", &worker.0.to_string())),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// A value, or its default when unset or empty.
@@ -288,4 +347,31 @@ pub struct GpuArgs {
     /// nvidia-smi, run to list the GPUs.
     #[arg(long, env = "NVIDIA_SMI", default_value = "nvidia-smi")]
     pub nvidia_smi: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_id_then_completion_index_then_gpu() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(worker_from(Some(7), s("0"), s("3")), Ok(WorkerId(7)));
+        assert_eq!(worker_from(None, s("0"), s("3")), Ok(WorkerId(1)));
+        assert_eq!(worker_from(None, s(" 15 "), None), Ok(WorkerId(16)));
+        assert_eq!(worker_from(None, None, s("3")), Ok(WorkerId(4)));
+        for bad in ["", "-1", "x", "4294967295"] {
+            let err = worker_from(None, s(bad), s("0")).unwrap_err();
+            assert!(err.contains("JOB_COMPLETION_INDEX") && err.contains(&format!("{bad:?}")), "{err}");
+        }
+        assert!(worker_from(None, None, None).unwrap_err().contains("JOB_COMPLETION_INDEX"));
+    }
+
+    #[test]
+    fn the_checkpoint_names_its_worker() {
+        let p = with_worker(std::path::Path::new("/tmp/agent/agent{worker}/agent_results.json"), WorkerId(12));
+        assert_eq!(p, std::path::Path::new("/tmp/agent/agent12/agent_results.json"));
+        let plain = std::path::Path::new("/tmp/agent/agent_results.json");
+        assert_eq!(with_worker(plain, WorkerId(3)), plain);
+    }
 }

@@ -11,11 +11,13 @@
 //! - [`reaper`]: PID-1 duties: signals, the one `waitpid` loop, and stopping every process of an attempt;
 //! - [`checkpoint`]: the evaluator's checkpoint: the last good copy, progress repair, route skips, all rewritten
 //!   through `volume::pyjson` so that only the changed fields differ;
+//! - [`exit`]: the exit codes, and the Indexed Job's pod failure policy actions for them;
 //! - [`gpu`]: `supervisor gpu`, the GPU check against `nvidia-smi`.
 
 pub mod checkpoint;
 pub mod child;
 pub mod config;
+pub mod exit;
 pub mod gpu;
 pub mod log;
 pub mod reaper;

@@ -1,8 +1,10 @@
 //! The `supervisor` binary: PID-1 set-up before any thread exists, then the command line, then the library.
 //!
-//! Exit codes: `simulator` and `agent` exit 0 on every handled end (done, failed for good, cancelled), 1 on a crash
-//! with `--restart container` (upstream's behaviour), the child's code or 128 + signal after a forwarded
-//! SIGTERM/SIGINT/SIGHUP/SIGQUIT, and 2 on bad configuration. `gpu` exits 0, or 1 when the lookup fails.
+//! Exit codes ([`supervisor::exit`]): `simulator` and `agent` exit 0 on every handled end (done, failed for good,
+//! cancelled) under `--topology pod`, and under `--topology indexed` 41 (attempt budget spent) or 42 (participant
+//! fault) when they end for good; 1 on a crash with `--restart container` (upstream's behaviour), the child's code
+//! or 128 + signal after a forwarded SIGTERM/SIGINT/SIGHUP/SIGQUIT, and 2 on bad configuration. `gpu` exits 0, or 1
+//! when the lookup fails; `exit-codes` (hidden) prints the table as JSON.
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -18,7 +20,7 @@ fn main() -> ExitCode {
     // Signals are blocked and the subreaper set before clap or any thread runs (STYLE 13: tini's model).
     if let Err(e) = reaper::setup() {
         log::err(Level::Error, &format!("cannot set up signal handling: {e}"));
-        return ExitCode::from(2);
+        return ExitCode::from(supervisor::exit::CONFIG_ERROR);
     }
     let cli = Cli::parse();
     if let Command::Simulator(a) = &cli.command {
@@ -28,6 +30,10 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Gpu(a) => gpu_command(&a),
+        Command::ExitCodes => {
+            println!("{}", supervisor::exit::json());
+            ExitCode::SUCCESS
+        }
         Command::Simulator(a) => {
             let worker = match a.common.worker() {
                 Ok(w) => w,
@@ -50,6 +56,8 @@ fn main() -> ExitCode {
                 Ok(w) => w,
                 Err(e) => return config_error(&e),
             };
+            let mut a = a;
+            a.checkpoint = supervisor::config::with_worker(&a.checkpoint, worker);
             let log_name = volume::layout::EVALUATOR_LOG;
             let default_log = a.checkpoint.parent().map(|d| d.join(log_name)).unwrap_or_else(|| log_name.into());
             let log = a.common.log_file.clone().unwrap_or(default_log);
@@ -85,6 +93,15 @@ fn main() -> ExitCode {
             let mut agent = Agent::new(a.command.clone(), checkpoint.clone());
             agent.run_as = a.run_as;
             agent.env = a.evaluator.clone();
+            if agent.env.routes_subset.as_deref().is_none_or(str::is_empty)
+                && let Some(routes) = agent.env.route_count
+            {
+                let workers = agent.env.workers.unwrap_or(1);
+                if worker.0 > workers {
+                    return config_error(&format!("worker {} of --workers / SUBMISSION_WORKERS {workers}", worker.0));
+                }
+                agent.env.routes_subset = Some(volume::shard::routes_subset(routes, workers, worker));
+            }
             agent.idle_timeout = a.idle_timeout;
             agent.route_retries = a.route_retries.map(|k| supervisor::role::agent::RouteRetries::new(&checkpoint, k));
             run(Role::Agent, worker, a.common, log, &mut agent)
@@ -103,7 +120,7 @@ fn run(
     let signals = tx.clone();
     if let Err(e) = reaper::spawn(move |ev| signals.send(Event::Signal(ev)).is_ok()) {
         log::err(Level::Error, &format!("cannot start the signal thread: {e}"));
-        return ExitCode::from(2);
+        return ExitCode::from(supervisor::exit::CONFIG_ERROR);
     }
     let (status, log_dir) = (common.status_dir.clone(), log.parent().map(std::path::Path::to_path_buf));
     let eng = match Engine::new(role, worker, common, Some(log), tx, rx) {
@@ -123,7 +140,7 @@ fn run(
 
 fn config_error(msg: &str) -> ExitCode {
     log::err(Level::Error, &format!("configuration error: {msg}"));
-    ExitCode::from(2)
+    ExitCode::from(supervisor::exit::CONFIG_ERROR)
 }
 
 fn gpu_command(a: &supervisor::config::GpuArgs) -> ExitCode {

@@ -178,8 +178,15 @@ fn decode(status: i32) -> Option<Exit> {
     }
 }
 
+/// Held by [`reap_all`] while it reaps and by [`crate::child::spawn`] while `fork`/`exec` run. When `exec` fails,
+/// std's `Command::spawn` waits for the child it forked itself, and panics ("wait() should either return Ok or
+/// panic") if `waitpid(-1)` here reaped that child first: an evaluator that could not start ended the supervisor
+/// with exit 101 instead of a `spawn-failed` crash. With the lock, the failed child is std's to reap.
+pub static SPAWN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Reaps every exited child without blocking.
 pub fn reap_all(mut report: impl FnMut(i32, Exit)) {
+    let _spawning = SPAWN_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     loop {
         let mut status = 0;
         // SAFETY: waitpid with a valid pointer.

@@ -915,3 +915,33 @@ fn a_repair_under_run_as_leaves_the_checkpoint_the_evaluators() {
     // failed where the same run without --run-as ends done (issue 19, break 2).
     run_as_repair("run-as-repair", "FAKE_EVAL_TRUNCATE_AT_ROUTE", "restored the last good copy");
 }
+
+// ------------------------------------------------------------------------------------------- the Indexed Job's split
+
+#[test]
+fn without_routes_subset_the_agent_computes_its_share_of_route_count() {
+    // An Indexed Job's pods share one template: no per-worker ROUTES_SUBSET, only ROUTE_COUNT and the worker count.
+    let mut scene = Scene::new("split");
+    scene
+        .env("ROUTES_SUBSET", "")
+        .env("ROUTE_COUNT", "29")
+        .env("SUBMISSION_WORKERS", "7")
+        .env("WORKER_ID", "7")
+        .env("FAKE_EVAL_ROUTE_SECONDS", "0.05")
+        .pathenv("FAKE_EVAL_ENV_DUMP", "eval-env.json");
+    let (mut sim, mut agent) = scene.pair();
+    expect_exit(&scene, &mut agent, 0, RUN);
+    expect_exit(&scene, &mut sim, 0, STEP);
+    let dump: Value =
+        serde_json::from_slice(&fs::read(scene.path("eval-env.json")).unwrap_or_default()).unwrap_or(Value::Null);
+    let argv: Vec<&str> =
+        dump["argv"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    // Worker 7 of 7 over 29 routes: ceil(6 * 29/7) = 25 .. 28 (upstream's floats say 29, past the routes file).
+    ensure!(scene, argv.contains(&"--routes-subset=25-28"), "worker 7's share of 29 routes over 7: {argv:?}");
+
+    let mut scene = Scene::new("split-bad");
+    scene.env("ROUTES_SUBSET", "").env("ROUTE_COUNT", "29").env("SUBMISSION_WORKERS", "7").env("WORKER_ID", "8");
+    let mut agent = scene.agent().start();
+    expect_exit(&scene, &mut agent, 2, STEP);
+    ensure!(scene, scene.output(&agent).contains("SUBMISSION_WORKERS"), "the error names the setting");
+}

@@ -246,7 +246,15 @@ fn parse_decimal(s: &str) -> Option<u32> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatusSet {
     markers: BTreeSet<Marker>,
+    /// The folder had more than [`MAX_STATUS_ENTRIES`] entries: the rest were not read.
+    truncated: bool,
 }
+
+/// The most entries of the status folder a reading looks at. A submission writes a few markers per worker and
+/// attempt (64 workers with 8 attempts: about 2,000); more is the participant's code flooding the folder, which it
+/// can write, and must cost neither memory nor a cycle's time. Past it, the end markers are still found by name:
+/// [`StatusSet::probe_ends`].
+pub const MAX_STATUS_ENTRIES: usize = 50_000;
 
 impl StatusSet {
     /// The markers among `names`; names that are not exactly a marker name are ignored.
@@ -255,7 +263,12 @@ impl StatusSet {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        StatusSet { markers: names.into_iter().filter_map(|n| Marker::parse(n.as_ref())).collect() }
+        StatusSet { markers: names.into_iter().filter_map(|n| Marker::parse(n.as_ref())).collect(), truncated: false }
+    }
+
+    /// Whether the folder this set was read from had more than [`MAX_STATUS_ENTRIES`] entries (the rest unread).
+    pub fn truncated(&self) -> bool {
+        self.truncated
     }
 
     /// Whether `m` is present.
@@ -326,9 +339,55 @@ impl StatusSet {
 impl StatusSet {
     /// The markers in the status folder `dir` beneath `root` (the root itself when `dir` is empty), read by name
     /// only (no file is opened); a missing folder has none. A folder reached through a link is an error.
+    ///
+    /// At most [`MAX_STATUS_ENTRIES`] entries are read, one at a time (only the markers among them are kept): a
+    /// folder flooded with a million files costs neither memory nor more than a bounded scan. Past the cap the set
+    /// is [`Self::truncated`]; the reader then finds the end markers it needs by name ([`Self::probe_ends`]).
     pub fn read(root: &Root, dir: &Path) -> std::io::Result<StatusSet> {
-        let entries = root.list(dir)?.unwrap_or_default();
-        Ok(StatusSet::from_names(entries.into_iter().filter_map(|e| e.name.into_string().ok())))
+        let mut set = StatusSet::default();
+        let more = root.scan_names(dir, MAX_STATUS_ENTRIES, &mut |name| {
+            if let Some(m) = name.to_str().ok().and_then(Marker::parse) {
+                set.markers.insert(m);
+            }
+        })?;
+        set.truncated = more.unwrap_or(false);
+        Ok(set)
+    }
+
+    /// Adds the end markers of `workers` (done and failed of both sides, their cancels) and the Job-wide ones
+    /// (`simulation.cancel`, `logcopy.done`) that exist in `dir`, each found by its name (a stat): what decides
+    /// the run's end is found however many other files the folder holds.
+    pub fn probe_ends(&mut self, root: &Root, dir: &Path, workers: impl IntoIterator<Item = WorkerId>) {
+        let mut names = vec![Marker::Cancel, Marker::LogcopyDone];
+        for worker in workers {
+            names.push(Marker::WorkerCancel { worker });
+            for role in [Role::Agent, Role::Simulator] {
+                names.push(Marker::Done { role, worker });
+                names.push(Marker::Failed { role, worker });
+            }
+        }
+        self.probe(root, dir, names);
+    }
+
+    /// Adds the start and crash markers of both sides of `worker` for attempts below `limit` that exist in `dir`,
+    /// each found by its name: a supervisor's attempt rule over a flooded folder.
+    pub fn probe_attempts(&mut self, root: &Root, dir: &Path, worker: WorkerId, limit: u32) {
+        let mut names = Vec::new();
+        for role in [Role::Agent, Role::Simulator] {
+            for a in 0..limit {
+                names.push(Marker::Start { role, worker, attempt: Attempt(a) });
+                names.push(Marker::Crash { role, worker, attempt: Attempt(a) });
+            }
+        }
+        self.probe(root, dir, names);
+    }
+
+    fn probe(&mut self, root: &Root, dir: &Path, markers: Vec<Marker>) {
+        for m in markers {
+            if root.stat(&dir.join(m.file_name())).ok().flatten().is_some() {
+                self.markers.insert(m);
+            }
+        }
     }
 }
 
@@ -418,6 +477,37 @@ mod tests {
     use super::*;
 
     const W3: WorkerId = WorkerId(3);
+
+    /// A status folder flooded past the cap: a reading takes the first entries only (so neither memory nor time
+    /// grows with the flood), says it was cut, and the end markers and a pair's attempts are then found by name.
+    #[test]
+    fn a_flooded_folder_is_read_within_the_cap_and_the_ends_found_by_name() {
+        let dir = std::env::temp_dir().join(format!("volume-markers-flood-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = Root::open(&dir).unwrap();
+        let status = Path::new("");
+        for name in ["agent-3.done", "simulator-3.crash0", "simulator-3.start1"] {
+            std::fs::File::create(dir.join(name)).unwrap();
+        }
+        let set = StatusSet::read(&root, status).unwrap();
+        assert!(!set.truncated());
+        assert_eq!(set.iter().count(), 3);
+        for i in 0..MAX_STATUS_ENTRIES {
+            // Valid marker names too: attempts of another pair, which a flood can be made of.
+            let name = if i % 2 == 0 { format!("junk-{i}") } else { format!("agent-9.start{i}") };
+            std::fs::File::create(dir.join(name)).unwrap();
+        }
+        let mut set = StatusSet::read(&root, status).unwrap();
+        assert!(set.truncated());
+        assert!(set.iter().count() <= MAX_STATUS_ENTRIES);
+        set.probe_ends(&root, status, [W3]);
+        set.probe_attempts(&root, status, W3, 4);
+        assert!(set.is_done(Role::Agent, W3));
+        assert_eq!(set.crashes(Role::Simulator, W3), [Attempt(0)]);
+        assert!(set.starts(Role::Simulator, W3).contains(&Attempt(1)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// One marker of each shape, with the exact name upstream's scripts use.
     fn canonical() -> Vec<(Marker, &'static str)> {

@@ -393,9 +393,35 @@ impl Root {
         Ok(found.then_some(out))
     }
 
+    /// Calls `f` with the names of the first `max` entries of the folder `rel` as they are read (`.` and `..` left
+    /// out, in the folder's order), without holding them: `Ok(None)` when the folder does not exist, else whether
+    /// entries were left unread.
+    pub fn scan_names(&self, rel: &Path, max: usize, f: &mut dyn FnMut(&CStr)) -> io::Result<Option<bool>> {
+        let mut seen = 0usize;
+        let mut more = false;
+        let found = self.for_each_entry_while(rel, &mut |name, _| {
+            if seen == max {
+                more = true;
+                return false;
+            }
+            seen += 1;
+            f(name);
+            true
+        })?;
+        Ok(found.then_some(more))
+    }
+
     /// Calls `f` with each entry of the folder `rel` as it is read, `.` and `..` left out; `false` when the folder
     /// does not exist. A folder of a million entries is never held in memory whole.
     fn for_each_entry(&self, rel: &Path, f: &mut dyn FnMut(&CStr, Kind)) -> io::Result<bool> {
+        self.for_each_entry_while(rel, &mut |name, kind| {
+            f(name, kind);
+            true
+        })
+    }
+
+    /// As [`Self::for_each_entry`], stopping after the entry for which `f` returns `false`.
+    fn for_each_entry_while(&self, rel: &Path, f: &mut dyn FnMut(&CStr, Kind) -> bool) -> io::Result<bool> {
         let dir = match self.dir(rel) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -431,7 +457,9 @@ impl Root {
                     Err(_) => Kind::Other,
                 }
             });
-            f(name, kind);
+            if !f(name, kind) {
+                break;
+            }
         }
         // SAFETY: a valid DIR stream, closed once.
         unsafe { libc::closedir(stream) };

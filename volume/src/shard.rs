@@ -84,6 +84,26 @@ pub fn is_own_status_file(name: &str, w: WorkerId) -> bool {
     }
 }
 
+/// Upstream's `ROUTES_SUBSET` bounds for worker `i` (0-based) of `workers`:
+/// `ceil(i*step), ceil((i+1)*step)-1` with `step = routes/workers` in floating point, as Python computes them.
+/// The float arithmetic is kept on purpose: `29/7*7` is `29.000000000000004`, so the last of 7 workers over 29
+/// routes is given `25-29`, one id past the routes file. `end < start` is an empty subset (more workers than routes).
+pub fn upstream_subset(routes: u32, workers: u32, i: u32) -> (i64, i64) {
+    let step = f64::from(routes) / f64::from(workers);
+    // ceil of at most u32::MAX * 2 fits an i64 exactly.
+    let at = |k: u32| (f64::from(k) * step).ceil() as i64;
+    (at(i), at(i.saturating_add(1)) - 1)
+}
+
+/// The `ROUTES_SUBSET` of worker `w` (numbered from 1) of `workers` over `routes` routes, as `make-job` writes it
+/// for a generation 1 pod: upstream's split with its last end kept below `routes` (in floats 29/7*7 > 29, and
+/// upstream's "25-29" names a route the routes file does not have, which the evaluator refuses). An Indexed Job's
+/// pods share one template, so the agent's supervisor computes it from `JOB_COMPLETION_INDEX`.
+pub fn routes_subset(routes: u32, workers: u32, w: WorkerId) -> String {
+    let (start, end) = upstream_subset(routes, workers.max(1), w.0.saturating_sub(1));
+    format!("{start}-{}", (end + 1).min(i64::from(routes)) - 1)
+}
+
 /// The pod of a shard's attempt, from the Job controller's annotations through the downward API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PodAttempt {
@@ -325,6 +345,23 @@ mod tests {
         }
         assert_eq!(k("simulator/CarlaUE4.log", 3).as_deref(), Some("simulator/worker-3/CarlaUE4.log"));
         assert_eq!(k("simulator/Logs/x.log", 3).as_deref(), Some("simulator/worker-3/Logs/x.log"));
+    }
+
+    /// The same strings as make-job's `subsets()` (Python, float arithmetic): every split of up to 60 routes over
+    /// up to 20 workers, computed here by python3.
+    #[test]
+    fn routes_subsets_are_make_jobs() {
+        let script = "import math\nfor r in range(1, 61):\n for n in range(1, 21):\n  s = r / n\n  print(' '.join(f'{math.ceil(i * s)}-{min(math.ceil((i + 1) * s), r) - 1}' for i in range(n)))\n";
+        let out = std::process::Command::new("python3").args(["-c", script]).output().expect("python3 runs");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        for r in 1..=60u32 {
+            for n in 1..=20u32 {
+                let want = lines.next().expect("a line per split");
+                let got: Vec<String> = (1..=n).map(|i| routes_subset(r, n, w(i))).collect();
+                assert_eq!(got.join(" "), want, "{r} routes over {n} workers");
+            }
+        }
     }
 
     #[test]

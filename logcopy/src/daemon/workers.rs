@@ -150,6 +150,8 @@ pub(crate) struct Workers {
     pub markers: StatusSet,
     /// The workers lost (only a monitor marks any).
     pub lost: LostWorkers,
+    /// The status folder was found flooded (more entries than a reading takes), and it was logged.
+    flooded: bool,
 }
 
 impl Workers {
@@ -179,12 +181,25 @@ impl Workers {
             ),
             Some(_) => {}
         }
-        Workers { list, markers: StatusSet::default(), lost: LostWorkers::default() }
+        Workers { list, markers: StatusSet::default(), lost: LostWorkers::default(), flooded: false }
     }
 
     /// Reads the markers of the status folder `dir`; on an error the last ones read stay.
     pub fn read_markers(&mut self, root: &Root, dir: &Path) -> std::io::Result<()> {
-        self.markers = StatusSet::read(root, dir)?;
+        let mut markers = StatusSet::read(root, dir)?;
+        if markers.truncated() {
+            markers.probe_ends(root, dir, (1..=self.list.len() as u32).map(WorkerId));
+            if !self.flooded {
+                self.flooded = true;
+                warn!(
+                    folder = %root.display(dir).display(),
+                    "the status folder holds more than {} entries (the participant's code can write it): only the \
+                     first are read, and the end markers by name; crash counts may be short",
+                    volume::markers::MAX_STATUS_ENTRIES
+                );
+            }
+        }
+        self.markers = markers;
         crate::metrics::worker_markers(&self.markers, self.list.len() as u32);
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod simulator;
 
 use crate::child::{self, Child, LogFile};
 use crate::config::{Common, RestartMode};
+use crate::exit;
 use crate::log::Level;
 use crate::reaper::{self, Exit, Signal, SignalEvent};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
@@ -108,6 +109,8 @@ pub struct Engine {
     own: RefCell<Option<HashSet<String>>>,
     /// Forged markers already logged.
     forged: RefCell<HashSet<String>>,
+    /// The status folder was found flooded, and it was logged.
+    flooded: std::cell::Cell<bool>,
     /// This side's status record (`<role>-<ID>.status.json` beside the markers), rewritten at each change.
     record: Record,
     /// The last exit of a child of this side, reaped by the monitor or by a stop: the status record's exit.
@@ -157,6 +160,7 @@ impl Engine {
             _watcher: watcher,
             own: RefCell::new(None),
             forged: RefCell::new(HashSet::new()),
+            flooded: std::cell::Cell::new(false),
             record,
             last_exit: None,
         };
@@ -192,10 +196,23 @@ impl Engine {
     }
 
     pub fn markers(&self) -> StatusSet {
-        let set = StatusSet::read(&self.status, Path::new("")).unwrap_or_else(|e| {
+        let mut set = StatusSet::read(&self.status, Path::new("")).unwrap_or_else(|e| {
             self.warn(&format!("cannot read {}: {e}", self.common.status_dir.display()));
             StatusSet::default()
         });
+        if set.truncated() {
+            // Flooded (the participant's code can write the folder): this pair's markers, found by name.
+            set.probe_ends(&self.status, Path::new(""), [self.worker]);
+            let limit = volume::markers::attempt_limit(self.common.max_attempts);
+            set.probe_attempts(&self.status, Path::new(""), self.worker, limit.saturating_add(1));
+            if !self.flooded.replace(true) {
+                self.warn(&format!(
+                    "{} holds more than {} entries: only this pair's markers are read, by name",
+                    self.common.status_dir.display(),
+                    volume::markers::MAX_STATUS_ENTRIES
+                ));
+            }
+        }
         self.check_forged(&set);
         set
     }
@@ -579,9 +596,13 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
             eng.set_state(State::Cancelled, attempt);
             return 0;
         }
-        if set.is_done(role, worker) || set.is_failed(role, worker) {
-            eng.note("this side has already ended (done or failed marker present)");
+        if set.is_done(role, worker) {
+            eng.note("this side has already ended (done marker present)");
             return 0;
+        }
+        if set.is_failed(role, worker) {
+            eng.note("this side has already ended (failed marker present)");
+            return exit::failed(eng.common.topology, None);
         }
         if set.is_failed(peer, worker) {
             let attempt = set.plan_attempt(role, worker).attempt;
@@ -621,9 +642,11 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
             let why = format!("attempt budget spent ({} of {}): ending for good", plan.spent, eng.common.max_attempts);
             eng.note(&why);
             eng.write(Marker::Failed { role, worker });
+            // The last attempt's end, when this process saw it: whose fault the spent budget was.
+            let last = eng.record.last_end.as_ref().map(|e| (e.side, e.reason));
             eng.set_end(role, Reason::AttemptBudgetSpent, &why, plan.attempt);
             eng.set_state(State::Failed, plan.attempt);
-            return 0;
+            return exit::failed(eng.common.topology, last);
         }
         let attempt = plan.attempt;
         (eng.record.routes_subset, eng.record.repetitions) = spec.routes();
@@ -700,10 +723,10 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
                 spec.after_done(eng, attempt);
                 return 0;
             }
-            Outcome::Failed(reason) => {
-                eng.note(&format!("ending for good: {reason}"));
+            Outcome::Failed(why) => {
+                eng.note(&format!("ending for good: {why}"));
                 eng.write(Marker::Failed { role, worker });
-                return 0;
+                return exit::failed(eng.common.topology, Some((side, reason)));
             }
             Outcome::PeerFailed => return end_for_peer(eng, spec),
             Outcome::Cancelled => {
@@ -712,7 +735,8 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
             }
             Outcome::Terminated(exit) => {
                 eng.note(&format!("the child ended after a forwarded signal ({exit})"));
-                return exit.shell_code();
+                let forwarded = eng.terminating.map(Signal::raw);
+                return exit::terminated(eng.common.topology, exit.shell_code(), forwarded);
             }
         }
     }

@@ -144,12 +144,33 @@ impl Scene {
     pub fn sim(&self) -> Launch<'_> {
         let args: Vec<OsString> =
             vec!["simulator".into(), "--gpu".into(), "none".into(), "--log-file".into(), self.sim_log().into()];
-        Launch { scene: self, role: "simulator", args, env: Vec::new(), command: vec![fixture("fake-carla").into()] }
+        Launch {
+            scene: self,
+            role: "simulator",
+            args,
+            env: Vec::new(),
+            unset: Vec::new(),
+            command: vec![fixture("fake-carla").into()],
+        }
     }
 
     pub fn agent(&self) -> Launch<'_> {
         let args: Vec<OsString> = vec!["agent".into(), "--checkpoint".into(), self.checkpoint_path().into()];
-        Launch { scene: self, role: "agent", args, env: Vec::new(), command: vec![fixture("fake-evaluator").into()] }
+        Launch {
+            scene: self,
+            role: "agent",
+            args,
+            env: Vec::new(),
+            unset: Vec::new(),
+            command: vec![fixture("fake-evaluator").into()],
+        }
+    }
+
+    /// The agent with another `--checkpoint` (which may hold `{worker}`).
+    pub fn agent_at(&self, checkpoint: &Path) -> Launch<'_> {
+        let mut l = self.agent();
+        l.args[2] = checkpoint.into();
+        l
     }
 
     /// Both sides with the scene's settings.
@@ -331,6 +352,7 @@ pub struct Launch<'a> {
     role: &'static str,
     args: Vec<OsString>,
     env: Vec<(String, String)>,
+    unset: Vec<String>,
     command: Vec<OsString>,
 }
 
@@ -342,6 +364,12 @@ impl Launch<'_> {
 
     pub fn env(mut self, k: &str, v: impl AsRef<str>) -> Self {
         self.env.push((k.into(), v.as_ref().into()));
+        self
+    }
+
+    /// Leaves `k` out of the supervisor's environment (one the scene sets, such as WORKER_ID).
+    pub fn unset(mut self, k: &str) -> Self {
+        self.unset.push(k.into());
         self
     }
 
@@ -376,6 +404,9 @@ impl Launch<'_> {
             .env("FAKE_EVAL_CONNECT_SECONDS", "5");
         for (k, v) in s.env.iter().chain(&self.env) {
             cmd.env(k, v);
+        }
+        for k in &self.unset {
+            cmd.env_remove(k);
         }
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd.spawn().expect("start the supervisor");

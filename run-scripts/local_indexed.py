@@ -1,0 +1,680 @@
+"""local-job --topology indexed: the scale-out Job on this machine (issue 21), run by `run-scripts/local-job`.
+
+What runs: the objects of `docker/k8s/make-job --topology indexed --format json` (the worker Indexed Job, the
+monitor Job), as processes:
+  * S shards (`--workers S`), at most P pods at a time (`--parallelism P`): each pod is a process tree with a
+    **volume folder of its own** (OUT/pods/w<i>.<n>/volume): the init container `logcopy restore --worker`, the
+    native sidecar `logcopy upload`, `supervisor simulator` around fixtures/bin/fake-carla and `supervisor agent`
+    around fixtures/bin/fake-evaluator; the containers' commands and env come from the model, with the downward
+    API's values (JOB_COMPLETION_INDEX, the pod's name and UID, the failure counts) filled in here;
+  * the monitor (`logcopy monitor`) with its own working folder (OUT/monitor/volume);
+  * moto_server (S3 and DynamoDB, the only medium between the pods and the monitor) and EvalAI (the embedded local
+    sink, or the test server with --evalai fake).
+Nothing is shared between the pods and the monitor but moto's S3 (and EvalAI).
+
+This is our model of the Job controller, not Kubernetes: it schedules pods by index up to the parallelism, gives a
+replacement pod the next failure count (`batch.kubernetes.io/job-index-failure-count`) or, after an eviction, the
+next ignored-failure count, fails an index on the podFailurePolicy's FailIndex exit codes or past
+backoffLimitPerIndex, and stops a pod's native sidecar (SIGTERM, then SIGKILL after the grace period) once its
+main containers have exited. The manifests themselves are checked by kubernetes-validate and check-manifest.
+
+Faults: --kill-pod W@S (SIGKILL pod W's processes S s after it started: the pod fails, a replacement restores and
+resumes), --lose-pod W@S (as kill, but no replacement: the index's last try; only the monitor's silence rule
+sees it), --evict-pod W@S (SIGTERM with the grace period, a disruption: no budget spent), --stale-pod W@S (a
+replacement starts while the old pod runs on, as after a network partition: the old one must stand down),
+--kill-monitor S (SIGKILL the monitor; it is restarted with its folder, as restartPolicy OnFailure does),
+--cancel-after S, --s3-fault-rate R (a proxy in front of moto answers that share of the requests with a 503).
+"""
+
+import http.client
+import http.server
+import json
+import os
+import random
+import signal
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+
+def key_of(rel, worker):
+    """volume::shard::key_of: the S3 key (below the submission prefix) of a pod-volume path, or None."""
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return None
+    if len(parts) >= 3 and parts[0] == "agent" and parts[1] == f"agent{worker}":
+        return rel
+    if len(parts) == 2 and parts[0] == "containers-status":
+        name = parts[1]
+        for role in ("agent", "simulator"):
+            head = f"{role}-{worker}."
+            if name.startswith(head):
+                kind = name[len(head) :]
+                if kind in ("done", "failed", "status.json"):
+                    return rel
+                for k in ("start", "crash"):
+                    n = kind[len(k) :]
+                    if kind.startswith(k) and n.isdigit() and (n == "0" or not n.startswith("0")):
+                        return rel
+        return None
+    if len(parts) >= 2 and parts[0] == "simulator":
+        return "/".join(["simulator", f"worker-{worker}"] + parts[1:])
+    return None
+
+
+class FaultyProxy:
+    """An HTTP proxy in front of moto that answers a share of the requests with 503 Slow Down (S3's throttle)."""
+
+    def __init__(self, target_port, rate, seed=7):
+        rng = random.Random(seed)
+        lock = threading.Lock()
+        self.faults = 0
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with lock:
+                    fail = rng.random() < rate
+                    if fail:
+                        outer.faults += 1
+                if fail:
+                    msg = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                conn = http.client.HTTPConnection("127.0.0.1", target_port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+                self.send_response(r.status, r.reason)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+class K8sPod:
+    """One pod of the worker Job: its containers' processes and its own volume folder."""
+
+    def __init__(self, index, n, failures, ignored, folder):
+        self.index, self.n, self.failures, self.ignored = index, n, failures, ignored
+        self.name = f"submission-workers-{index}-{uuid.uuid4().hex[:5]}"
+        self.uid = str(uuid.uuid4())
+        self.folder = folder
+        self.volume = folder / "volume"
+        self.phase = "init"  # init -> running -> terminating -> ended
+        self.result = None  # succeeded / failed / failindex / evicted / killed / lost / stale
+        self.procs = {}
+        self.started = time.monotonic()
+        self.wall_started = time.time()
+        self.term_at = None
+        self.evicting = False
+        self.ignore = False  # a pod the controller no longer follows (stale, lost)
+
+
+class IndexedJob:
+    def __init__(self, args, lj):
+        self.a, self.lj = args, lj
+        self.out = Path(args.out).resolve()
+        self.bin = Path(args.bin_dir).resolve()
+        self.pod = lj.Pod()
+        self.events = []
+        self.pods = []
+        self.t0 = time.monotonic()
+
+    # -- the model ---------------------------------------------------------------------------------------------
+
+    def model(self):
+        a = self.a
+        argv = [sys.executable, self.lj.MAKE_JOB, "--topology", "indexed", "--format", "json"]
+        argv += ["--workers", a.workers, "--parallelism", a.parallelism or a.workers, "--routes", a.routes]
+        argv += ["--submission-id", self.lj.SUBMISSION, "--challenge-id", self.lj.CHALLENGE]
+        argv += ["--track-id", self.lj.PHASE, "--team-id", self.lj.TEAM]
+        argv += ["--s3-bucket", self.lj.BUCKET, "--dynamodb-table", self.lj.TABLE]
+        argv += (["--evalai-api-server", self.evalai.url] if self.evalai else []) + (
+            ["--final-status"] if a.final_status else []
+        )
+        proc = subprocess.run([str(x) for x in argv], capture_output=True, text=True)
+        if proc.returncode != 0:
+            self.lj.die(f"make-job --topology indexed: {proc.stderr.strip()}")
+        objects = json.loads(proc.stdout)
+        if isinstance(objects, dict):
+            objects = objects.get("items", [objects])
+        jobs = [o for o in objects if o.get("kind") == "Job"]
+        workers = next((j for j in jobs if j["spec"].get("completionMode") == "Indexed"), None)
+        monitor = next((j for j in jobs if j is not workers), None)
+        if not workers or not monitor:
+            self.lj.die("make-job --topology indexed gave no Indexed worker Job and monitor Job")
+        self.worker_spec = workers["spec"]
+        pod = workers["spec"]["template"]["spec"]
+        self.containers = {c["name"]: c for c in pod.get("initContainers", []) + pod["containers"]}
+        for need in ("restore", "uploader", "simulator", "agent"):
+            if need not in self.containers:
+                self.lj.die(f"the worker pod of make-job's model has no {need!r} container")
+        self.grace = min(float(pod.get("terminationGracePeriodSeconds", 30)), 30.0)
+        mpod = monitor["spec"]["template"]["spec"]
+        self.monitor_container = next(c for c in mpod["containers"])
+        self.backoff_per_index = int(workers["spec"].get("backoffLimitPerIndex", 0))
+        if a.backoff_limit_per_index is not None:
+            self.backoff_per_index = a.backoff_limit_per_index
+        self.fail_index_codes = set()
+        for rule in (workers["spec"].get("podFailurePolicy") or {}).get("rules", []):
+            codes = rule.get("onExitCodes") or {}
+            if rule.get("action") == "FailIndex" and codes.get("operator") == "In":
+                self.fail_index_codes.update(codes.get("values", []))
+
+    def env(self, container, values):
+        """The container's env on this machine: plain values from the model; the downward API's fields and the
+        Secret's token from `values`; moto's endpoint and keys where the model gives AWS settings."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EVALAI_", "FAKE_"))}
+        for e in container.get("env", []):
+            if "value" in e:
+                if e["value"] != "":
+                    env[e["name"]] = str(e["value"])
+                continue
+            src = e.get("valueFrom", {})
+            if "fieldRef" in src:
+                path = src["fieldRef"].get("fieldPath", "")
+                if path in values:
+                    env[e["name"]] = str(values[path])
+            elif "secretKeyRef" in src and self.evalai:
+                env[e["name"]] = self.lj.TOKEN
+        if values.get("aws", True):
+            env.update(self.moto_env)
+        env.update(LOG_FORMAT="human")
+        return env
+
+    @staticmethod
+    def mounted(container, path, volume):
+        for m in container.get("volumeMounts", []):
+            if m["mountPath"] == path:
+                return volume / m.get("subPath", "")
+        return None
+
+    def command(self, container):
+        argv = container.get("command", []) + container.get("args", [])
+        return [self.bin / Path(argv[0]).name] + argv[1:]
+
+    # -- set-up ------------------------------------------------------------------------------------------------
+
+    def prepare(self):
+        a, lj = self.a, self.lj
+        import shutil
+
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        (self.out / "logs").mkdir(parents=True)
+        self.sinks = self.out / "sinks"
+        self.sinks.mkdir()
+        records = []
+        if a.replay:
+            for f in sorted(Path(a.replay).glob("agent/agent*/agent_results.json")):
+                doc = lj.read_json(f)
+                if doc is None:
+                    lj.die(f"{f}: not a JSON results file")
+                records += doc.get("_checkpoint", {}).get("records", [])
+        self.records_file = self.out / "records.json"
+        self.records_file.write_text(json.dumps(records))
+        self.evalai = lj.FakeEvalAi(self.pod, self.out) if a.evalai == "fake" else None
+        self.moto = lj.Moto(self.pod, self.out)
+        self.moto_env = dict(self.moto.env)
+        self.proxy = None
+        if a.s3_fault_rate:
+            self.proxy = FaultyProxy(self.moto.port, a.s3_fault_rate)
+            self.moto_env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{self.proxy.port}"
+        self.model()
+        self.faults = {}
+        for flag in ("kill_pod", "lose_pod", "evict_pod", "stale_pod"):
+            for spec in getattr(a, flag) or []:
+                w, s = lj.parse_fault(spec, "--" + flag.replace("_", "-"), 5.0)
+                if not 1 <= w <= a.workers:
+                    lj.die(f"--{flag.replace('_', '-')} {spec}: worker {w} does not exist (1..{a.workers})")
+                self.faults.setdefault(w, []).append([flag, s, False])
+        self.index = {
+            i: {"failures": 0, "ignored": 0, "state": "pending", "pod": None, "pods": []}
+            for i in range(1, a.workers + 1)
+        }
+
+    # -- pods ------------------------------------------------------------------------------------------------
+
+    def event(self, msg):
+        t = time.monotonic() - self.t0
+        self.events.append({"t": time.time(), "event": msg})
+        if not self.a.quiet:
+            print(f"[{t:6.1f}s] {msg}", flush=True)
+
+    def start_pod(self, i):
+        st = self.index[i]
+        n = len(st["pods"])
+        p = K8sPod(i, n, st["failures"], st["ignored"], self.out / "pods" / f"w{i}.{n}")
+        p.volume.mkdir(parents=True)
+        st["pods"].append(p)
+        st["pod"] = p
+        st["state"] = "running"
+        self.pods.append(p)
+        values = {
+            "metadata.name": p.name,
+            "metadata.uid": p.uid,
+            "metadata.annotations['batch.kubernetes.io/job-completion-index']": i - 1,
+            "metadata.annotations['batch.kubernetes.io/job-index-failure-count']": p.failures,
+            "metadata.annotations['batch.kubernetes.io/job-index-ignored-failure-count']": p.ignored,
+            "metadata.labels['batch.kubernetes.io/job-completion-index']": i - 1,
+        }
+        p.values = values
+        c = self.containers["restore"]
+        env = self.env(c, values)
+        env["JOB_COMPLETION_INDEX"] = str(i - 1)
+        argv = self.command(c) + ["--logs", self.mounted(c, "/logs", p.volume) or p.volume]
+        p.procs["restore"] = self.pod.spawn(f"w{i}.{n}/restore", argv, env, p.folder / "restore.log", cwd=p.folder)
+        self.event(f"worker {i}: pod {n} ({p.name}, failures {p.failures}, evicted {p.ignored}) starts")
+        return p
+
+    def start_containers(self, p):
+        a, i = self.a, p.index
+        values = p.values
+        c = self.containers["uploader"]
+        env = self.env(c, values)
+        env["JOB_COMPLETION_INDEX"] = str(i - 1)
+        if a.upload_period:
+            env["UPLOAD_PERIOD"] = a.upload_period
+        argv = self.command(c) + ["--logs", self.mounted(c, "/logs", p.volume) or p.volume]
+        p.procs["uploader"] = self.pod.spawn(f"w{i}.{p.n}/uploader", argv, env, p.folder / "uploader.log", cwd=p.folder)
+        port = self.lj.free_port_block(20, 1)
+        local = dict(PEER_WAIT=a.peer_wait, READY_TIMEOUT=30, GRACE=2, MARKER_POLL=1, MAX_IDLE=a.max_idle)
+        sim = self.containers["simulator"]
+        sim_env = self.env(sim, dict(values, aws=False))
+        sim_env.update({k: str(v) for k, v in local.items()}, CARLA_PORT=str(port), JOB_COMPLETION_INDEX=str(i - 1))
+        status = self.mounted(sim, "/tmp/status", p.volume)
+        if status:
+            sim_env["STATUS_DIR"] = str(status)
+        sim_env["FAKE_CARLA_LOG"] = str(p.folder / "carla.starts")
+        saved = self.mounted(sim, "/home/carla/CarlaUE4/Saved", p.volume) or (p.volume / "simulator")
+        saved.mkdir(parents=True, exist_ok=True)
+        argv = self.command(sim) + ["--gpu", "none", "--log-file", saved / f"simulator-{i}.log", "--"]
+        argv.append(self.lj.FIXTURES / "bin/fake-carla")
+        p.procs["simulator"] = self.pod.spawn(f"w{i}.{p.n}/simulator", argv, sim_env, p.folder / "simulator.log")
+        agent = self.containers["agent"]
+        agent_env = self.env(agent, dict(values, aws=False))
+        agent_env.update({k: str(v) for k, v in local.items()}, CARLA_PORT=str(port), JOB_COMPLETION_INDEX=str(i - 1))
+        if status:
+            agent_env["STATUS_DIR"] = str(status)
+        agent_env.update(
+            ROUTES=str(self.out / "no-routes-file.xml"),
+            TEAM_AGENT="local_agent.py",
+            FAKE_EVAL_ROUTE_SECONDS=str(a.route_seconds),
+            FAKE_EVAL_ROUTE_SECONDS_SIGMA=str(a.route_seconds_sigma),
+            FAKE_EVAL_RECORDS=str(self.records_file),
+            FAKE_EVAL_LOG=str(p.folder / "evaluator.starts"),
+        )
+        if "ROUTES_SUBSET" not in agent_env:
+            agent_env["ROUTES_SUBSET"] = self.subset(i)
+        p.subset = agent_env["ROUTES_SUBSET"]
+        # The model's CHECKPOINT_ENDPOINT names the worker's folder below the agent's mount of the pod volume.
+        tmpl = next(
+            (e["value"] for e in agent.get("env", []) if e["name"] == "CHECKPOINT_ENDPOINT"),
+            "/tmp/agent/agent_results.json",
+        )
+        base = self.mounted(agent, "/tmp/agent", p.volume)
+        if base is None:
+            checkpoint = p.volume / f"agent/agent{i}/agent_results.json"
+        else:
+            checkpoint = base / Path(tmpl.replace("{worker}", str(i))).relative_to("/tmp/agent")
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        argv = self.command(agent) + ["--checkpoint", checkpoint, "--", self.lj.FIXTURES / "bin/fake-evaluator"]
+        p.procs["agent"] = self.pod.spawn(f"w{i}.{p.n}/agent", argv, agent_env, p.folder / "agent.log")
+        p.phase = "running"
+
+    def subset(self, i):
+        import math
+
+        step = self.a.routes / self.a.workers
+        return f"{math.ceil((i - 1) * step)}-{min(math.ceil(i * step), self.a.routes) - 1}"
+
+    def pod_pids(self, p):
+        out = []
+        for proc in p.procs.values():
+            if proc.end is None:
+                out.append(proc.pid)
+                out += self.tree(proc.pid)
+        return out
+
+    def tree(self, root):
+        children = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read().decode(errors="replace")
+                children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+        out, todo = [], [root]
+        while todo:
+            for c in children.get(todo.pop(), []):
+                out.append(c)
+                todo.append(c)
+        return out
+
+    def signal_pod(self, p, sig, names=None):
+        for name, proc in p.procs.items():
+            if names is not None and name not in names:
+                continue
+            if proc.end is None:
+                for pid in [proc.pid] + (self.tree(proc.pid) if sig == signal.SIGKILL else []):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+
+    def kill_pod(self, p):
+        for _ in range(3):
+            pids = self.pod_pids(p)
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
+            self.pod.reap()
+
+    # -- the controller ----------------------------------------------------------------------------------------
+
+    def pod_ended(self, p, result):
+        """The controller's reaction to pod p's end."""
+        p.phase, p.result = "ended", result
+        st = self.index[p.index]
+        codes = {name: proc.rc for name, proc in p.procs.items()}
+        self.event(f"worker {p.index}: pod {p.n} ended: {result} (exit codes {codes})")
+        if p.ignore or st["pod"] is not p:
+            return
+        if result == "succeeded":
+            st["state"] = "succeeded"
+        elif result == "failindex":
+            st["state"] = "failed"
+        elif result == "lost":
+            st["state"] = "failed"
+        elif result == "evicted":
+            st["ignored"] += 1
+            st["state"] = "pending"
+        else:
+            st["failures"] += 1
+            st["state"] = "failed" if st["failures"] > self.backoff_per_index else "pending"
+        if st["state"] == "failed":
+            self.event(f"worker {p.index}: index failed")
+
+    def step_pod(self, p, now):
+        if p.phase == "init":
+            r = p.procs["restore"]
+            if r.end is not None:
+                if r.rc == 0:
+                    self.start_containers(p)
+                else:
+                    self.pod_ended(p, "failed")
+            return
+        mains = [p.procs["simulator"], p.procs["agent"]]
+        if p.phase == "running" and all(m.end is not None for m in mains):
+            p.phase = "terminating"
+            p.term_at = now
+            self.signal_pod(p, signal.SIGTERM, ["uploader"])
+        if p.phase == "terminating":
+            up = p.procs["uploader"]
+            if up.end is None and now - p.term_at > self.grace:
+                self.event(f"worker {p.index}: pod {p.n}'s uploader outlived the grace period: SIGKILL")
+                self.kill_pod(p)
+            if up.end is not None or now - p.term_at > self.grace + 1:
+                self.kill_pod(p)
+                if p.evicting:
+                    self.pod_ended(p, "evicted")
+                    return
+                rcs = [m.rc for m in mains]
+                if all(rc == 0 for rc in rcs):
+                    self.pod_ended(p, "succeeded")
+                elif any(rc in self.fail_index_codes for rc in rcs):
+                    self.pod_ended(p, "failindex")
+                else:
+                    self.pod_ended(p, "failed")
+
+    def faults_due(self, now):
+        for w, faults in self.faults.items():
+            p = self.index[w]["pod"]
+            if p is None or p.phase not in ("running",):
+                continue
+            for f in faults:
+                flag, at, fired = f
+                if fired or p.n != 0 or now - p.started < at:
+                    continue
+                f[2] = True
+                if flag == "kill_pod":
+                    self.event(f"worker {w}: pod {p.n} killed (SIGKILL)")
+                    self.kill_pod(p)
+                    p.phase = "killed"
+                    self.pod_ended(p, "killed")
+                elif flag == "lose_pod":
+                    self.event(f"worker {w}: pod {p.n} lost for good (SIGKILL on its last try)")
+                    self.kill_pod(p)
+                    p.phase = "killed"
+                    self.pod_ended(p, "lost")
+                elif flag == "evict_pod":
+                    self.event(f"worker {w}: pod {p.n} evicted (SIGTERM to every container)")
+                    p.evicting = True
+                    p.phase = "terminating"
+                    p.term_at = now
+                    self.signal_pod(p, signal.SIGTERM)
+                elif flag == "stale_pod":
+                    self.event(f"worker {w}: pod {p.n} partitioned: a replacement starts beside it")
+                    p.ignore = True
+                    st = self.index[w]
+                    st["failures"] += 1
+                    self.start_pod(w)
+
+    def schedule(self):
+        active = sum(1 for st in self.index.values() if st["state"] == "running")
+        for i, st in sorted(self.index.items()):
+            if active >= (self.a.parallelism or self.a.workers):
+                break
+            if st["state"] == "pending":
+                self.start_pod(i)
+                active += 1
+
+    def start_monitor(self):
+        c = self.monitor_container
+        env = self.env(c, {})
+        if self.a.monitor_period:
+            env["MONITOR_PERIOD"] = self.a.monitor_period
+        if self.a.worker_silence:
+            env["WORKER_SILENCE"] = self.a.worker_silence
+        folder = self.out / "monitor"
+        vol = folder / "volume"
+        vol.mkdir(parents=True, exist_ok=True)
+        argv = self.command(c) + ["--logs", vol, "--status-period", self.a.status_period]
+        argv += ["--evalai-rpm", self.a.evalai_rpm]
+        if not self.evalai:
+            argv += ["--local-evalai", self.sinks / "logcopy-local"]
+        self.monitor_runs = getattr(self, "monitor_runs", 0) + 1
+        return self.pod.spawn(f"monitor.{self.monitor_runs}", argv, env, folder / "monitor.log", cwd=self.sinks)
+
+    # -- the run -----------------------------------------------------------------------------------------------
+
+    def run(self):
+        a = self.a
+        self.prepare()
+        self.t0 = time.monotonic()
+        monitor = self.start_monitor()
+        monitor_killed = False
+        cancelled = False
+        deadline = self.t0 + a.timeout
+        while True:
+            self.pod.reap()
+            now = time.monotonic()
+            self.schedule()
+            for p in list(self.pods):
+                if p.phase not in ("ended", "killed"):
+                    self.step_pod(p, now)
+            self.faults_due(now)
+            if a.kill_monitor is not None and not monitor_killed and now - self.t0 >= a.kill_monitor:
+                monitor_killed = True
+                self.event("monitor killed (SIGKILL); restarted with its folder")
+                for pid in [monitor.pid] + self.tree(monitor.pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                while monitor.end is None:
+                    time.sleep(0.02)
+                    self.pod.reap()
+                monitor = self.start_monitor()
+            if a.cancel_after is not None and not cancelled and now - self.t0 >= a.cancel_after:
+                cancelled = True
+                self.cancel_at = time.time()
+                if self.evalai:
+                    self.evalai.cancel()
+                else:
+                    (self.sinks / "logcopy-local" / "evalai-cancel").parent.mkdir(parents=True, exist_ok=True)
+                    (self.sinks / "logcopy-local" / "evalai-cancel").write_bytes(b"")
+                self.event("cancel made on EvalAI")
+            if monitor.end is not None:
+                self.event(f"monitor exited {monitor.rc}")
+                break
+            if now > deadline:
+                self.event(f"timeout after {a.timeout} s")
+                break
+            time.sleep(0.05)
+        # The workers' pods end on their own (done, cancelled); give them the grace period, then kill the rest.
+        end_deadline = time.monotonic() + self.grace + 5
+        while any(p.phase not in ("ended", "killed") for p in self.pods) and time.monotonic() < end_deadline:
+            self.pod.reap()
+            for p in list(self.pods):
+                if p.phase not in ("ended", "killed"):
+                    self.step_pod(p, time.monotonic())
+            time.sleep(0.05)
+        for p in self.pods:
+            self.kill_pod(p)
+        self.pod.reap()
+        return self.report(monitor)
+
+    def final_status(self, monitor):
+        try:
+            text = Path(monitor.log).read_text(errors="replace")
+        except OSError:
+            return None
+        found = None
+        for line in text.splitlines():
+            if "final status " in line and "logcopy ends" in line:
+                found = line.split("final status ", 1)[1].split(":", 1)[0].strip()
+        return found
+
+    def report(self, monitor):
+        a, lj = self.a, self.lj
+        objects = self.moto.objects()
+        merged = objects.get("agent/agent_results.json")
+        route_ids = []
+        if merged:
+            try:
+                doc = json.loads(merged)
+                route_ids = [r.get("route_id") for r in doc.get("_checkpoint", {}).get("records", [])]
+            except ValueError:
+                pass
+        # What each shard's newest pod produced, against S3.
+        mismatched = []
+        for i, st in self.index.items():
+            p = st["pods"][-1] if st["pods"] else None
+            if p is None or not p.volume.exists():
+                continue
+            for rel, digest in lj.tree_hashes(p.volume).items():
+                key = key_of(rel, i)
+                if key is None or rel.startswith("logcopy/"):
+                    continue
+                have = objects.get(key)
+                if have is None or lj.hashlib.sha256(have).hexdigest() != digest:
+                    mismatched.append(key)
+        status = self.final_status(monitor)
+        summary = {
+            "out": str(self.out),
+            "topology": "indexed",
+            "final_status": status,
+            "monitor_rc": monitor.rc,
+            "events": self.events,
+            "indexes": {
+                str(i): {
+                    "state": st["state"],
+                    "failures": st["failures"],
+                    "ignored": st["ignored"],
+                    "pods": [
+                        {
+                            "n": p.n,
+                            "result": p.result,
+                            "name": p.name,
+                            "started": p.wall_started,
+                            "evaluator_started": mtime(p.folder / "evaluator.starts"),
+                            "exits": {k: pr.rc for k, pr in p.procs.items()},
+                        }
+                        for p in st["pods"]
+                    ],
+                }
+                for i, st in self.index.items()
+            },
+            "merged_routes": route_ids,
+            "duplicate_routes": sorted({r for r in route_ids if route_ids.count(r) > 1}),
+            "s3_keys": sorted(objects),
+            "s3_mismatched": sorted(mismatched),
+            "dynamodb": self.moto.item(),
+            "s3_faults": self.proxy.faults if self.proxy else 0,
+            "evalai_requests": self.evalai.requests() if self.evalai else None,
+            "processes": [
+                {"name": pr.name, "pid": pr.pid, "start": pr.start, "end": pr.end, "rc": pr.rc} for pr in self.pod.procs
+            ],
+            "cancel_at": getattr(self, "cancel_at", None),
+        }
+        if a.summary:
+            Path(a.summary).write_text(json.dumps(summary, indent=2, default=str))
+        print(f"final status: {status or 'none'}", flush=True)
+        expected = "CANCELLED" if a.cancel_after is not None else ("FAILED" if a.lose_pod else "FINISHED")
+        return 0 if monitor.rc == 0 and status == expected else 1
+
+
+def mtime(path):
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def run(args, lj):
+    job = IndexedJob(args, lj)
+    try:
+        return job.run()
+    finally:
+        job.pod.kill_all()
+        job.pod.reap()
