@@ -150,8 +150,8 @@ impl<S: ObjectStore> Fetcher<S> {
         self.judge(i);
     }
 
-    /// A new status object: taken when it parses and is newer than the newest seen; its markers and records are
-    /// mirrored into the working volume.
+    /// A new status object: taken when it parses and is newer than the newest seen (a later pod, or the same pod
+    /// later); its markers and records go to the working volume once the results it names are there ([`Self::poll`]).
     fn accept(&mut self, i: usize, body: &[u8]) {
         let s = &mut self.shards[i];
         let st = match ShardStatus::parse(body) {
@@ -170,8 +170,8 @@ impl<S: ObjectStore> Fetcher<S> {
         {
             if st != *old {
                 let why = format!(
-                    "{} was written by an older pod than the newest seen ({} of pod {}, seq {}; newest: {} of pod {}, \
-                     seq {}): ignored",
+                    "{} was written by an older pod than the newest seen, or earlier ({} of pod {}, seq {}; newest: {} \
+                     of pod {}, seq {}): ignored",
                     s.key, st.attempt, st.pod, st.seq, old.attempt, old.pod, old.seq
                 );
                 s.report(why);
@@ -190,7 +190,7 @@ impl<S: ObjectStore> Fetcher<S> {
         if s.lost {
             s.lost = false;
             self.lost.set(s.id, false);
-            info!(worker = s.id, pod = %st.pod, "{}", format!("worker {} reports again: no longer lost", s.id));
+            info!(worker = s.id, pod = %st.pod, "worker {} reports again: no longer lost", s.id);
         }
         s.newest = Some(st);
         s.unmirrored = true;
