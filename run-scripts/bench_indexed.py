@@ -26,6 +26,7 @@ import argparse
 import importlib.machinery
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -80,7 +81,8 @@ class Shard:
         for m in (f"agent-{i}.start0", f"simulator-{i}.start0"):
             (self.volume / "containers-status" / m).touch()
         self.routes = []
-        self.first = (i - 1) * 1000 // shards
+        # Upstream's split (float arithmetic), as the monitor's ROUTE_COUNT check computes it.
+        self.first = math.ceil((i - 1) * (1000 / shards))
 
     def add_route(self):
         self.routes.append(self.first + len(self.routes))

@@ -150,6 +150,7 @@ class IndexedJob:
         self.events = []
         self.pods = []
         self.t0 = time.monotonic()
+        self.job_uid = str(uuid.uuid4())
 
     # -- the model ---------------------------------------------------------------------------------------------
 
@@ -288,6 +289,7 @@ class IndexedJob:
             "metadata.annotations['batch.kubernetes.io/job-index-failure-count']": p.failures,
             "metadata.annotations['batch.kubernetes.io/job-index-ignored-failure-count']": p.ignored,
             "metadata.labels['batch.kubernetes.io/job-completion-index']": i - 1,
+            "metadata.labels['batch.kubernetes.io/controller-uid']": self.job_uid,
         }
         p.values = values
         c = self.containers["restore"]

@@ -21,6 +21,7 @@ DOC = ROOT / "docs" / "configuration.md"
 SECTIONS = {
     "logcopy run": [
         [BIN / "logcopy", "run"],
+        [BIN / "logcopy", "monitor"],
         [BIN / "logcopy", "restore"],
         [BIN / "logcopy", "merge"],
         [BIN / "logcopy", "evalai"],

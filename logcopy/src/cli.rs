@@ -4,7 +4,7 @@
 //! exited 1: a merge that stops on duplicate routes, a file that is not a results file, ...); 2 bad usage or
 //! configuration.
 
-use crate::config::{ConfigErrors, RestoreArgs, RunArgs, StorageTarget};
+use crate::config::{ConfigErrors, MonitorArgs, RestoreArgs, RunArgs, StorageTarget};
 use crate::logging::one_line;
 use crate::publish::aws::Checked;
 use crate::results::file::{self, DEFAULT_MAX_BYTES, LoadError, Loaded};
@@ -34,6 +34,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the sidecar: watch the volume, merge, publish to EvalAI, S3 and DynamoDB, end when the workers are done.
     Run(Box<RunCommand>),
+    /// The Indexed Job's monitor: mirror the workers' shards from S3 into a working volume (--logs) and run
+    /// `logcopy run`'s merge and publishing over it; end when every worker is done, failed or lost.
+    Monitor(Box<MonitorCommand>),
     /// The init container's job: restore a resumed submission's volume from S3, or create a fresh volume's folders.
     Restore(RestoreArgs),
     /// Merge worker result files into one Leaderboard results file (drop-in for merge_statistics.py).
@@ -69,6 +72,14 @@ pub struct RunCommand {
     /// (`90s`, `5m`); 0 turns it off.
     #[arg(long, env = "HEARTBEAT_LOG", default_value = "60", value_parser = crate::config::span, value_name = "DURATION")]
     pub heartbeat_log: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct MonitorCommand {
+    #[command(flatten)]
+    pub run: RunCommand,
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
 }
 
 /// Kubernetes' default termination message path, written only where it exists (a local run creates nothing in
@@ -141,7 +152,11 @@ pub struct Common {
 /// Runs a parsed command line and decides the exit code.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Run(r) => return run_daemon(*r),
+        Command::Run(r) => return run_daemon(*r, None),
+        Command::Monitor(m) => {
+            let m = *m;
+            return run_daemon(m.run, Some(m.monitor));
+        }
         Command::Restore(a) => return run_restore(a),
         Command::Merge(a) => merge(&a),
         Command::Evalai(a) => evalai(&a),
@@ -154,11 +169,13 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// `logcopy run`: 0 on every handled end (finished, incomplete, cancelled, SIGTERM), 2 on bad configuration.
-fn run_daemon(r: RunCommand) -> ExitCode {
+/// `logcopy run` (and `logcopy monitor`, with its settings): 0 on every handled end (finished, incomplete,
+/// cancelled, SIGTERM), 2 on bad configuration.
+fn run_daemon(r: RunCommand, monitor: Option<MonitorArgs>) -> ExitCode {
     let termination = r.termination_log.clone();
+    let name = if monitor.is_some() { "monitor" } else { "run" };
     let config_error = |e: &dyn std::fmt::Display| {
-        eprintln!("logcopy run: configuration error: {e}");
+        eprintln!("logcopy {name}: configuration error: {e}");
         termination_message(termination.as_deref(), &one_line(&format!("configuration error: {e}")));
         ExitCode::from(2)
     };
@@ -169,7 +186,7 @@ fn run_daemon(r: RunCommand) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("logcopy run: cannot start the async runtime: {e}");
+            eprintln!("logcopy {name}: cannot start the async runtime: {e}");
             return ExitCode::from(2);
         }
     };
@@ -209,12 +226,23 @@ fn run_daemon(r: RunCommand) -> ExitCode {
         let beat = crate::metrics::heartbeat_log(r.heartbeat_log, cfg.workers);
         runtime.spawn(tracing::Instrument::instrument(beat, span.clone()));
     }
-    let result = match volume {
-        Ok(root) => runtime.block_on(tracing::Instrument::instrument(crate::daemon::run(cfg, root), span)),
-        Err(e) => Err(e),
+    let result = match (volume, monitor) {
+        (Ok(root), None) => {
+            runtime.block_on(tracing::Instrument::instrument(crate::daemon::run(cfg, root), span)).map(Some)
+        }
+        (Ok(root), Some(m)) => {
+            runtime.block_on(tracing::Instrument::instrument(crate::monitor::run(cfg, m, root), span))
+        }
+        (Err(e), _) => Err(e),
     };
     let code = match result {
-        Ok(end) => {
+        Ok(None) => {
+            let line = "the monitor of this submission had already ended (monitor.done is in S3): nothing to do";
+            tracing::info!("logcopy ends: {line}");
+            termination_message(termination.as_deref(), line);
+            ExitCode::SUCCESS
+        }
+        Ok(Some(end)) => {
             let line = one_line(&end.describe());
             tracing::info!("logcopy ends: {line}");
             termination_message(termination.as_deref(), &line);

@@ -796,6 +796,20 @@ pub fn describe_clap_error(e: &clap::Error, cmd: &clap::Command) -> Option<Strin
     Some(format!("{setting}: {reason}"))
 }
 
+/// `logcopy monitor`'s own settings (its other settings are `logcopy run`'s).
+#[derive(Debug, Clone, Args)]
+pub struct MonitorArgs {
+    /// Period of the monitor's look at the workers' shard status objects in S3: one conditional GET per worker
+    /// (a 304 when nothing moved), the results object only when its ETag changed.
+    #[arg(long, env = "MONITOR_PERIOD", default_value = "5", value_parser = period, value_name = "DURATION")]
+    pub monitor_period: Duration,
+    /// A worker whose status object has not changed for this long (its uploader refreshes it every 60 s even when
+    /// idle) and that has no end marker is lost: the run stops waiting for it and lists its routes as not run.
+    /// Above the supervisor's hang detector (800 s) and a pod restart.
+    #[arg(long, env = "WORKER_SILENCE", default_value = "20m", value_parser = period, value_name = "DURATION")]
+    pub worker_silence: Duration,
+}
+
 /// Caps on what the S3 sync uploads from a volume the participant's code writes into (docs/security.md).
 #[derive(Debug, Clone, Args)]
 pub struct UploadArgs {

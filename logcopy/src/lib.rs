@@ -15,6 +15,8 @@
 //! - [`routes`]: the routes each worker is assigned (upstream's subset formula) and which are missing;
 //! - [`status`]: `logcopy status`, the read-only view of a live or finished volume;
 //! - [`view`]: what the participant sees: the run status block of `stdout.txt`, the failures in EvalAI's `stderr`;
+//! - [`monitor`]: `logcopy monitor`: the Indexed Job's monitor, `logcopy run`'s loop over a working volume that
+//!   its fetcher mirrors from the workers' shards in S3;
 //! - [`restore`]: the init container's job (the volume back from S3 on a resume; an Indexed Job's worker by keys);
 //! - [`upload`]: an Indexed Job's worker pod uploader (`logcopy upload`);
 //! - [`logging`]: text or JSON log lines, one per entry;
@@ -25,6 +27,7 @@ pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;
+pub mod monitor;
 pub mod oplog;
 pub mod publish;
 pub mod restore;

@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
                 let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
                 let command = args.get(1).filter(|c| !c.starts_with('-')).cloned().unwrap_or_default();
                 eprintln!("logcopy {command}: configuration error: {problem}");
-                if command == "run" {
+                if command == "run" || command == "monitor" {
                     logcopy::cli::termination_message_for_refused(&args, &format!("configuration error: {problem}"));
                 }
                 std::process::ExitCode::from(2)

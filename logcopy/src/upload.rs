@@ -87,6 +87,10 @@ pub struct UploadCommand {
     /// This pod's UID (the downward API's metadata.uid): tells two pods of one attempt apart.
     #[arg(long, env = "POD_UID", default_value = "")]
     pub pod_uid: String,
+    /// The worker Job's UID (the downward API's metadata.labels['batch.kubernetes.io/controller-uid']): an object
+    /// of an earlier Job of the submission (a resume) is taken over whatever its attempt counts.
+    #[arg(long, env = "JOB_UID", default_value = "")]
+    pub job_uid: String,
     /// The shard's failed pods before this one: the annotation batch.kubernetes.io/job-index-failure-count
     /// through the downward API (never from a participant-writable file); empty is 0.
     #[arg(long, env = "POD_FAILURE_COUNT", default_value = "", value_parser = count)]
@@ -138,6 +142,7 @@ pub struct UploadConfig {
     pub storage_timeout: Duration,
     pub pod: String,
     pub uid: String,
+    pub job: String,
     pub attempt: PodAttempt,
     pub max_results_bytes: u64,
     pub limits: crate::publish::s3sync::UploadLimits,
@@ -216,6 +221,7 @@ impl UploadCommand {
             storage_timeout: self.storage_timeout,
             pod: self.pod_name.trim().to_string(),
             uid: self.pod_uid.trim().to_string(),
+            job: self.job_uid.trim().to_string(),
             attempt: PodAttempt { failures: self.pod_failure_count, ignored: self.pod_ignored_failure_count },
             max_results_bytes: self.max_results_bytes,
             limits: self.uploads.limits(),
@@ -380,6 +386,7 @@ impl<S: ObjectStore> Uploader<S> {
             worker: self.cfg.worker,
             pod: self.cfg.pod.clone(),
             uid: self.cfg.uid.clone(),
+            job: self.cfg.job.clone(),
             attempt: self.cfg.attempt,
             seq: self.seq + 1,
             results: self.results.clone(),
@@ -415,7 +422,8 @@ impl<S: ObjectStore> Uploader<S> {
             // This pod's own object (the container restarted in place): never newer than itself.
             mine.seq = mine.seq.max(other.seq);
         }
-        other.newer_than(&mine)
+        // An earlier Job's object (a resumed submission) is taken over, whatever its counts.
+        other.same_job(&mine) && other.newer_than(&mine)
     }
 
     /// At start: reads the status object and takes the shard over, unless a newer pod owns it.

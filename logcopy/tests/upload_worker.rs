@@ -124,6 +124,7 @@ fn shard(name: &str, failures: u32, seq: u64, etag: &str, size: u64) -> ShardSta
         worker: volume::markers::WorkerId(1),
         pod: format!("sub-4321-workers-0-{name}"),
         uid: format!("uid-{name}"),
+        job: String::new(),
         attempt: volume::shard::PodAttempt { failures, ignored: 0 },
         seq,
         results: Some(volume::shard::ObjectRef { etag: etag.to_string(), size }),
@@ -321,6 +322,29 @@ async fn a_stale_pod_writes_nothing_and_stops_its_pair_and_a_replacement_takes_o
     let results_puts = moto.object_puts(BUCKET).get("4321/agent/agent1/agent_results.json").copied();
     assert_eq!(results_puts, Some(1), "the first results PUT succeeded: {}", new.log());
     assert_eq!(new.sigterm(), 0);
+}
+
+/// A resumed submission runs a new worker Job, whose pods count their failures from 0 again: an object of the
+/// earlier Job (its pod after two failures) must not make the new Job's first pod stale.
+#[tokio::test]
+async fn a_new_jobs_pod_takes_over_an_earlier_jobs_shard_whatever_its_counts() {
+    let moto = Moto::start("upload-resume");
+    moto.setup(BUCKET, TABLE).await;
+    let results_etag = put(&moto, "4321/agent/agent1/agent_results.json", b"{\"earlier\": true}\n").await;
+    let mut earlier = shard("earlier", 2, 9, &results_etag, 19);
+    earlier.job = "job-of-the-first-run".into();
+    put(&moto, STATUS_KEY, earlier.to_json().as_bytes()).await;
+
+    let vol = pod_volume("resumed");
+    let mut pod = upload(&moto, &vol, "uid-resumed", 0, &["--job-uid", "job-of-the-resume"]);
+    let s = until(20, "the new Job's pod owns the shard", || async {
+        let (s, _) = status(&moto).await?;
+        (s.uid == "uid-resumed").then_some(s)
+    })
+    .await;
+    assert_eq!((s.job.as_str(), s.attempt.failures), ("job-of-the-resume", 0));
+    assert!(!vol.join("containers-status/simulation-1.cancel").exists(), "not stale: {}", pod.log());
+    assert_eq!(pod.sigterm(), 0);
 }
 
 #[tokio::test]

@@ -153,6 +153,10 @@ pub struct ShardStatus {
     /// The pod's name and UID (from the downward API; the UID tells two pods of one attempt apart).
     pub pod: String,
     pub uid: String,
+    /// The worker Job's UID (the pod's `batch.kubernetes.io/controller-uid` label; empty when unknown). The
+    /// attempt counts are the Job's: a resumed submission's new Job starts them again, so an object of an earlier
+    /// Job is never "newer" ([`Self::same_job`]).
+    pub job: String,
     pub attempt: PodAttempt,
     /// How many times this pod has written the object (from 1): a change the monitor can see.
     pub seq: u64,
@@ -176,6 +180,7 @@ impl ShardStatus {
         o.insert("worker", Value::Int(self.worker.0.into()));
         o.insert("pod", Value::str(cut(&self.pod, MAX_POD_NAME)));
         o.insert("uid", Value::str(cut(&self.uid, MAX_UID)));
+        o.insert("job", Value::str(cut(&self.job, MAX_UID)));
         o.insert("failures", Value::Int(self.attempt.failures.into()));
         o.insert("ignored_failures", Value::Int(self.attempt.ignored.into()));
         o.insert("seq", Value::Int(self.seq.min(i64::MAX as u64) as i64));
@@ -275,6 +280,7 @@ impl ShardStatus {
             worker,
             pod: str_field(o, "pod", MAX_POD_NAME)?.unwrap_or_default(),
             uid: str_field(o, "uid", MAX_UID)?.unwrap_or_default(),
+            job: str_field(o, "job", MAX_UID)?.unwrap_or_default(),
             attempt: PodAttempt { failures: req_u32(o, "failures")?, ignored: req_u32(o, "ignored_failures")? },
             seq: opt_int(o, "seq", 0, i64::MAX)?.unwrap_or(0) as u64,
             results,
@@ -285,7 +291,15 @@ impl ShardStatus {
         })
     }
 
-    /// Whether this object was written by a later pod of the shard than `other` (or by the same pod, later).
+    /// Whether both objects were written by pods of the same worker Job (or either does not say): only then do
+    /// their attempt counts compare. A resumed submission runs a new Job whose pods count from 0 again; its pods
+    /// take over the shards an earlier Job left, and the monitor follows them.
+    pub fn same_job(&self, other: &ShardStatus) -> bool {
+        self.job.is_empty() || other.job.is_empty() || self.job == other.job
+    }
+
+    /// Whether this object was written by a later pod of the shard than `other` (or by the same pod, later), both
+    /// of the same Job ([`Self::same_job`]; across Jobs the counts say nothing).
     pub fn newer_than(&self, other: &ShardStatus) -> bool {
         match self.attempt.cmp(&other.attempt) {
             Ordering::Equal if self.uid == other.uid => self.seq > other.seq,
@@ -381,6 +395,7 @@ mod tests {
             worker: w(2),
             pod: "sub-42-workers-1-abcde".into(),
             uid: "0b8c2a4e-1111-2222-3333-444455556666".into(),
+            job: "7d0c9f3a-aaaa-bbbb-cccc-ddddeeeeffff".into(),
             attempt: PodAttempt { failures: 1, ignored: 0 },
             seq: 7,
             results: Some(ObjectRef { etag: "\"9b2cf535f27731c974343645a3985328\"".into(), size: 1234 }),
@@ -427,5 +442,10 @@ mod tests {
         c.seq = 1;
         assert!(c.newer_than(&b), "a replacement pod's first write is newer than the old pod's last");
         assert!(!b.newer_than(&c));
+        let mut d = a.clone();
+        d.job = "another-job".into();
+        assert!(!d.same_job(&a) && a.same_job(&b));
+        d.job.clear();
+        assert!(d.same_job(&a), "an object that does not name its Job compares by counts");
     }
 }

@@ -27,6 +27,8 @@ pub(super) struct Engine {
     seq: u64,
     /// A cancel marker that this logcopy did not write, and EvalAI's word on it.
     cancel: CancelCheck,
+    /// Told each time the cancel markers are written (`logcopy monitor`).
+    on_cancel: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Engine {
@@ -39,6 +41,19 @@ impl Engine {
             sinks: sinks.tasks,
             seq: 0,
             cancel: CancelCheck::Idle,
+            on_cancel: None,
+        }
+    }
+
+    /// Tells `notify` each time the cancel markers are written.
+    pub fn on_cancel(mut self, notify: Option<Arc<tokio::sync::Notify>>) -> Engine {
+        self.on_cancel = notify;
+        self
+    }
+
+    fn cancel_written(&self) {
+        if let Some(n) = &self.on_cancel {
+            n.notify_one();
         }
     }
 
@@ -51,6 +66,7 @@ impl Engine {
                 Ok(Some(SinkEvent::Cancelled)) => {
                     self.cancel.confirm();
                     self.state.write_cancel_markers();
+                    self.cancel_written();
                     return Some(Ok(()));
                 }
                 Ok(Some(SinkEvent::Status { status })) => return Some(Err(status.to_string())),
@@ -177,6 +193,7 @@ impl Engine {
                             s.cycle()
                         })
                         .await;
+                        self.cancel_written();
                     }
                     SinkEvent::Status { status } => {
                         // The workers obey markers and have stopped on it: the evaluation cannot go on, and the
@@ -201,6 +218,7 @@ impl Engine {
         crate::metrics::state(crate::metrics::RunState::Finishing);
         if matches!(end, End::Cancelled { .. }) && !self.state.wrote_cancel {
             self.state.write_cancel_markers();
+            self.cancel_written();
         }
         // Before the final flush, so that S3 holds it: the post-run step counts the done markers there.
         if matches!(end, End::Completed { .. })

@@ -24,6 +24,8 @@
 //! - `workers`: worker tracking: each worker's results file, the routes it was given, the markers;
 //! - `policy`: the completion policy as pure functions: a worker's end, the run's end, the missing routes;
 //! - `cancel`: the check of a cancel marker that logcopy did not write, a small state machine.
+//!
+//! `logcopy monitor` (crate::monitor) runs the same loop over its working volume, with [`Hooks`].
 
 mod cancel;
 mod cycle;
@@ -43,6 +45,17 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::signal::unix::{Signal, SignalKind, signal};
+pub use workers::LostWorkers;
+
+/// What `logcopy monitor` changes in a run over its working volume: which files the storage sink uploads (its own
+/// outputs only), the workers its fetcher found lost, and a notice each time the run writes the cancel markers
+/// (which the monitor then puts in S3 for the workers' uploaders).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    pub keys: crate::publish::s3sync::KeyMap,
+    pub lost: LostWorkers,
+    pub cancelled: Option<Arc<tokio::sync::Notify>>,
+}
 
 /// A setup failure that is the operator's to fix (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -67,16 +80,20 @@ pub fn open_volume(path: &Path) -> Result<Arc<Root>, SetupError> {
 /// Runs `logcopy run` to one of its ends, on the volume opened by [`open_volume`]; SIGTERM or SIGINT ends it with
 /// the final flush.
 pub async fn run(cfg: RunConfig, root: Arc<Root>) -> Result<End, SetupError> {
-    // Installed now, before anything runs: from here on a signal is a request for the final flush.
+    run_until(cfg, root, shutdown_signals()).await
+}
+
+/// SIGTERM or SIGINT, with what it was: the handlers are installed now, before anything runs, so that from here on
+/// a signal is a request for the final flush.
+pub fn shutdown_signals() -> impl Future<Output = &'static str> {
     let mut sigterm = signal(SignalKind::terminate()).ok();
     let mut sigint = signal(SignalKind::interrupt()).ok();
-    let signals = async move {
+    async move {
         tokio::select! {
             _ = recv_signal(&mut sigterm) => "SIGTERM",
             _ = recv_signal(&mut sigint) => "SIGINT",
         }
-    };
-    run_until(cfg, root, signals).await
+    }
 }
 
 /// Runs `logcopy run` to one of its ends; `shutdown` resolving (with what asked for it, for the log) ends it as
@@ -86,8 +103,20 @@ pub async fn run_until(
     root: Arc<Root>,
     shutdown: impl Future<Output = &'static str>,
 ) -> Result<End, SetupError> {
-    let sinks = sinks::start(&cfg, &root).await?;
-    Engine::new(State::new(cfg, root), sinks).run(shutdown).await
+    run_with(cfg, root, shutdown, Hooks::default()).await
+}
+
+/// [`run_until`] with `hooks` (`logcopy monitor`).
+pub async fn run_with(
+    cfg: RunConfig,
+    root: Arc<Root>,
+    shutdown: impl Future<Output = &'static str>,
+    hooks: Hooks,
+) -> Result<End, SetupError> {
+    let sinks = sinks::start(&cfg, &root, hooks.keys).await?;
+    let mut state = State::new(cfg, root);
+    state.workers.lost = hooks.lost;
+    Engine::new(state, sinks).on_cancel(hooks.cancelled).run(shutdown).await
 }
 
 /// What a run of `cfg` on the volume beneath `root` would publish now, with the clock stopped at `now` (Unix

@@ -40,6 +40,9 @@ pub(crate) enum WorkerEnd {
     Incomplete { reason: String },
     /// A side gave up (its `.failed` marker), whatever the results.
     Failed { side: Role },
+    /// No end marker, and its pod stopped reporting for good (`logcopy monitor`: its shard status object stayed
+    /// unchanged for `--worker-silence`).
+    Lost,
 }
 
 /// What a worker recorded, read from its last good parse: what [`verdict`] and [`missing_routes`] judge.
@@ -54,13 +57,17 @@ pub(crate) struct Recorded<'a> {
 }
 
 /// A `.failed` marker ends a worker failed; both done markers end it, complete when its results hold what it had to
-/// record (`verdict`, asked only then); otherwise it is running.
-pub(crate) fn worker_end(markers: WorkerMarkers, verdict: impl FnOnce() -> Result<(), String>) -> WorkerEnd {
+/// record (`verdict`, asked only then); without either, it is lost when `lost` says so, else running.
+pub(crate) fn worker_end(
+    markers: WorkerMarkers,
+    lost: impl FnOnce() -> bool,
+    verdict: impl FnOnce() -> Result<(), String>,
+) -> WorkerEnd {
     if let Some(side) = markers.failed {
         return WorkerEnd::Failed { side };
     }
     if !markers.done {
-        return WorkerEnd::Running;
+        return if lost() { WorkerEnd::Lost } else { WorkerEnd::Running };
     }
     match verdict() {
         Ok(()) => WorkerEnd::Complete,
@@ -111,6 +118,7 @@ pub(crate) fn completion(ends: impl IntoIterator<Item = (u32, WorkerEnd)>) -> Op
                 problems.push(format!("worker {id} failed ({marker})"));
             }
             WorkerEnd::Incomplete { reason } => problems.push(format!("worker {id} {reason}")),
+            WorkerEnd::Lost => problems.push(format!("worker {id} stopped reporting (its pod was lost)")),
         }
     }
     Some(if problems.is_empty() {
@@ -214,15 +222,23 @@ mod tests {
         let both = m(&[failed(Role::Agent), failed(Role::Simulator), done(Role::Agent), done(Role::Simulator)]);
         assert_eq!(both, WorkerMarkers { failed: Some(Role::Simulator), done: true });
 
+        let (no, yes) = (|| false, || true);
         let never = || -> Result<(), String> { panic!("the verdict is asked only of a worker that is done") };
-        assert_eq!(worker_end(WorkerMarkers::default(), never), WorkerEnd::Running);
-        assert_eq!(worker_end(m(&[done(Role::Agent)]), never), WorkerEnd::Running);
+        assert_eq!(worker_end(WorkerMarkers::default(), no, never), WorkerEnd::Running);
+        assert_eq!(worker_end(m(&[done(Role::Agent)]), no, never), WorkerEnd::Running);
         // A failed marker wins over the done markers and over the results.
-        assert_eq!(worker_end(both, never), WorkerEnd::Failed { side: Role::Simulator });
-        assert_eq!(worker_end(m(&[failed(Role::Agent)]), never), WorkerEnd::Failed { side: Role::Agent });
+        assert_eq!(worker_end(both, yes, never), WorkerEnd::Failed { side: Role::Simulator });
+        assert_eq!(worker_end(m(&[failed(Role::Agent)]), no, never), WorkerEnd::Failed { side: Role::Agent });
         let done_both = m(&[done(Role::Agent), done(Role::Simulator)]);
-        assert_eq!(worker_end(done_both, || Ok(())), WorkerEnd::Complete);
-        assert_eq!(worker_end(done_both, || Err("lacks".into())), WorkerEnd::Incomplete { reason: "lacks".into() });
+        assert_eq!(worker_end(done_both, yes, || Ok(())), WorkerEnd::Complete);
+        assert_eq!(worker_end(done_both, no, || Err("lacks".into())), WorkerEnd::Incomplete { reason: "lacks".into() });
+        // A lost pod ends a worker that has no end marker; its markers decide otherwise (a lost pod of a worker
+        // that had ended changes nothing).
+        assert_eq!(worker_end(WorkerMarkers::default(), yes, never), WorkerEnd::Lost);
+        assert_eq!(worker_end(m(&[done(Role::Agent)]), yes, never), WorkerEnd::Lost);
+        let lost = completion([(1, WorkerEnd::Complete), (2, WorkerEnd::Lost)]);
+        let reason = "worker 2 stopped reporting (its pod was lost)".to_string();
+        assert_eq!(lost, Some(End::Completed { finished: false, reason }));
     }
 
     #[test]

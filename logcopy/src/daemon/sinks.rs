@@ -9,7 +9,7 @@ use crate::publish::evalai::{EvalAiSettings, EvalAiSink, HttpTransport, Transpor
 use crate::publish::local::LocalTransport;
 use crate::publish::record::RecordSink;
 use crate::publish::retry::RetryPolicy;
-use crate::publish::s3sync::StorageSink;
+use crate::publish::s3sync::{KeyMap, StorageSink};
 use crate::publish::store::{LocalStore, S3Store};
 use crate::publish::table::{DynamoTable, ItemKey, LocalTable};
 use crate::publish::{FinalDecision, SinkEvent, Snapshot, spawn_supervised};
@@ -29,8 +29,8 @@ pub(super) struct Sinks {
     pub tasks: Vec<JoinHandle<()>>,
 }
 
-/// Starts every sink of `cfg`; the storage sinks read the volume beneath `root`.
-pub(super) async fn start(cfg: &RunConfig, root: &Arc<Root>) -> Result<Sinks, SetupError> {
+/// Starts every sink of `cfg`; the storage sinks read the volume beneath `root` and upload the files `keys` keeps.
+pub(super) async fn start(cfg: &RunConfig, root: &Arc<Root>, keys: KeyMap) -> Result<Sinks, SetupError> {
     let settings = EvalAiSettings {
         challenge_id: cfg.challenge_id,
         submission_id: cfg.submission_id,
@@ -86,6 +86,7 @@ pub(super) async fn start(cfg: &RunConfig, root: &Arc<Root>) -> Result<Sinks, Se
             let store = move |_| {
                 StorageSink::new(MeteredStore(S3Store::new(&sdk2, &bucket2)), root2.clone(), &prefix2, &target, period)
                     .with_limits(limits)
+                    .with_keys(keys.clone())
             };
             tasks.push(spawn_supervised(store, snapshots.subscribe(), ev_tx.clone()));
             let url = format!("s3://{bucket}/{prefix}");
@@ -109,6 +110,7 @@ pub(super) async fn start(cfg: &RunConfig, root: &Arc<Root>) -> Result<Sinks, Se
             let store = move |_| {
                 StorageSink::new(MeteredStore(LocalStore::new(&objects2)), root2.clone(), &prefix2, &target, period)
                     .with_limits(limits)
+                    .with_keys(keys.clone())
             };
             tasks.push(spawn_supervised(store, snapshots.subscribe(), ev_tx.clone()));
             let url = format!("file://{}/{prefix}", objects.display());

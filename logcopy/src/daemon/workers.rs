@@ -10,7 +10,9 @@ use crate::results::file::{self, Loaded};
 use crate::results::pyjson::Value;
 use crate::routes::{Assigned, Missing};
 use crate::volume::{FileStamp, Layout, Root};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use tracing::warn;
 use volume::markers::{StatusSet, WorkerId};
 
@@ -125,10 +127,29 @@ impl Worker {
     }
 }
 
+/// The workers whose pods were lost (`logcopy monitor`'s fetcher decides, from their silence in S3): each one that
+/// has no end marker ends the run's wait for it, without finishing. Shared between the fetcher and the run.
+#[derive(Debug, Clone, Default)]
+pub struct LostWorkers(Arc<Mutex<BTreeSet<u32>>>);
+
+impl LostWorkers {
+    /// Marks worker `id` lost (or no longer lost); `true` when that changed.
+    pub fn set(&self, id: u32, lost: bool) -> bool {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if lost { set.insert(id) } else { set.remove(&id) }
+    }
+
+    pub fn contains(&self, id: u32) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+    }
+}
+
 /// Every worker of the submission and the markers last read.
 pub(crate) struct Workers {
     pub list: Vec<Worker>,
     pub markers: StatusSet,
+    /// The workers lost (only a monitor marks any).
+    pub lost: LostWorkers,
     /// The status folder was found flooded (more entries than a reading takes), and it was logged.
     flooded: bool,
 }
@@ -160,7 +181,7 @@ impl Workers {
             ),
             Some(_) => {}
         }
-        Workers { list, markers: StatusSet::default(), flooded: false }
+        Workers { list, markers: StatusSet::default(), lost: LostWorkers::default(), flooded: false }
     }
 
     /// Reads the markers of the status folder `dir`; on an error the last ones read stay.
@@ -196,7 +217,8 @@ impl Workers {
     /// Where worker `w` stands.
     fn end(&self, w: &Worker, version: Version) -> WorkerEnd {
         let markers = WorkerMarkers::of(&self.markers, WorkerId(w.id));
-        policy::worker_end(markers, || policy::verdict(version, &w.recorded()))
+        let lost = || self.lost.contains(w.id);
+        policy::worker_end(markers, lost, || policy::verdict(version, &w.recorded()))
     }
 
     /// `Some` once every worker has ended, with the final status decision and its reason.
