@@ -256,5 +256,93 @@ class WholeJob(unittest.TestCase):
         self.assertIn("agent/agent1/agent_results.json", restored, "the restore brought the worker files back")
 
 
+INDEXED_ROUTES = [f"RouteScenario_{i}_rep0" for i in range(12)]
+
+
+def run_indexed(test, name, *flags, expect_rc=0):
+    """local-job --topology indexed: 3 shards, a pod each with a volume of its own, the monitor, moto's S3 between."""
+    return run_job(
+        test,
+        name,
+        "--topology",
+        "indexed",
+        "--workers",
+        "3",
+        "--routes",
+        "12",
+        "--route-seconds",
+        "2",
+        *flags,
+        expect_rc=expect_rc,
+    )
+
+
+class IndexedJob(unittest.TestCase):
+    """The scale-out Job (issue 21) on this machine: local_indexed.py's model of the Job controller."""
+
+    def assert_once_each(self, s, routes):
+        self.assertEqual(s["duplicate_routes"], [], "a route was recorded twice")
+        self.assertEqual(sorted(s["merged_routes"]), sorted(routes))
+
+    def final_puts(self, job):
+        return [
+            r
+            for r in evalai_records(job)
+            if r.get("method") == "PUT" and (r.get("body") or {}).get("submission_status") in ("FINISHED", "FAILED")
+        ]
+
+    def test_a_killed_pod_is_replaced_and_resumes_through_s3_faults(self):
+        job, s = run_indexed(self, "indexed-kill", "--kill-pod", "2@4", "--s3-fault-rate", "0.03")
+        self.assertEqual(s["final_status"], "FINISHED")
+        self.assert_once_each(s, INDEXED_ROUTES)
+        shard = s["indexes"]["2"]
+        self.assertEqual([p["result"] for p in shard["pods"]], ["killed", "succeeded"])
+        self.assertEqual(shard["failures"], 1, "a killed pod spends one of the shard's retries")
+        self.assertEqual(s["s3_mismatched"], [], "S3 holds what each shard's last pod produced")
+        self.assertGreater(s["s3_faults"], 0, "the proxy answered some requests with 503")
+        # The replacement restored the checkpoint: its evaluator resumed, not from the shard's first route.
+        starts = (Path(s["out"]) / "pods/w2.1/evaluator.starts").read_text().splitlines()
+        self.assertIn("resume=1", starts[0], starts)
+
+    def test_a_pod_lost_on_its_last_try_ends_the_submission_failed_with_its_routes_not_run(self):
+        job, s = run_indexed(self, "indexed-lost", "--lose-pod", "2@4", "--worker-silence", "6")
+        self.assertEqual(s["final_status"], "FAILED")
+        self.assertEqual(s["duplicate_routes"], [])
+        self.assertLess(len(s["merged_routes"]), 12)
+        log = (Path(s["out"]) / "monitor/monitor.log").read_text()
+        self.assertIn("worker 2 stopped reporting", log)
+
+    def test_an_eviction_spends_no_retry(self):
+        _, s = run_indexed(self, "indexed-evict", "--evict-pod", "1@4")
+        self.assertEqual(s["final_status"], "FINISHED")
+        self.assert_once_each(s, INDEXED_ROUTES)
+        shard = s["indexes"]["1"]
+        self.assertEqual((shard["failures"], shard["ignored"]), (0, 1))
+        self.assertEqual([p["result"] for p in shard["pods"]], ["evicted", "succeeded"])
+
+    def test_a_stale_pod_racing_its_replacement_stands_down(self):
+        _, s = run_indexed(self, "indexed-stale", "--stale-pod", "3@4")
+        self.assertEqual(s["final_status"], "FINISHED")
+        self.assert_once_each(s, INDEXED_ROUTES)
+        old = (Path(s["out"]) / "pods/w3.0/uploader.log").read_text()
+        self.assertIn("stale pod", old)
+        self.assertEqual(s["s3_mismatched"], [], "S3 holds the replacement's files, not the stale pod's")
+
+    def test_the_monitor_killed_and_restarted_publishes_one_final_result(self):
+        job, s = run_indexed(self, "indexed-monitor", "--kill-monitor", "5", "--final-status")
+        self.assertEqual(s["final_status"], "FINISHED")
+        self.assert_once_each(s, INDEXED_ROUTES)
+        self.assertEqual(len(self.final_puts(job)), 1, "exactly one final status")
+
+    def test_cancel_early_and_mid_run_stops_every_pod(self):
+        for name, at in (("indexed-cancel-early", "1"), ("indexed-cancel-mid", "6")):
+            job, s = run_indexed(self, name, "--cancel-after", at)
+            self.assertEqual(s["final_status"], "CANCELLED", name)
+            self.assertEqual(s["duplicate_routes"], [], name)
+            workers = [p for p in s["processes"] if p["name"].startswith("w")]
+            self.assertTrue(all(p["end"] for p in workers), f"{name}: a worker process outlived the run")
+            self.assertFalse(self.final_puts(job), f"{name}: no FINISHED or FAILED after a cancel")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -212,6 +212,46 @@ fn remote_faults_of_every_kind_are_survived() {
     assert!(counts.windows(2).all(|w| w[0] <= w[1]), "a partial result regressed: {counts:?}");
 }
 
+/// An upload streams from an open file, a body the SDK cannot rebuild, so the SDK retries no upload: each 503 or
+/// dropped connection left the file to the next sync, and a final flush has none (an Indexed Job's worker lost its
+/// last log to one 503 at its pod's end). The store now sends the file again itself, single and multipart.
+#[test]
+fn an_upload_refused_or_cut_off_is_sent_again() {
+    let moto = moto::Moto::start("put-retry");
+    let dir = moto.dir().to_path_buf();
+    let proxy = Proxy::start(&moto.endpoint.replace("http://", ""), &dir);
+    rt().block_on(async {
+        moto.setup(BUCKET, "unused").await;
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(proxy.endpoint())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "test"))
+            .load()
+            .await;
+        use logcopy::publish::store::ObjectStore;
+        let store = logcopy::publish::store::S3Store::new(&sdk, BUCKET);
+        let small = dir.join("small.log");
+        std::fs::write(&small, b"the last lines of a log\n").unwrap();
+        proxy.fault(serde_json::json!({"mode": "http", "status": 503, "count": 2, "match": "PUT"}));
+        let stats = store
+            .put(&format!("{}/small.log", moto::SUBMISSION), std::fs::File::open(&small).unwrap(), 24)
+            .await
+            .expect("sent again");
+        assert_eq!(stats.requests, 3, "two refusals, then the upload");
+        let big = dir.join("big.bin");
+        std::fs::write(&big, vec![7u8; 9 << 20]).unwrap();
+        proxy.fault(serde_json::json!({"mode": "close", "count": 1, "match": "partNumber=2"}));
+        store
+            .put(&format!("{}/big.bin", moto::SUBMISSION), std::fs::File::open(&big).unwrap(), 9 << 20)
+            .await
+            .expect("sent again");
+    });
+    let objects = s3_files(&moto);
+    assert_eq!(objects.get("small.log").map(Vec::as_slice), Some(&b"the last lines of a log\n"[..]));
+    assert_eq!(objects.get("big.bin").map(Vec::len), Some(9 << 20));
+    assert_eq!(proxy.stats()["pending"], serde_json::json!([]), "every fault was met");
+}
+
 #[test]
 fn evalai_down_the_evaluation_goes_on_and_the_newest_result_arrives_after() {
     let moto = moto::Moto::start("faults-down");

@@ -162,17 +162,25 @@ impl S3Store {
     }
 
     async fn body(file: &File, offset: u64, len: u64, key: &str) -> Result<ByteStream, StoreError> {
-        let f = file.try_clone().map_err(|e| err("open", key, e))?;
+        // A clone shares the file's offset, which an earlier attempt left at its end: seek it where this body starts
+        // (the builder's own offset is relative to where the file is).
+        let mut f = file.try_clone().map_err(|e| err("open", key, e))?;
+        f.seek(SeekFrom::Start(offset)).map_err(|e| err("read", key, e))?;
         ByteStream::read_from()
             .file(tokio::fs::File::from_std(f))
-            .offset(offset)
             .length(Length::Exact(len))
             .build()
             .await
             .map_err(|e| err("read", key, e))
     }
 
-    async fn put_multipart(&self, key: &str, file: &File, len: u64) -> Result<PutStats, StoreError> {
+    async fn put_multipart(
+        &self,
+        key: &str,
+        file: &File,
+        len: u64,
+        transient: &AtomicBool,
+    ) -> Result<PutStats, StoreError> {
         let c = &self.client;
         let created = c
             .create_multipart_upload()
@@ -180,7 +188,7 @@ impl S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| err("create multipart upload", key, DisplayErrorContext(e)))?;
+            .map_err(|e| fail("create multipart upload", key, e, transient))?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
         let mut stats = PutStats { requests: 1, etag: None };
         let part = part_size(len);
@@ -200,7 +208,7 @@ impl S3Store {
                     .body(Self::body(file, offset, n, key).await?)
                     .send()
                     .await
-                    .map_err(|e| err("upload part", key, DisplayErrorContext(e)))?;
+                    .map_err(|e| fail("upload part", key, e, transient))?;
                 stats.requests += 1;
                 parts.push(
                     CompletedPart::builder().set_e_tag(out.e_tag().map(String::from)).part_number(number).build(),
@@ -226,10 +234,30 @@ impl S3Store {
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .send()
             .await
-            .map_err(|e| err("complete multipart upload", key, DisplayErrorContext(e)))?;
+            .map_err(|e| fail("complete multipart upload", key, e, transient))?;
         stats.requests += 1;
         stats.etag = done.e_tag().map(String::from);
         Ok(stats)
+    }
+
+    async fn put_single(
+        &self,
+        key: &str,
+        file: &File,
+        len: u64,
+        transient: &AtomicBool,
+    ) -> Result<PutStats, StoreError> {
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(len as i64)
+            .body(Self::body(file, 0, len, key).await?)
+            .send()
+            .await
+            .map_err(|e| fail("put", key, e, transient))?;
+        Ok(PutStats { requests: 1, etag: out.e_tag().map(String::from) })
     }
 }
 
@@ -239,20 +267,31 @@ impl ObjectStore for S3Store {
     }
 
     async fn put(&self, key: &str, file: File, len: u64) -> Result<PutStats, StoreError> {
-        if len >= MULTIPART_THRESHOLD {
-            return self.put_multipart(key, &file, len).await;
+        // A body streamed from an open file cannot be rebuilt by the SDK, so it retries no upload: a 503 (SlowDown)
+        // or a dropped connection would leave the file to the next sync, and a final flush has none. Each attempt
+        // here reads the file again from its descriptor.
+        let mut tries = 1;
+        loop {
+            let transient = AtomicBool::new(false);
+            let r = if len >= MULTIPART_THRESHOLD {
+                self.put_multipart(key, &file, len, &transient).await
+            } else {
+                self.put_single(key, &file, len, &transient).await
+            };
+            match r {
+                Err(_) if tries < PUT_TRIES && transient.load(Ordering::Relaxed) => {
+                    let base = PUT_BACKOFF.saturating_mul(1 << (tries - 1));
+                    tokio::time::sleep(base + base.mul_f64(fastrand::f64())).await;
+                    tries += 1;
+                }
+                r => {
+                    return r.map(|mut stats| {
+                        stats.requests += tries - 1;
+                        stats
+                    });
+                }
+            }
         }
-        let out = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_length(len as i64)
-            .body(Self::body(&file, 0, len, key).await?)
-            .send()
-            .await
-            .map_err(|e| err("put", key, DisplayErrorContext(e)))?;
-        Ok(PutStats { requests: 1, etag: out.e_tag().map(String::from) })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
@@ -368,6 +407,31 @@ impl ObjectStore for S3Store {
         }
         Ok(())
     }
+}
+
+/// Attempts of one upload when the store answers with a transient fault (5xx, 429, a timeout, a dropped
+/// connection), and the first wait between two (doubled each time, plus up to as much again at random).
+const PUT_TRIES: u32 = 4;
+const PUT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Whether a failed request may succeed if sent again.
+fn is_transient<E>(e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> bool {
+    use aws_sdk_s3::error::SdkError;
+    matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_))
+        || http_status(e).is_some_and(|s| s >= 500 || s == 429)
+}
+
+/// A failed request as a [`StoreError`], noting in `transient` whether it may succeed if sent again.
+fn fail<E: std::error::Error + Send + Sync + 'static>(
+    op: &'static str,
+    key: &str,
+    e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    transient: &AtomicBool,
+) -> StoreError {
+    if is_transient(&e) {
+        transient.store(true, Ordering::Relaxed);
+    }
+    err(op, key, DisplayErrorContext(e))
 }
 
 /// The HTTP status of a failed S3 request, when the server answered.
