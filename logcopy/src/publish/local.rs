@@ -11,6 +11,9 @@
 //! A cancel, as a participant makes it on EvalAI's web UI: create the file `OUT/evalai-cancel` (any content). It is
 //! read once, at the next request: the submission becomes `cancelled` and the file is renamed
 //! `evalai-cancel.applied`, so a later write can overwrite the cancel exactly as on EvalAI.
+//!
+//! A refused host token, as EvalAI answers a wrong or revoked one: while the file `OUT/evalai-refuse-token` exists,
+//! every request is recorded and answered 401 (`{"detail": "Invalid token."}`).
 
 use super::evalai::{Method, Request, Response, Transport, TransportError};
 use std::io::Write;
@@ -36,6 +39,8 @@ struct LocalState {
 pub const CANCEL_FILE: &str = "evalai-cancel";
 /// What the cancel file is renamed to once applied.
 pub const CANCEL_APPLIED: &str = "evalai-cancel.applied";
+/// The file whose existence makes every request a 401 (a refused token).
+pub const REFUSE_FILE: &str = "evalai-refuse-token";
 
 /// The statuses each endpoint accepts (after lower-casing), as EvalAI's views check them.
 fn accepted(method: Method, path: &str) -> &'static [&'static str] {
@@ -88,6 +93,10 @@ fn ok(body: serde_json::Value) -> Response {
 impl Transport for LocalTransport {
     async fn send(&self, req: &Request) -> Result<Response, TransportError> {
         self.record(req).map_err(|e| TransportError::Io(format!("{}: {e}", self.path.display())))?;
+        if std::fs::symlink_metadata(self.path.with_file_name(REFUSE_FILE)).is_ok() {
+            let body = serde_json::json!({"detail": "Invalid token."});
+            return Ok(Response { status: 401, body: body.to_string(), ..Response::default() });
+        }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         // The participant's cancel on the web UI: applied once, then it is an ordinary stored status.
         if std::fs::symlink_metadata(&self.cancel).is_ok() {
