@@ -29,8 +29,12 @@ pub(super) struct State {
     pub workers: Workers,
     version: Version,
     pub outputs: Option<Arc<Outputs>>,
-    /// The bytes last written to each output file, to write only what changed.
+    /// The SHA-256 of the bytes last written to each output file, to write only what changed (not the bytes: the
+    /// merged file is written twice, as itself and as metadata.json, 14 MB each at 10,000 routes).
     written: Vec<(PathBuf, String)>,
+    /// The operator's tail of the evaluator logs (EvalAI's `environment_log`), read once at the end for the final
+    /// outputs; empty before.
+    environment_log: String,
     /// A write of the outputs failed (a full disk): the next cycle tries again.
     unwritten: bool,
     logged: HashSet<String>,
@@ -61,10 +65,9 @@ struct Merged {
     /// `results.json` as the outputs carry it: upstream's, or with the provisional scores of
     /// `--partial-scores provisional` before the global record.
     results: String,
-    /// `stdout.txt` as upstream writes it.
-    stdout_upstream: String,
-    /// Upstream's summary with the truth in its progress line (routes done out of the routes assigned).
-    stdout_truth: String,
+    /// Upstream's summary as `--stdout-format` has it: `stdout.txt` as upstream writes it (`upstream`), or with the
+    /// truth in its progress line, routes done out of the routes assigned (`status`, after the block).
+    summary: String,
     refused: Option<String>,
     /// Records each worker has of its own routes, in worker order.
     done: Vec<u64>,
@@ -104,6 +107,7 @@ impl State {
             cfg,
             outputs: None,
             written: Vec::new(),
+            environment_log: String::new(),
             unwritten: false,
             logged: HashSet::new(),
             wrote_cancel: false,
@@ -184,15 +188,15 @@ impl State {
             let assigned: u64 = (1..=p.workers).map(|i| p.assigned(i).runs()).sum();
             (record_count(&merged.value), assigned)
         });
+        let format = self.cfg.view.stdout_format;
         let converted = evalai::results_json(self.version, obj).and_then(|r| {
-            let upstream = evalai::stdout_txt(self.version, obj)?;
-            let truth = match truth {
-                Some(t) => evalai::stdout_txt_with(self.version, obj, Some(t))?,
-                None => upstream.clone(),
+            let summary = match (format, truth) {
+                (StdoutFormat::Status, Some(t)) => evalai::stdout_txt_with(self.version, obj, Some(t))?,
+                _ => evalai::stdout_txt(self.version, obj)?,
             };
-            Ok((r, upstream, truth))
+            Ok((r, summary))
         });
-        let (results, stdout_upstream, stdout_truth) = match converted {
+        let (results, summary) = match converted {
             Ok(x) => x,
             Err(e) => {
                 let msg = format!("EvalAI conversion failed, the last good results stay published: {e}");
@@ -227,7 +231,7 @@ impl State {
         let bytes = merged.to_bytes();
         let tally = view::Tally::of(obj);
         let seq = self.last.as_ref().map_or(0, |m| m.seq + 1);
-        self.last = Some(Arc::new(Merged { seq, bytes, results, stdout_upstream, stdout_truth, refused, done, tally }));
+        self.last = Some(Arc::new(Merged { seq, bytes, results, summary, refused, done, tally }));
     }
 
     /// The outputs of the last good merge with the participant's view of the run now (crate::view): the run status
@@ -270,11 +274,11 @@ impl State {
             return false;
         }
         let stdout = match &inputs.block {
-            None => m.stdout_upstream.clone(),
+            None => m.summary.clone(),
             Some(block) => {
-                let mut s = String::with_capacity(block.len() + m.stdout_truth.len());
+                let mut s = String::with_capacity(block.len() + m.summary.len());
                 s.push_str(block);
-                s.push_str(&m.stdout_truth);
+                s.push_str(&m.summary);
                 if let Some(End::Completed { finished: false, reason }) = &self.end {
                     s.push_str(&self.incomplete_note(&view::participant_reason(reason, &v.workers)));
                 }
@@ -287,8 +291,8 @@ impl State {
             stdout,
             stderr: inputs.stderr.clone(),
             refused: m.refused.clone(),
-            // Set once, at the end (final_outputs); kept by any later composition.
-            environment_log: self.outputs.as_ref().map(|o| o.environment_log.clone()).unwrap_or_default(),
+            // Set once, at the end (final_outputs).
+            environment_log: self.environment_log.clone(),
         };
         self.composed = Some(inputs);
         if self.outputs.as_deref() == Some(&outputs) {
@@ -348,7 +352,8 @@ impl State {
             (PathBuf::from(volume::layout::EVALAI_METADATA), &o.merged),
         ];
         for (path, bytes) in files {
-            if self.written.iter().any(|(p, b)| *p == path && b == bytes) {
+            let digest = digest(bytes);
+            if self.written.iter().any(|(p, d)| *p == path && *d == digest) {
                 continue;
             }
             // After a restart the file on the volume may already hold these bytes: leave it (and its stat) alone.
@@ -356,7 +361,7 @@ impl State {
                 && file::read_beneath(&self.root, &path, bytes.len() as u64 + 1).ok().flatten().as_deref()
                     == Some(bytes.as_bytes())
             {
-                self.written.push((path, bytes.clone()));
+                self.written.push((path, digest));
                 continue;
             }
             if let Some(parent) = path.parent() {
@@ -365,7 +370,7 @@ impl State {
             match self.root.write_atomic(&path, bytes.as_bytes()) {
                 Ok(()) => {
                     self.written.retain(|(p, _)| *p != path);
-                    self.written.push((path, bytes.clone()));
+                    self.written.push((path, digest));
                 }
                 // Logged each time: a full disk must stay visible. The old file stays whole; the next cycle retries.
                 Err(e) => {
@@ -420,6 +425,14 @@ impl State {
         }
         // The view's state is the end's from here on (its note, on an incomplete end, closes stdout.txt).
         self.end = Some(end.clone());
+        // The operator's tail of each evaluator log, for the final update only (EvalAI shows it to hosts only),
+        // composed into the final outputs (no copy of them made for it).
+        let token = match &self.cfg.evalai {
+            crate::config::EvalAiTarget::Http { token, .. } => Some(token.expose()),
+            crate::config::EvalAiTarget::Local { .. } => None,
+        };
+        self.environment_log =
+            crate::oplog::environment_log(&self.root, self.cfg.workers, &token.into_iter().collect::<Vec<_>>());
         self.cycle();
         if let End::Completed { finished: false, .. } = end
             && self.merge_error.is_none()
@@ -428,16 +441,6 @@ impl State {
             if missing.count > 0 {
                 error!(missing = %missing.count, routes = %missing.names.join(", "), "routes with no result");
             }
-        }
-        // The operator's tail of each evaluator log, for the final update only (EvalAI shows it to hosts only).
-        if let Some(o) = &self.outputs {
-            let token = match &self.cfg.evalai {
-                crate::config::EvalAiTarget::Http { token, .. } => Some(token.expose()),
-                crate::config::EvalAiTarget::Local { .. } => None,
-            };
-            let log =
-                crate::oplog::environment_log(&self.root, self.cfg.workers, &token.into_iter().collect::<Vec<_>>());
-            self.outputs = Some(Arc::new(Outputs { environment_log: log, ..(**o).clone() }));
         }
         self.outputs.clone()
     }
@@ -496,6 +499,11 @@ impl DerefMut for Held {
     fn deref_mut(&mut self) -> &mut State {
         self.state.as_mut().expect(HELD)
     }
+}
+
+/// The SHA-256 of an output file's bytes (hex).
+fn digest(bytes: &str) -> String {
+    crate::volume::manifest::sha256(bytes.as_bytes()).map(|(d, _)| d).unwrap_or_default()
 }
 
 /// The first metric of a `results.json` whose value is not a finite number (NaN, Infinity), if any.
