@@ -751,8 +751,7 @@ mod tests {
         d
     }
 
-    /// `stat` describes a link, never its target (it followed a last-component link before: the target's size and
-    /// mtime, outside the root).
+    /// `stat` describes a link, never its target (kept so by its one `O_PATH | O_NOFOLLOW` open beneath the root).
     #[test]
     fn stat_describes_a_link_never_its_target() {
         let d = tmp("stat-link");
