@@ -64,6 +64,10 @@ pub struct ViewArgs {
     /// `provisional` (the driving score, route completion and infraction penalty averaged over the routes done).
     #[arg(long, env = "PARTIAL_SCORES", value_enum, default_value_t = PartialScores::Zeros)]
     pub partial_scores: PartialScores,
+    /// The Job's deadline (its activeDeadlineSeconds), shown among the budgets of the run status block; only
+    /// shown, never enforced by logcopy (seconds, or with a unit: 90s, 5m). Not set: the block says so.
+    #[arg(long, env = "JOB_DEADLINE", value_parser = job_deadline, value_name = "DURATION")]
+    pub job_deadline: Option<Duration>,
 }
 
 impl Default for ViewArgs {
@@ -72,6 +76,7 @@ impl Default for ViewArgs {
             stdout_format: StdoutFormat::Status,
             heartbeat: Duration::from_secs(300),
             partial_scores: PartialScores::Zeros,
+            job_deadline: None,
         }
     }
 }
@@ -84,6 +89,18 @@ fn heartbeat(s: &str) -> Result<Duration, String> {
     }
     Ok(d)
 }
+
+/// A Job deadline: at least 1 s (clap value parser).
+fn job_deadline(s: &str) -> Result<Duration, String> {
+    let d = volume::duration::parse(s).ok_or_else(|| format!("{s:?} is not a duration (e.g. 86400, 90s, 5m)"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?} is below the minimum of 1s"));
+    }
+    Ok(d)
+}
+
+/// The most route ids the block lists as run again; the others are counted.
+pub const MAX_RERUNS_SHOWN: usize = 10;
 
 /// The most worker lines the block (and stderr) lists; the others are counted.
 pub const MAX_WORKER_LINES: usize = 64;
@@ -168,6 +185,10 @@ pub struct WorkerView {
     pub last_end: Option<EndView>,
     /// The first change of state of its records.
     pub started_at: Option<i64>,
+    /// The hang detector's limit (the agent's record), in milliseconds.
+    pub idle_timeout_ms: Option<u32>,
+    /// The assigned routes run again after a restart (the agent's record), oldest first, in logcopy's spelling.
+    pub reruns: Vec<String>,
 }
 
 impl WorkerView {
@@ -191,18 +212,49 @@ pub struct RunView {
     /// The mean driving score over the routes done, and how many had one.
     pub provisional: Option<(f64, u64)>,
     pub heartbeat: Duration,
+    /// `--job-deadline`.
+    pub job_deadline: Option<Duration>,
+}
+
+/// What the view takes from the merged results file (records of assigned routes only), counted once per merge.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tally {
+    pub routes_done: u64,
+    /// (status, count) for upstream's statuses, then `other`.
+    pub statuses: Vec<(&'static str, u64)>,
+    /// The mean driving score over the routes done, and how many had one.
+    pub provisional: Option<(f64, u64)>,
+}
+
+impl Tally {
+    /// The counts of the merged results file `merged`.
+    pub fn of(merged: Option<&Object>) -> Tally {
+        let mut counts = [0u64; STATUSES.len() + 1];
+        let records = merged_records(merged);
+        for r in records {
+            let status = r.as_object().and_then(|r| r.get("status")).and_then(Value::as_str);
+            let at = status.and_then(|s| STATUSES.iter().position(|k| *k == s)).unwrap_or(STATUSES.len());
+            counts[at] += 1;
+        }
+        Tally {
+            routes_done: records.len() as u64,
+            statuses: STATUSES.iter().copied().chain(["other"]).zip(counts).filter(|(_, n)| *n > 0).collect(),
+            provisional: mean_score(merged, "score_composed"),
+        }
+    }
 }
 
 /// The facts the loop has for the view, besides what is read from the status folder.
 pub struct Facts<'a> {
     pub version: Version,
     pub plan: Option<RoutePlan>,
-    /// The merged results file (records of assigned routes only).
-    pub merged: Option<&'a Object>,
+    /// The counts of the merged results file.
+    pub tally: &'a Tally,
     /// Records each worker has of its own routes, in worker order.
     pub routes_done: &'a [u64],
     pub end: Option<&'a End>,
     pub heartbeat: Duration,
+    pub job_deadline: Option<Duration>,
 }
 
 /// `name` in logcopy's own spelling when it is a run of a route `assigned` holds; `None` otherwise.
@@ -275,6 +327,11 @@ fn worker(root: &Root, set: &StatusSet, f: &Facts, id: u32) -> WorkerView {
             .unwrap_or(u32::MAX),
         last_end,
         started_at,
+        idle_timeout_ms: records.iter().filter_map(|r| r.idle_timeout_ms).max(),
+        reruns: agent
+            .as_ref()
+            .map(|r| r.reruns.iter().filter_map(|n| assigned_route(f.version, assigned.as_ref(), n)).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -312,15 +369,7 @@ pub fn mean_score(merged: Option<&Object>, key: &str) -> Option<(f64, u64)> {
 /// The view of a run, read from the status folder beneath `root` (markers, records) and the loop's facts.
 pub fn build(root: &Root, set: &StatusSet, workers: u32, f: &Facts) -> RunView {
     let workers: Vec<WorkerView> = (1..=workers).map(|i| worker(root, set, f, i)).collect();
-    let mut counts = [0u64; STATUSES.len() + 1];
-    let records = merged_records(f.merged);
-    for r in records {
-        let status = r.as_object().and_then(|r| r.get("status")).and_then(Value::as_str);
-        let at = status.and_then(|s| STATUSES.iter().position(|k| *k == s)).unwrap_or(STATUSES.len());
-        counts[at] += 1;
-    }
-    let statuses = STATUSES.iter().copied().chain(["other"]).zip(counts).filter(|(_, n)| *n > 0).collect();
-    let routes_done = records.len() as u64;
+    let routes_done = f.tally.routes_done;
     let routes_assigned = f.plan.map(|p| (1..=p.workers).map(|i| p.assigned(i).runs()).sum());
     let phase = phase(set, &workers, routes_done, routes_assigned, f.end);
     RunView {
@@ -328,9 +377,10 @@ pub fn build(root: &Root, set: &StatusSet, workers: u32, f: &Facts) -> RunView {
         workers,
         routes_done,
         routes_assigned,
-        statuses,
-        provisional: mean_score(f.merged, "score_composed"),
+        statuses: f.tally.statuses.clone(),
+        provisional: f.tally.provisional,
         heartbeat: f.heartbeat,
+        job_deadline: f.job_deadline,
     }
 }
 
@@ -414,6 +464,34 @@ pub fn span(secs: i64) -> String {
     }
 }
 
+/// A limit in milliseconds: whole seconds as [`span`], else seconds with a decimal.
+fn millis_span(ms: u32) -> String {
+    if ms.is_multiple_of(1000) { span(i64::from(ms / 1000)) } else { format!("{:.1}s", f64::from(ms) / 1000.0) }
+}
+
+/// The routes run again, as the block lists them after their count: each id once, with its count when over one,
+/// in worker order; at most [`MAX_RERUNS_SHOWN`], the others counted. Empty when no record names one.
+fn reruns_words(workers: &[WorkerView]) -> String {
+    let mut ids: Vec<(&str, u32)> = Vec::new();
+    for r in workers.iter().flat_map(|w| &w.reruns) {
+        match ids.iter_mut().find(|(id, _)| *id == r.as_str()) {
+            Some((_, n)) => *n += 1,
+            None => ids.push((r, 1)),
+        }
+    }
+    if ids.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<String> = ids
+        .iter()
+        .take(MAX_RERUNS_SHOWN)
+        .map(|(id, n)| if *n > 1 { format!("{id} ({n} times)") } else { id.to_string() })
+        .collect();
+    let more = ids.len().saturating_sub(MAX_RERUNS_SHOWN);
+    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    format!(" ({}{more})", shown.join(", "))
+}
+
 fn exit_words(exit: Option<ExitStatus>) -> String {
     match exit {
         Some(ExitStatus::Code(c)) => format!(", exit code {c}"),
@@ -491,7 +569,8 @@ pub fn render_block(v: &RunView, now: Option<i64>) -> String {
     let restarts: u64 = v.workers.iter().map(|w| u64::from(w.restarts)).sum();
     let line = format!(
         "- Simulator restarts after a crash: {restarts} (each restarts its worker pair); routes run again from \
-         their start: {restarts}"
+         their start: {restarts}{}",
+        reruns_words(&v.workers)
     );
     s.push_str(&line);
     s.push('\n');
@@ -526,9 +605,18 @@ pub fn render_block(v: &RunView, now: Option<i64>) -> String {
     }
     let budget = v.workers.iter().filter_map(|w| w.max_attempts).max();
     let mut budgets = Vec::new();
-    if let Some(m) = budget {
-        budgets.push(format!("{m} attempts per worker"));
-    }
+    budgets.push(match budget {
+        Some(m) => format!("{m} attempts per worker"),
+        None => "attempts per worker not known (no status record)".to_string(),
+    });
+    budgets.push(match v.workers.iter().filter_map(|w| w.idle_timeout_ms).max() {
+        Some(ms) => format!("an evaluator counts as hung after {} without output", millis_span(ms)),
+        None => "hang timeout not known (no status record says it)".to_string(),
+    });
+    budgets.push(match v.job_deadline {
+        Some(d) => format!("Job deadline {}", span(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))),
+        None => "Job deadline not set".to_string(),
+    });
     budgets.push(format!("status refreshed at least every {}", span(v.heartbeat.as_secs() as i64)));
     s.push_str(&format!("- Budgets: {}\n", budgets.join("; ")));
     s.push('\n');
@@ -697,6 +785,34 @@ mod tests {
         assert!(r.contains("\"Infraction penalty\": 0.5,"), "{r}");
         assert!(r.contains("\"Collisions layout\": 0,"), "{r}");
         assert_eq!(mean_score(None, "score_composed"), None);
+    }
+
+    #[test]
+    fn the_routes_run_again_are_listed_once_each_and_bounded() {
+        let w = |id: u32, reruns: &[&str]| WorkerView {
+            id,
+            state: "running",
+            routes_done: 0,
+            routes_assigned: None,
+            current_route: None,
+            attempt: None,
+            max_attempts: None,
+            last_activity: None,
+            restarts: 0,
+            last_end: None,
+            started_at: None,
+            idle_timeout_ms: None,
+            reruns: reruns.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(reruns_words(&[w(1, &[])]), "");
+        let two = [w(1, &["RouteScenario_3_rep0", "RouteScenario_3_rep0"]), w(2, &["RouteScenario_8_rep0"])];
+        assert_eq!(reruns_words(&two), " (RouteScenario_3_rep0 (2 times), RouteScenario_8_rep0)");
+        let many: Vec<String> = (0..12).map(|i| format!("RouteScenario_{i}_rep0")).collect();
+        let many = [w(1, &many.iter().map(String::as_str).collect::<Vec<_>>())];
+        let words = reruns_words(&many);
+        assert!(words.ends_with("RouteScenario_9_rep0 and 2 more)"), "{words}");
+        assert_eq!(millis_span(800_000), "13m 20s");
+        assert_eq!(millis_span(1_500), "1.5s");
     }
 
     #[test]

@@ -91,7 +91,9 @@ fn a_hang_is_recorded_with_its_side() {
     ensure!(scene, end.side == Role::Agent && end.attempt == 0 && end.detail.contains("(hang)"), "{end:?}");
     ensure!(scene, end.exit.is_some(), "the stopped evaluator's exit (the fake exits 0 on SIGTERM): {end:?}");
     ensure!(scene, a.current_route.as_deref() == Some("RouteScenario_1_rep0"), "the hung route: {a:?}");
+    ensure!(scene, a.idle_timeout_ms == Some(3000), "the hang detector's limit (MAX_IDLE 3): {a:?}");
     let s = expect_record(&scene, "simulator", "the agent's crash", |r| reason(r) == Some(Reason::EvaluatorCrashed));
+    ensure!(scene, s.idle_timeout_ms.is_none(), "the simulator has no hang detector: {s:?}");
     ensure!(scene, s.last_end.as_ref().unwrap().side == Role::Agent, "the simulator blames the agent: {s:?}");
     expect_exit(&scene, &mut agent, 0, RUN);
     expect_exit(&scene, &mut sim, 0, STEP);

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 /// The schema's major version: a reader refuses another major, and accepts any minor (added fields).
 pub const SCHEMA_MAJOR: i64 = 1;
 /// The schema's minor version this writer writes.
-pub const SCHEMA_MINOR: i64 = 0;
+pub const SCHEMA_MINOR: i64 = 1;
 /// The largest record a reader accepts.
 pub const MAX_BYTES: u64 = 64 * 1024;
 /// The changes of state the writer keeps (the last ones).
@@ -29,6 +29,8 @@ pub const MAX_CHANGES: usize = 32;
 pub const MAX_TEXT: usize = 512;
 /// The longest route id, in bytes.
 pub const MAX_ROUTE: usize = 256;
+/// The routes run again that the writer keeps (the last ones).
+pub const MAX_RERUNS: usize = 32;
 
 /// A side's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -145,6 +147,9 @@ pub struct Record {
     pub attempt: u32,
     /// The attempt budget (`--max-attempts`).
     pub max_attempts: u32,
+    /// The hang detector's limit (`--idle-timeout`, agent side), in milliseconds; `None` from writers before
+    /// schema 1.1 and on the simulator side.
+    pub idle_timeout_ms: Option<u32>,
     pub state: State,
     /// ROUTES_SUBSET as given to the evaluator (agent side).
     pub routes_subset: Option<String>,
@@ -155,6 +160,9 @@ pub struct Record {
     pub last_end: Option<End>,
     /// The last [`MAX_CHANGES`] changes of state, oldest first.
     pub changes: Vec<Change>,
+    /// The route the evaluator was on at each move to `restarting` (the next attempt runs it again from its start),
+    /// the last [`MAX_RERUNS`], oldest first (agent side; schema 1.1).
+    pub reruns: Vec<String>,
 }
 
 /// The record's file name in the status folder: `<role>-<ID>.status.json`.
@@ -187,17 +195,28 @@ impl Record {
             worker,
             attempt: 0,
             max_attempts,
+            idle_timeout_ms: None,
             state: State::Starting,
             routes_subset: None,
             repetitions: None,
             current_route: None,
             last_end: None,
             changes: Vec::new(),
+            reruns: Vec::new(),
         }
     }
 
     /// Moves to `state` in `attempt` at `at` (unix seconds), keeping the last [`MAX_CHANGES`] changes.
+    /// A move to `restarting` notes the current route as run again.
     pub fn change(&mut self, state: State, attempt: u32, at: i64) {
+        if state == State::Restarting
+            && let Some(route) = &self.current_route
+        {
+            self.reruns.push(bounded(route, MAX_ROUTE));
+            if self.reruns.len() > MAX_RERUNS {
+                self.reruns.remove(0);
+            }
+        }
         self.state = state;
         self.attempt = attempt;
         self.changes.push(Change { state, attempt, at });
@@ -216,6 +235,7 @@ impl Record {
         o.insert("worker", Value::Int(self.worker.0.into()));
         o.insert("attempt", Value::Int(self.attempt.into()));
         o.insert("max_attempts", Value::Int(self.max_attempts.into()));
+        o.insert("idle_timeout_ms", self.idle_timeout_ms.map_or(Value::Null, |t| Value::Int(t.into())));
         o.insert("state", Value::str(self.state.as_str()));
         o.insert("routes_subset", opt_str(&self.routes_subset, MAX_TEXT));
         o.insert("repetitions", self.repetitions.map_or(Value::Null, |r| Value::Int(r.into())));
@@ -251,6 +271,9 @@ impl Record {
             })
             .collect();
         o.insert("changes", Value::array(changes));
+        let start = self.reruns.len().saturating_sub(MAX_RERUNS);
+        let reruns = self.reruns[start..].iter().map(|r| Value::str(bounded(r, MAX_ROUTE))).collect();
+        o.insert("reruns", Value::array(reruns));
         let mut s = pyjson::to_pretty(&Value::object(o), false);
         s.push('\n');
         s
@@ -301,17 +324,32 @@ impl Record {
             Some(Value::Array(_)) => return Err(Malformed::Field { field: "changes", why: "too many entries" }),
             Some(_) => return Err(Malformed::Field { field: "changes", why: "not an array" }),
         };
+        let reruns = match o.get("reruns") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) if a.len() <= MAX_RERUNS => a
+                .iter()
+                .map(|r| match r {
+                    Value::Str(s) if s.len() <= MAX_ROUTE => Ok(s.to_string()),
+                    Value::Str(_) => Err(Malformed::Field { field: "reruns", why: "too long" }),
+                    _ => Err(Malformed::Field { field: "reruns", why: "not a string" }),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(Value::Array(_)) => return Err(Malformed::Field { field: "reruns", why: "too many entries" }),
+            Some(_) => return Err(Malformed::Field { field: "reruns", why: "not an array" }),
+        };
         Ok(Record {
             role,
             worker: WorkerId(req_u32(o, "worker")?),
             attempt: req_u32(o, "attempt")?,
             max_attempts: req_u32(o, "max_attempts")?,
+            idle_timeout_ms: opt_u32(o, "idle_timeout_ms")?,
             state: State::from_name(&req_str(o, "state", 64)?),
             routes_subset: str_field(o, "routes_subset", MAX_TEXT)?,
             repetitions: opt_u32(o, "repetitions")?,
             current_route: str_field(o, "current_route", MAX_ROUTE)?,
             last_end,
             changes,
+            reruns,
         })
     }
 
@@ -412,6 +450,7 @@ mod tests {
         let mut r = Record::new(Role::Agent, WorkerId(2), 3);
         r.routes_subset = Some("0-9".into());
         r.repetitions = Some(1);
+        r.idle_timeout_ms = Some(800_000);
         r.change(State::Running, 0, 100);
         r.current_route = Some("RouteScenario_3_rep0".into());
         r.last_end = Some(End {
@@ -424,6 +463,15 @@ mod tests {
         });
         r.change(State::Restarting, 0, 120);
         r
+    }
+
+    #[test]
+    fn a_restart_notes_the_route_run_again() {
+        let r = sample();
+        assert_eq!(r.reruns, ["RouteScenario_3_rep0"]);
+        let mut r = Record::new(Role::Simulator, WorkerId(1), 3);
+        r.change(State::Restarting, 0, 10);
+        assert!(r.reruns.is_empty(), "no route known, none noted");
     }
 
     #[test]
@@ -446,6 +494,7 @@ mod tests {
             r.change(State::Restarting, i, 200 + i64::from(i));
         }
         assert_eq!(r.changes.len(), MAX_CHANGES);
+        assert_eq!(r.reruns.len(), MAX_RERUNS);
         let json = r.to_json();
         assert!(json.len() < 16 * 1024, "{}", json.len());
         let back = Record::parse(json.as_bytes()).unwrap();
@@ -482,10 +531,16 @@ mod tests {
             (patched(|o| o.insert("worker", Value::Int(-1))), "worker: out of range"),
             (patched(|o| o.insert("attempt", Value::Int(1 << 40))), "attempt: out of range"),
             (patched(|o| o.insert("attempt", Value::str("1"))), "attempt: not an integer"),
+            (patched(|o| o.insert("idle_timeout_ms", Value::Int(-5))), "idle_timeout_ms: out of range"),
+            (patched(|o| o.insert("idle_timeout_ms", Value::Int(1 << 33))), "idle_timeout_ms: out of range"),
+            (patched(|o| o.insert("idle_timeout_ms", Value::str("800s"))), "idle_timeout_ms: not an integer"),
             (patched(|o| o.insert("role", Value::str("logcopy"))), "role"),
             (patched(|o| o.insert("current_route", Value::str("r".repeat(MAX_ROUTE + 1)))), "too long"),
             (patched(|o| o.insert("changes", Value::array(vec![Value::Int(1); MAX_CHANGES + 1]))), "too many"),
             (patched(|o| o.insert("last_end", Value::Int(1))), "last_end: not an object"),
+            (patched(|o| o.insert("reruns", Value::array(vec![Value::str("r"); MAX_RERUNS + 1]))), "reruns: too many"),
+            (patched(|o| o.insert("reruns", Value::array(vec![Value::Int(3)]))), "reruns: not a string"),
+            (patched(|o| o.insert("reruns", Value::array(vec![Value::str("r".repeat(MAX_ROUTE + 1))]))), "too long"),
         ];
         for (bytes, want) in cases {
             let e = Record::parse(&bytes).unwrap_err().to_string();

@@ -29,15 +29,23 @@ pub(super) struct State {
     pub workers: Workers,
     version: Version,
     pub outputs: Option<Arc<Outputs>>,
-    /// The bytes last written to each output file, to write only what changed.
+    /// The SHA-256 of the bytes last written to each output file, to write only what changed (not the bytes: the
+    /// merged file is written twice, as itself and as metadata.json, 14 MB each at 10,000 routes).
     written: Vec<(PathBuf, String)>,
+    /// The operator's tail of the evaluator logs (EvalAI's `environment_log`), read once at the end for the final
+    /// outputs; empty before.
+    environment_log: String,
+    /// A write of the outputs failed (a full disk): the next cycle tries again.
+    unwritten: bool,
     logged: HashSet<String>,
     /// Cancel markers this logcopy wrote.
     pub wrote_cancel: bool,
     /// Why the last merge (or its conversion) failed; `None` after a good one. A run cannot end FINISHED on it.
     merge_error: Option<String>,
-    /// The last good merge and its conversions, from which each cycle composes the outputs.
+    /// The last good merge and its conversions, from which the outputs are composed.
     last: Option<Arc<Merged>>,
+    /// What the outputs were last composed from: a cycle that finds the same composes nothing.
+    composed: Option<Composed>,
     /// The run status block of stdout.txt, re-rendered on a change of state or at a heartbeat.
     block: view::Block,
     /// The block was resumed from the stdout.txt on the volume (once, at the first cycle).
@@ -48,21 +56,34 @@ pub(super) struct State {
     end: Option<End>,
 }
 
-/// A good merge and what was computed from it; the view and the outputs are composed from it at each cycle.
+/// A good merge and what was computed from it, once: the view and the outputs are composed from it. The parsed
+/// merge itself is not kept (a merge of 10,000 routes is some tens of MiB parsed): the view needs only its counts.
 struct Merged {
-    value: Value,
+    /// Its number: each good merge has the next.
+    seq: u64,
     bytes: String,
-    /// `results.json` as upstream writes it.
+    /// `results.json` as the outputs carry it: upstream's, or with the provisional scores of
+    /// `--partial-scores provisional` before the global record.
     results: String,
-    /// `stdout.txt` as upstream writes it.
-    stdout_upstream: String,
-    /// Upstream's summary with the truth in its progress line (routes done out of the routes assigned).
-    stdout_truth: String,
+    /// Upstream's summary as `--stdout-format` has it: `stdout.txt` as upstream writes it (`upstream`), or with the
+    /// truth in its progress line, routes done out of the routes assigned (`status`, after the block).
+    summary: String,
     refused: Option<String>,
     /// Records each worker has of its own routes, in worker order.
     done: Vec<u64>,
-    /// The merged file has its global record (the end): results.json then has the final scores.
-    has_global: bool,
+    /// What the view counts of the merge: routes done, by status, the provisional score.
+    tally: view::Tally,
+}
+
+/// What a composition of the outputs depends on, besides the merge's own products: equal inputs, equal outputs.
+#[derive(PartialEq)]
+struct Composed {
+    /// The merge's number ([`Merged::seq`]).
+    merge: u64,
+    /// The run status block (`--stdout-format status`), clock fields included.
+    block: Option<String>,
+    stderr: String,
+    end: Option<End>,
 }
 
 fn record_count(v: &Value) -> u64 {
@@ -86,13 +107,16 @@ impl State {
             cfg,
             outputs: None,
             written: Vec::new(),
+            environment_log: String::new(),
+            unwritten: false,
             logged: HashSet::new(),
             wrote_cancel: false,
             merge_error: None,
             last: None,
+            composed: None,
             block: view::Block::default(),
             block_resumed: false,
-            clock: Arc::new(view::system_clock),
+            clock: initial_clock(),
             end: None,
         }
     }
@@ -164,15 +188,15 @@ impl State {
             let assigned: u64 = (1..=p.workers).map(|i| p.assigned(i).runs()).sum();
             (record_count(&merged.value), assigned)
         });
+        let format = self.cfg.view.stdout_format;
         let converted = evalai::results_json(self.version, obj).and_then(|r| {
-            let upstream = evalai::stdout_txt(self.version, obj)?;
-            let truth = match truth {
-                Some(t) => evalai::stdout_txt_with(self.version, obj, Some(t))?,
-                None => upstream.clone(),
+            let summary = match (format, truth) {
+                (StdoutFormat::Status, Some(t)) => evalai::stdout_txt_with(self.version, obj, Some(t))?,
+                _ => evalai::stdout_txt(self.version, obj)?,
             };
-            Ok((r, upstream, truth))
+            Ok((r, summary))
         });
-        let (results, stdout_upstream, stdout_truth) = match converted {
+        let (results, summary) = match converted {
             Ok(x) => x,
             Err(e) => {
                 let msg = format!("EvalAI conversion failed, the last good results stay published: {e}");
@@ -198,17 +222,16 @@ impl State {
             .and_then(Value::as_object)
             .and_then(|c| c.get("global_record"))
             .is_some_and(Value::is_truthy);
+        let results = match self.cfg.view.partial_scores {
+            PartialScores::Provisional if !has_global => {
+                view::provisional_results(self.version, obj).unwrap_or(results)
+            }
+            _ => results,
+        };
         let bytes = merged.to_bytes();
-        self.last = Some(Arc::new(Merged {
-            value: merged.value,
-            bytes,
-            results,
-            stdout_upstream,
-            stdout_truth,
-            refused,
-            done,
-            has_global,
-        }));
+        let tally = view::Tally::of(obj);
+        let seq = self.last.as_ref().map_or(0, |m| m.seq + 1);
+        self.last = Some(Arc::new(Merged { seq, bytes, results, summary, refused, done, tally }));
     }
 
     /// The outputs of the last good merge with the participant's view of the run now (crate::view): the run status
@@ -218,15 +241,16 @@ impl State {
         let facts = view::Facts {
             version: self.version,
             plan: self.cfg.routes,
-            merged: m.value.as_object(),
+            tally: &m.tally,
             routes_done: &m.done,
             end: self.end.as_ref(),
             heartbeat: self.cfg.view.heartbeat,
+            job_deadline: self.cfg.view.job_deadline,
         };
         let v = view::build(&self.root, &self.workers.markers, self.cfg.workers, &facts);
         let stderr = view::render_stderr(&v);
-        let stdout = match self.cfg.view.stdout_format {
-            StdoutFormat::Upstream => m.stdout_upstream.clone(),
+        let block = match self.cfg.view.stdout_format {
+            StdoutFormat::Upstream => None,
             StdoutFormat::Status => {
                 if !self.block_resumed {
                     // A restart: the block an earlier logcopy wrote stays while the state is the same.
@@ -236,29 +260,41 @@ impl State {
                         self.block = view::Block::resumed(&String::from_utf8_lossy(&bytes));
                     }
                 }
-                let block = self.block.update(&v, (self.clock)());
-                let mut s = format!("{block}{}", m.stdout_truth);
+                Some(self.block.update(&v, (self.clock)()).to_owned())
+            }
+        };
+        // An idle cycle ends here: the same merge, block, stderr and end compose the same outputs.
+        let inputs = Composed { merge: m.seq, block, stderr, end: self.end.clone() };
+        if self.composed.as_ref() == Some(&inputs) {
+            if self.unwritten
+                && let Some(o) = self.outputs.clone()
+            {
+                self.write_outputs(&o);
+            }
+            return false;
+        }
+        let stdout = match &inputs.block {
+            None => m.summary.clone(),
+            Some(block) => {
+                let mut s = String::with_capacity(block.len() + m.summary.len());
+                s.push_str(block);
+                s.push_str(&m.summary);
                 if let Some(End::Completed { finished: false, reason }) = &self.end {
                     s.push_str(&self.incomplete_note(&view::participant_reason(reason, &v.workers)));
                 }
                 s
             }
         };
-        let results = match self.cfg.view.partial_scores {
-            PartialScores::Provisional if !m.has_global => {
-                view::provisional_results(self.version, m.value.as_object()).unwrap_or_else(|| m.results.clone())
-            }
-            _ => m.results.clone(),
-        };
         let outputs = Outputs {
             merged: m.bytes.clone(),
-            results,
+            results: m.results.clone(),
             stdout,
-            stderr,
+            stderr: inputs.stderr.clone(),
             refused: m.refused.clone(),
-            // Set once, at the end (final_outputs); kept by any later composition.
-            environment_log: self.outputs.as_ref().map(|o| o.environment_log.clone()).unwrap_or_default(),
+            // Set once, at the end (final_outputs).
+            environment_log: self.environment_log.clone(),
         };
+        self.composed = Some(inputs);
         if self.outputs.as_deref() == Some(&outputs) {
             return false;
         }
@@ -308,6 +344,7 @@ impl State {
 
     /// Writes the four output files (only those whose bytes changed), each atomically.
     fn write_outputs(&mut self, o: &Outputs) {
+        self.unwritten = false;
         let files = [
             (self.layout.merged_file().to_path_buf(), &o.merged),
             (PathBuf::from(volume::layout::EVALAI_RESULTS), &o.results),
@@ -315,7 +352,8 @@ impl State {
             (PathBuf::from(volume::layout::EVALAI_METADATA), &o.merged),
         ];
         for (path, bytes) in files {
-            if self.written.iter().any(|(p, b)| *p == path && b == bytes) {
+            let digest = digest(bytes);
+            if self.written.iter().any(|(p, d)| *p == path && *d == digest) {
                 continue;
             }
             // After a restart the file on the volume may already hold these bytes: leave it (and its stat) alone.
@@ -323,7 +361,7 @@ impl State {
                 && file::read_beneath(&self.root, &path, bytes.len() as u64 + 1).ok().flatten().as_deref()
                     == Some(bytes.as_bytes())
             {
-                self.written.push((path, bytes.clone()));
+                self.written.push((path, digest));
                 continue;
             }
             if let Some(parent) = path.parent() {
@@ -332,10 +370,13 @@ impl State {
             match self.root.write_atomic(&path, bytes.as_bytes()) {
                 Ok(()) => {
                     self.written.retain(|(p, _)| *p != path);
-                    self.written.push((path, bytes.clone()));
+                    self.written.push((path, digest));
                 }
                 // Logged each time: a full disk must stay visible. The old file stays whole; the next cycle retries.
-                Err(e) => error!("{e}"),
+                Err(e) => {
+                    error!("{e}");
+                    self.unwritten = true;
+                }
             }
         }
     }
@@ -384,6 +425,14 @@ impl State {
         }
         // The view's state is the end's from here on (its note, on an incomplete end, closes stdout.txt).
         self.end = Some(end.clone());
+        // The operator's tail of each evaluator log, for the final update only (EvalAI shows it to hosts only),
+        // composed into the final outputs (no copy of them made for it).
+        let token = match &self.cfg.evalai {
+            crate::config::EvalAiTarget::Http { token, .. } => Some(token.expose()),
+            crate::config::EvalAiTarget::Local { .. } => None,
+        };
+        self.environment_log =
+            crate::oplog::environment_log(&self.root, self.cfg.workers, &token.into_iter().collect::<Vec<_>>());
         self.cycle();
         if let End::Completed { finished: false, .. } = end
             && self.merge_error.is_none()
@@ -393,18 +442,23 @@ impl State {
                 error!(missing = %missing.count, routes = %missing.names.join(", "), "routes with no result");
             }
         }
-        // The operator's tail of each evaluator log, for the final update only (EvalAI shows it to hosts only).
-        if let Some(o) = &self.outputs {
-            let token = match &self.cfg.evalai {
-                crate::config::EvalAiTarget::Http { token, .. } => Some(token.expose()),
-                crate::config::EvalAiTarget::Local { .. } => None,
-            };
-            let log =
-                crate::oplog::environment_log(&self.root, self.cfg.workers, &token.into_iter().collect::<Vec<_>>());
-            self.outputs = Some(Arc::new(Outputs { environment_log: log, ..(**o).clone() }));
-        }
         self.outputs.clone()
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The clock a `State` made on this thread starts with (the goldens of a whole run); `None`: the system's.
+    pub(super) static TEST_CLOCK: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+}
+
+/// The clock of a new `State`: the system's (tests may stop it, [`TEST_CLOCK`]).
+fn initial_clock() -> Arc<dyn Fn() -> i64 + Send + Sync> {
+    #[cfg(test)]
+    if let Some(now) = TEST_CLOCK.with(std::cell::Cell::get) {
+        return Arc::new(move || now);
+    }
+    Arc::new(view::system_clock)
 }
 
 /// The volume state, which each cycle takes to the volume's own thread and brings back; between two cycles it is
@@ -445,6 +499,11 @@ impl DerefMut for Held {
     fn deref_mut(&mut self) -> &mut State {
         self.state.as_mut().expect(HELD)
     }
+}
+
+/// The SHA-256 of an output file's bytes (hex).
+fn digest(bytes: &str) -> String {
+    crate::volume::manifest::sha256(bytes.as_bytes()).map(|(d, _)| d).unwrap_or_default()
 }
 
 /// The first metric of a `results.json` whose value is not a finite number (NaN, Infinity), if any.

@@ -66,7 +66,8 @@ fn preview_of(case: &str, extra: &[&str]) -> Outputs {
     out
 }
 
-const CASES: [&str; 6] = ["mid-run", "simulator-crash", "worker-failed", "cancelled", "finished", "markers-only"];
+const CASES: [&str; 8] =
+    ["mid-run", "simulator-crash", "hang", "worker-failed", "cancelled", "finished", "markers-only", "evalai-auth"];
 
 #[test]
 fn the_participants_view_of_each_recorded_state_is_its_golden() {
@@ -170,6 +171,7 @@ fn plant(vol: &Path) {
         let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         v["routes_subset"] = SECRET.into();
         v["current_route"] = SECRET.into();
+        v["reruns"] = serde_json::json!([SECRET, format!("{SECRET}_rep0")]);
         if v["last_end"].is_object() {
             v["last_end"]["detail"] = format!("{SECRET} exception: {SECRET}").into();
         }
@@ -318,4 +320,53 @@ async fn an_idle_run_sends_at_most_one_update_per_heartbeat() {
         let body = |s: &str| s.split_once("\n\n").map(|(_, rest)| rest.to_string());
         assert_eq!(body(&pair[0]), body(&pair[1]), "only the block's clock fields changed");
     }
+}
+
+/// The budgets in force: the hang timeout and the attempt budget from the records, the Job deadline from
+/// `--job-deadline`; "not set" or "not known" without them.
+#[test]
+fn the_block_states_the_budgets_in_force() {
+    let block = |out: &Outputs| out.stdout.split_once("\n\n").unwrap().0.to_string();
+    let mid = block(&preview_of("mid-run", &[]));
+    assert!(mid.contains("- Budgets: 3 attempts per worker; an evaluator counts as hung after 13m 20s without output; Job deadline not set;"), "{mid}");
+    let deadline = block(&preview_of("mid-run", &["--job-deadline", "172800"]));
+    assert!(deadline.contains("; Job deadline 48h 00m;"), "{deadline}");
+    let old = block(&preview_of("markers-only", &[]));
+    assert!(old.contains("attempts per worker not known") && old.contains("hang timeout not known"), "{old}");
+    let bad = crate::config::tests::parse(&["--local", "/tmp/x", "--job-deadline", "0.5"]);
+    assert!(bad.is_err(), "a deadline under 1 s is refused");
+}
+
+/// An EvalAI auth error (every request answered 401: a wrong or revoked host token) changes nothing the
+/// participant would read: the run goes on until it is stopped, and the outputs it writes are the golden ones of
+/// its case (`evalai-auth`, the mid-run volume), with no word of the refusal. The operator has it in the log. No
+/// final update is made on a stop, so no `environment_log` either.
+#[tokio::test]
+async fn an_evalai_auth_error_changes_nothing_the_participant_reads() {
+    let (scratch, args) = volume_of("evalai-auth", "run");
+    let cfg = config(&scratch, &args, &["--status-period", "1"]);
+    let out = scratch.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(crate::publish::local::REFUSE_FILE), "").unwrap();
+    let root = open_volume(&cfg.logs).unwrap();
+    super::cycle::TEST_CLOCK.with(|c| c.set(Some(NOW)));
+    let end = run_until(cfg, root, async {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        "the test"
+    })
+    .await
+    .unwrap();
+    super::cycle::TEST_CLOCK.with(|c| c.set(None));
+    assert_eq!(end, End::Terminated, "the run went on until it was stopped");
+    let reqs = requests(&out);
+    assert!(reqs.iter().filter(|r| r["method"] == "GET").count() >= 2, "the status GETs go on: {reqs:?}");
+    assert!(reqs.iter().all(|r| r["method"] == "GET"), "nothing is written on a refused token: {reqs:?}");
+    let golden = std::fs::read_to_string(fixtures().join("view/evalai-auth/stdout.txt")).unwrap();
+    let written = std::fs::read_to_string(scratch.join("volume").join(volume::layout::EVALAI_STDOUT)).unwrap();
+    assert_eq!(written, golden, "stdout.txt on the volume");
+    let stderr = std::fs::read_to_string(fixtures().join("view/evalai-auth/stderr.txt")).unwrap();
+    for text in [&written, &stderr] {
+        assert!(!text.contains("401") && !text.to_lowercase().contains("token"), "{text}");
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
 }

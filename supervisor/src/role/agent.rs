@@ -355,6 +355,10 @@ impl RoleSpec for Agent {
     fn current_route(&self, eng: &Engine) -> Option<String> {
         eng.log.as_ref().and_then(last_route_prepared)
     }
+
+    fn idle_timeout(&self) -> Option<Duration> {
+        Some(self.idle_timeout)
+    }
 }
 
 #[cfg(test)]

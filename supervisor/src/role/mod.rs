@@ -86,6 +86,10 @@ pub trait RoleSpec {
     fn current_route(&self, _eng: &Engine) -> Option<String> {
         None
     }
+    /// The hang detector's limit, for the status record (agent side).
+    fn idle_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// The state both roles share.
@@ -650,6 +654,7 @@ fn run_attempts(eng: &mut Engine, spec: &mut dyn RoleSpec) -> i32 {
         }
         let attempt = plan.attempt;
         (eng.record.routes_subset, eng.record.repetitions) = spec.routes();
+        eng.record.idle_timeout_ms = spec.idle_timeout().map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX));
         eng.set_state(State::Starting, attempt);
         let outcome = match spec.prepare(eng, attempt) {
             Err(o) => o,
