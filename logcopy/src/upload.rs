@@ -388,6 +388,7 @@ impl<S: ObjectStore> Uploader<S> {
             uid: self.cfg.uid.clone(),
             job: self.cfg.job.clone(),
             attempt: self.cfg.attempt,
+            generation: 0,
             seq: self.seq + 1,
             results: self.results.clone(),
             markers: self.markers.clone(),

@@ -37,6 +37,7 @@ impl Uploader {
             uid: format!("uid-{worker}-{failures}"),
             job: String::new(),
             attempt: PodAttempt { failures, ignored: 0 },
+            generation: 0,
             seq: 0,
             results: None,
             markers: started(worker),

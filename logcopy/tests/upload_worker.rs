@@ -126,6 +126,7 @@ fn shard(name: &str, failures: u32, seq: u64, etag: &str, size: u64) -> ShardSta
         uid: format!("uid-{name}"),
         job: String::new(),
         attempt: volume::shard::PodAttempt { failures, ignored: 0 },
+        generation: 0,
         seq,
         results: Some(volume::shard::ObjectRef { etag: etag.to_string(), size }),
         markers: Vec::new(),

@@ -158,6 +158,11 @@ pub struct ShardStatus {
     /// Job is never "newer" ([`Self::same_job`]).
     pub job: String,
     pub attempt: PodAttempt,
+    /// The fencing generation: each pod that takes the shard over writes the generation it read plus one, with a
+    /// PUT conditional on the ETag it read, so the pods that owned a shard form one chain. Objects order by
+    /// `(generation, seq)` ([`Self::supersedes`]): a pod that finds a higher generation than its own was overtaken, whatever
+    /// the attempt counts say (a suspended and resumed Job, a duplicate pod, a resumed submission's new Job).
+    pub generation: u64,
     /// How many times this pod has written the object (from 1): a change the monitor can see.
     pub seq: u64,
     /// The results object this pod uploaded last, if any (`None`: nothing uploaded yet by any pod).
@@ -183,6 +188,7 @@ impl ShardStatus {
         o.insert("job", Value::str(cut(&self.job, MAX_UID)));
         o.insert("failures", Value::Int(self.attempt.failures.into()));
         o.insert("ignored_failures", Value::Int(self.attempt.ignored.into()));
+        o.insert("generation", Value::Int(self.generation.min(i64::MAX as u64) as i64));
         o.insert("seq", Value::Int(self.seq.min(i64::MAX as u64) as i64));
         o.insert(
             "results",
@@ -282,6 +288,7 @@ impl ShardStatus {
             uid: str_field(o, "uid", MAX_UID)?.unwrap_or_default(),
             job: str_field(o, "job", MAX_UID)?.unwrap_or_default(),
             attempt: PodAttempt { failures: req_u32(o, "failures")?, ignored: req_u32(o, "ignored_failures")? },
+            generation: opt_int(o, "generation", 0, i64::MAX)?.unwrap_or(0) as u64,
             seq: opt_int(o, "seq", 0, i64::MAX)?.unwrap_or(0) as u64,
             results,
             markers,
@@ -289,6 +296,13 @@ impl ShardStatus {
             ended,
             at: req_time(o, "at")?,
         })
+    }
+
+    /// Whether this object comes after `other` in the shard's chain of owners: a higher fencing generation, or the
+    /// same generation (the same owner) written later. What the monitor follows and what tells an uploader it was
+    /// overtaken.
+    pub fn supersedes(&self, other: &ShardStatus) -> bool {
+        (self.generation, self.seq) > (other.generation, other.seq)
     }
 
     /// Whether both objects were written by pods of the same worker Job (or either does not say): only then do
@@ -397,6 +411,7 @@ mod tests {
             uid: "0b8c2a4e-1111-2222-3333-444455556666".into(),
             job: "7d0c9f3a-aaaa-bbbb-cccc-ddddeeeeffff".into(),
             attempt: PodAttempt { failures: 1, ignored: 0 },
+            generation: 2,
             seq: 7,
             results: Some(ObjectRef { etag: "\"9b2cf535f27731c974343645a3985328\"".into(), size: 1234 }),
             markers: vec![
@@ -428,6 +443,19 @@ mod tests {
         assert!(matches!(ShardStatus::parse(text.as_bytes()), Err(Malformed::Schema(_))));
         let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(MAX_BYTES as usize));
         assert!(matches!(ShardStatus::parse(big.as_bytes()), Err(Malformed::TooLarge { .. })));
+    }
+
+    #[test]
+    fn the_chain_of_owners_orders_by_generation_then_seq() {
+        let a = sample();
+        let mut b = a.clone();
+        b.seq += 1;
+        assert!(b.supersedes(&a) && !a.supersedes(&b));
+        let mut c = a.clone();
+        (c.generation, c.seq, c.uid) = (a.generation + 1, 1, "a pod with the same counts".into());
+        assert!(c.supersedes(&b), "a take-over supersedes the old owner's last write, whatever the counts");
+        assert!(!b.supersedes(&c));
+        assert!(!a.supersedes(&a));
     }
 
     #[test]

@@ -358,6 +358,7 @@ mod tests {
             uid: format!("uid-{failures}"),
             job: String::new(),
             attempt: PodAttempt { failures, ignored: 0 },
+            generation: 0,
             seq,
             results: None,
             markers,
