@@ -187,6 +187,12 @@ class MakeJob(unittest.TestCase):
         self.assertEqual(menv["EVALAI_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"], "evalai-auth-token")
         self.assertEqual((menv["SUBMISSION_WORKERS"]["value"], menv["ROUTE_COUNT"]["value"]), ("8", "20"))
         self.assertEqual((menv["MONITOR_PERIOD"]["value"], menv["WORKER_SILENCE"]["value"]), ("5s", "20m"))
+        spec = docs[("Job", "submission-111111-workers")]["spec"]
+        self.assertEqual(menv["BACKOFF_LIMIT_PER_INDEX"]["value"], str(spec["backoffLimitPerIndex"]))
+        self.assertEqual(
+            menv["MONITOR_JOB_UID"]["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.labels['batch.kubernetes.io/controller-uid']",
+        )
         self.assertEqual(mc["terminationMessagePolicy"], "FallbackToLogsOnError")
         mspec = monitor["spec"]
         self.assertEqual((mspec["template"]["spec"]["restartPolicy"], mspec["backoffLimit"]), ("OnFailure", 4))

@@ -808,6 +808,17 @@ pub struct MonitorArgs {
     /// Above the supervisor's hang detector (800 s) and a pod restart.
     #[arg(long, env = "WORKER_SILENCE", default_value = "20m", value_parser = period, value_name = "DURATION")]
     pub worker_silence: Duration,
+    /// The worker Job's backoffLimitPerIndex (make-job sets it): a silent worker whose newest status object says
+    /// its pod had retries left (fewer failures than this) has a replacement due, which may wait for a per-index
+    /// backoff and a free slot, and is lost only after 3 x --worker-silence. Unset: every silent worker is taken
+    /// to be on its last try.
+    #[arg(long, env = "BACKOFF_LIMIT_PER_INDEX", value_name = "N")]
+    pub backoff_limit_per_index: Option<u32>,
+    /// The monitor Job's UID (make-job gives its `batch.kubernetes.io/controller-uid` label): written into
+    /// containers-status/monitor.done at the end; a monitor that finds the marker naming its own Job (a restart
+    /// after the end) exits at once, one naming another Job (a resumed submission) runs.
+    #[arg(long, env = "MONITOR_JOB_UID", value_name = "UID")]
+    pub monitor_job_uid: Option<String>,
 }
 
 /// Caps on what the S3 sync uploads from a volume the participant's code writes into (docs/security.md).

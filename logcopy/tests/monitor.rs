@@ -37,7 +37,8 @@ impl Uploader {
             uid: format!("uid-{worker}-{failures}"),
             job: String::new(),
             attempt: PodAttempt { failures, ignored: 0 },
-            generation: 0,
+            // Each replacement took the shard over from the one before (volume::shard's fencing generation).
+            generation: u64::from(failures),
             seq: 0,
             results: None,
             markers: started(worker),
@@ -314,12 +315,13 @@ async fn idle_is_cheap_changes_arrive_stale_pods_are_ignored_and_cancel_reaches_
     });
     println!("a worker's results change to the EvalAI PUT: {:.2} s (monitor period 0.5 s)", put.t - changed);
 
-    // An older pod of worker 3 (attempt 0, while attempt 1 runs) writes a status object claiming done: ignored.
+    // An older pod of worker 3 (generation 0, while generation 1 owns the shard) writes a status object claiming
+    // done, at a higher seq: ignored.
     let mut stale = Uploader::new(&moto, "idle", 3, 0).await;
     stale.st.markers = done(3);
     stale.st.seq = 100;
     stale.status().await;
-    mon.logged(30, "written by an older pod than the newest seen").await;
+    mon.logged(30, "written by a pod the shard's chain of owners has passed").await;
     assert!(!mon.logs.join("containers-status/agent-3.done").exists(), "the stale pod's markers are not mirrored");
 
     // EvalAI says cancelled: the cancel keys are in S3 at once, and the run ends cancelled.
@@ -419,6 +421,34 @@ async fn a_restarted_monitor_continues_and_one_started_after_the_end_does_nothin
     assert_eq!(mon.exit(60).await, 0, "{}", mon.output());
     assert!(mon.output().contains("already ended"), "{}", mon.output());
     assert_eq!(fake.requests().len(), before, "no EvalAI request after the end");
+}
+
+/// `monitor.done` names the monitor Job that ended: one of an earlier Job (a resumed submission) does not stop a
+/// new monitor, which runs to its end and overwrites it with its own Job's UID; one of its own Job (a restart after
+/// the end) does.
+#[tokio::test]
+async fn monitor_done_stops_only_a_monitor_of_the_job_that_ended() {
+    let (moto, dir) = setup("resume").await;
+    let store = S3Store::new(&moto.sdk().await, "resume");
+    store.put_bytes(DONE_KEY, b"job-before\n".to_vec(), PutCondition::Always).await.unwrap();
+    for w in 1..=4 {
+        Uploader::new(&moto, "resume", w, 0).await.finish().await;
+    }
+    let fake = FakeEvalAi::start();
+    let mut mon = Monitor::start(&moto, "resume", &fake, &dir.path(""), &["--monitor-job-uid", "job-now"]);
+    assert_eq!(mon.exit(120).await, 0, "{}", mon.output());
+    assert!(mon.output().contains("names another monitor Job"), "{}", mon.output());
+    let finals: Vec<_> = fake.requests().into_iter().filter(|r| r.is_final_put()).collect();
+    assert_eq!(finals.len(), 1, "the resumed submission's monitor publishes its final status");
+    assert_eq!(finals[0].body_str("submission_status"), Some("FINISHED"));
+    assert_eq!(object(&moto, "resume", DONE_KEY).await.unwrap(), b"job-now\n", "its end overwrites the marker");
+
+    let before = fake.requests().len();
+    let again = Scratch::new("monitor-resume-again");
+    let mut mon = Monitor::start(&moto, "resume", &fake, &again.path(""), &["--monitor-job-uid", "job-now"]);
+    assert_eq!(mon.exit(60).await, 0, "{}", mon.output());
+    assert!(mon.output().contains("already ended"), "{}", mon.output());
+    assert_eq!(fake.requests().len(), before, "the same Job restarted after its end: no EvalAI request");
 }
 
 /// SIGTERM ends the monitor with the final flush (the newest merge in S3), exit 0, and no `monitor.done`: the run

@@ -45,7 +45,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-pub use workers::LostWorkers;
+pub use workers::{Lost, LostWorkers};
 
 /// What `logcopy monitor` changes in a run over its working volume: which files the storage sink uploads (its own
 /// outputs only), the workers its fetcher found lost, and a notice each time the run writes the cancel markers

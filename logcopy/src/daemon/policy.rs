@@ -3,6 +3,7 @@
 //! routes have no result at an incomplete end ([`missing_routes`]). The volume is read elsewhere
 //! ([`super::workers`]); these only decide.
 
+use super::workers::Lost;
 use crate::publish::End;
 use crate::results::Version;
 use crate::results::model::route_sort_key;
@@ -43,6 +44,9 @@ pub(crate) enum WorkerEnd {
     /// No end marker, and its pod stopped reporting for good (`logcopy monitor`: its shard status object stayed
     /// unchanged for `--worker-silence`).
     Lost,
+    /// No end marker, and no pod of it ever reported (`logcopy monitor`: every other worker ended
+    /// `--worker-silence` ago and its shard status object never appeared).
+    NeverStarted,
 }
 
 /// What a worker recorded, read from its last good parse: what [`verdict`] and [`missing_routes`] judge.
@@ -60,14 +64,18 @@ pub(crate) struct Recorded<'a> {
 /// record (`verdict`, asked only then); without either, it is lost when `lost` says so, else running.
 pub(crate) fn worker_end(
     markers: WorkerMarkers,
-    lost: impl FnOnce() -> bool,
+    lost: impl FnOnce() -> Option<Lost>,
     verdict: impl FnOnce() -> Result<(), String>,
 ) -> WorkerEnd {
     if let Some(side) = markers.failed {
         return WorkerEnd::Failed { side };
     }
     if !markers.done {
-        return if lost() { WorkerEnd::Lost } else { WorkerEnd::Running };
+        return match lost() {
+            None => WorkerEnd::Running,
+            Some(Lost::Silent) => WorkerEnd::Lost,
+            Some(Lost::NeverStarted) => WorkerEnd::NeverStarted,
+        };
     }
     match verdict() {
         Ok(()) => WorkerEnd::Complete,
@@ -119,6 +127,7 @@ pub(crate) fn completion(ends: impl IntoIterator<Item = (u32, WorkerEnd)>) -> Op
             }
             WorkerEnd::Incomplete { reason } => problems.push(format!("worker {id} {reason}")),
             WorkerEnd::Lost => problems.push(format!("worker {id} stopped reporting (its pod was lost)")),
+            WorkerEnd::NeverStarted => problems.push(format!("worker {id} never started (no pod reported)")),
         }
     }
     Some(if problems.is_empty() {
@@ -222,7 +231,7 @@ mod tests {
         let both = m(&[failed(Role::Agent), failed(Role::Simulator), done(Role::Agent), done(Role::Simulator)]);
         assert_eq!(both, WorkerMarkers { failed: Some(Role::Simulator), done: true });
 
-        let (no, yes) = (|| false, || true);
+        let (no, yes) = (|| None, || Some(Lost::Silent));
         let never = || -> Result<(), String> { panic!("the verdict is asked only of a worker that is done") };
         assert_eq!(worker_end(WorkerMarkers::default(), no, never), WorkerEnd::Running);
         assert_eq!(worker_end(m(&[done(Role::Agent)]), no, never), WorkerEnd::Running);
@@ -238,6 +247,11 @@ mod tests {
         assert_eq!(worker_end(m(&[done(Role::Agent)]), yes, never), WorkerEnd::Lost);
         let lost = completion([(1, WorkerEnd::Complete), (2, WorkerEnd::Lost)]);
         let reason = "worker 2 stopped reporting (its pod was lost)".to_string();
+        assert_eq!(lost, Some(End::Completed { finished: false, reason }));
+        let never = || Some(Lost::NeverStarted);
+        assert_eq!(worker_end(WorkerMarkers::default(), never, || Ok(())), WorkerEnd::NeverStarted);
+        let lost = completion([(1, WorkerEnd::Complete), (2, WorkerEnd::NeverStarted)]);
+        let reason = "worker 2 never started (no pod reported)".to_string();
         assert_eq!(lost, Some(End::Completed { finished: false, reason }));
     }
 

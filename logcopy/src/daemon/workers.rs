@@ -10,7 +10,7 @@ use crate::results::file::{self, Loaded};
 use crate::results::pyjson::Value;
 use crate::routes::{Assigned, Missing};
 use crate::volume::{FileStamp, Layout, Root};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tracing::warn;
@@ -130,17 +130,38 @@ impl Worker {
 /// The workers whose pods were lost (`logcopy monitor`'s fetcher decides, from their silence in S3): each one that
 /// has no end marker ends the run's wait for it, without finishing. Shared between the fetcher and the run.
 #[derive(Debug, Clone, Default)]
-pub struct LostWorkers(Arc<Mutex<BTreeSet<u32>>>);
+pub struct LostWorkers(Arc<Mutex<BTreeMap<u32, Lost>>>);
+
+/// How a worker was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// Its pod stopped reporting (its status object unchanged for its silence).
+    Silent,
+    /// No pod of it ever reported, and every other worker has ended.
+    NeverStarted,
+}
 
 impl LostWorkers {
-    /// Marks worker `id` lost (or no longer lost); `true` when that changed.
+    /// Marks worker `id` lost as its pod stopped reporting (or no longer lost); `true` when that changed.
     pub fn set(&self, id: u32, lost: bool) -> bool {
-        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if lost { set.insert(id) } else { set.remove(&id) }
+        self.set_how(id, lost.then_some(Lost::Silent))
+    }
+
+    /// Marks worker `id` lost as `how` says (`None`: no longer lost); `true` when that changed.
+    pub fn set_how(&self, id: u32, how: Option<Lost>) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match how {
+            Some(h) => map.insert(id, h) != Some(h),
+            None => map.remove(&id).is_some(),
+        }
     }
 
     pub fn contains(&self, id: u32) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+        self.how(id).is_some()
+    }
+
+    pub fn how(&self, id: u32) -> Option<Lost> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied()
     }
 }
 
@@ -217,7 +238,7 @@ impl Workers {
     /// Where worker `w` stands.
     fn end(&self, w: &Worker, version: Version) -> WorkerEnd {
         let markers = WorkerMarkers::of(&self.markers, WorkerId(w.id));
-        let lost = || self.lost.contains(w.id);
+        let lost = || self.lost.how(w.id);
         policy::worker_end(markers, lost, || policy::verdict(version, &w.recorded()))
     }
 

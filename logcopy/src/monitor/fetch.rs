@@ -1,12 +1,15 @@
 //! The monitor's fetcher: mirrors each worker's shard in S3 into the working volume, with no LIST. Each period, one
 //! conditional GET of each worker's status object (`If-None-Match` on the ETag last seen: a 304 when nothing
-//! moved); on a new object, parsed strictly and never older than the newest seen, its results object is fetched
+//! moved); on a new object, parsed strictly and taken only when it supersedes the newest seen in the shard's chain of
+//! owners ([`ShardStatus::supersedes`]: generation, then seq; never the attempt counts), its results object is fetched
 //! when its ETag changed (`If-Match` on it) and written atomically at the worker's results path, and then (never
-//! before its results are in place) its markers and status records replace the worker's in `containers-status/`. A worker whose object stays unchanged for
-//! `--worker-silence` without an end marker is lost ([`LostWorkers`]); a new object un-loses it.
+//! before its results are in place) its markers and status records replace the worker's in `containers-status/`.
+//! A worker whose object stays unchanged for `--worker-silence` without an end marker is lost ([`LostWorkers`]; 3 x
+//! that while its pod had retries left: a replacement is due); one whose object never appeared is lost once every
+//! other worker has ended and `--worker-silence` has passed since; a new object un-loses it.
 
 use crate::config::{MonitorArgs, RunConfig};
-use crate::daemon::LostWorkers;
+use crate::daemon::{Lost, LostWorkers};
 use crate::publish::store::{GetCondition, GetOutcome, ObjectStore};
 use crate::volume::{Layout, Root};
 use std::path::{Path, PathBuf};
@@ -16,6 +19,14 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 use volume::markers::{Marker, Role, StatusSet, WorkerId};
 use volume::shard::{self, ShardStatus};
+
+/// The most stale pods remembered per shard (each logged once; past it, nothing more is logged).
+const MAX_STALE_PODS: usize = 64;
+
+/// How many `--worker-silence` a silent shard gets when its newest object says its pod still had retries
+/// (`failures < --backoff-limit-per-index`): its replacement is due, but it may wait for a per-index backoff (10 s
+/// doubling to 6 min in Kubernetes) and then for a free slot behind the Job's parallelism, and then restore.
+pub const REPLACEMENT_SILENCES: u32 = 3;
 
 /// What the fetcher knows of one worker's shard.
 struct Shard {
@@ -36,6 +47,10 @@ struct Shard {
     unmirrored: bool,
     /// The markers in the working volume end the worker (as the completion policy reads them).
     ended: bool,
+    /// When it ended (its end markers mirrored, or found lost): the never-started rule counts from the last end.
+    ended_at: Option<Instant>,
+    /// The pods (UIDs) whose objects the chain of owners has passed, each logged once (a few per shard; capped).
+    stale_pods: Vec<String>,
     /// The last problem logged, so that each is logged once.
     problem: Option<String>,
 }
@@ -74,6 +89,9 @@ pub struct Fetcher<S> {
     prefix: String,
     max_results: u64,
     silence: Duration,
+    backoff_limit: Option<u32>,
+    /// When the fetcher started: the never-started rule's clock when no other shard exists.
+    started: Instant,
     shards: Vec<Shard>,
     lost: LostWorkers,
 }
@@ -93,6 +111,8 @@ impl<S: ObjectStore> Fetcher<S> {
                 lost: false,
                 unmirrored: false,
                 ended: false,
+                ended_at: None,
+                stale_pods: Vec::new(),
                 problem: None,
             })
             .collect();
@@ -103,6 +123,8 @@ impl<S: ObjectStore> Fetcher<S> {
             prefix,
             max_results: cfg.max_results_bytes,
             silence: mon.worker_silence,
+            backoff_limit: mon.backoff_limit_per_index,
+            started: now,
             shards,
             lost,
         }
@@ -146,6 +168,11 @@ impl<S: ObjectStore> Fetcher<S> {
             let s = &mut self.shards[i];
             s.unmirrored = false;
             s.ended = s.has_ended();
+            s.ended_at = match (s.ended, s.ended_at) {
+                (true, None) => Some(Instant::now()),
+                (true, at) => at,
+                (false, _) => None,
+            };
         }
         self.judge(i);
     }
@@ -165,18 +192,21 @@ impl<S: ObjectStore> Fetcher<S> {
                 return;
             }
         };
-        // A new Job of the submission (a resume) counts its pods from 0 again: its objects replace the old Job's.
+        // The shard's owners form one chain (volume::shard): a pod that takes the shard over writes the generation it
+        // read plus one, so `(generation, seq)` orders its objects whatever the attempt counts say (equal counts and
+        // another pod UID: a suspended and resumed Job, a duplicate pod; a resumed submission's new Job).
         if let Some(old) = &s.newest
-            && st.same_job(old)
-            && !st.newer_than(old)
+            && !st.supersedes(old)
         {
-            if st != *old {
+            if st != *old && !s.stale_pods.contains(&st.uid) {
                 let why = format!(
-                    "{} was written by an older pod than the newest seen, or earlier ({} of pod {}, seq {}; newest: {} \
-                     of pod {}, seq {}): ignored",
-                    s.key, st.attempt, st.pod, st.seq, old.attempt, old.pod, old.seq
+                    "{} was written by a pod the shard's chain of owners has passed, or earlier (generation {}, seq {}                      of pod {}, {}; newest: generation {}, seq {} of pod {}, {}): ignored",
+                    s.key, st.generation, st.seq, st.pod, st.attempt, old.generation, old.seq, old.pod, old.attempt
                 );
-                s.report(why);
+                warn!(worker = s.id, "{why}");
+                if s.stale_pods.len() < MAX_STALE_PODS {
+                    s.stale_pods.push(st.uid.clone());
+                }
             }
             return;
         }
@@ -191,6 +221,7 @@ impl<S: ObjectStore> Fetcher<S> {
         s.changed = Instant::now();
         if s.lost {
             s.lost = false;
+            s.ended_at = None;
             self.lost.set(s.id, false);
             info!(worker = s.id, pod = %st.pod, "worker {} reports again: no longer lost", s.id);
         }
@@ -278,33 +309,84 @@ impl<S: ObjectStore> Fetcher<S> {
         }
     }
 
-    /// Lost: an object seen, unchanged for `--worker-silence`, and no end marker in the working volume (a worker
-    /// whose last object names results that never became readable is lost too, rather than waited for forever). A
-    /// shard whose object never appeared waits for a pod (queued behind the Job's parallelism) and is never lost.
+    /// Lost (its routes count as not run):
+    /// - an object seen, unchanged for `--worker-silence`, and no end marker in the working volume (a worker whose
+    ///   last object names results that never became readable is lost too, rather than waited for forever); when
+    ///   that object says its pod still had retries (`failures < --backoff-limit-per-index`), a replacement is due
+    ///   and the shard gets [`REPLACEMENT_SILENCES`] times as long;
+    /// - no object ever (a pod never scheduled, or one whose restore fails on every try): it waits for a pod
+    ///   (queued behind the Job's parallelism) until every other shard has ended (done, failed or lost) and
+    ///   `--worker-silence` has passed since the last of them ended.
     fn judge(&mut self, i: usize) {
-        let silent = self.shards[i].changed.elapsed();
         let s = &self.shards[i];
-        if s.lost || s.newest.is_none() || s.ended || silent < self.silence {
+        if s.lost || s.ended {
             return;
         }
-        let st = s.newest.as_ref().expect("checked");
+        let Some(st) = s.newest.as_ref() else {
+            return self.judge_never_started(i);
+        };
+        let silent = s.changed.elapsed();
+        let retries = self.backoff_limit.is_some_and(|limit| st.attempt.failures < limit);
+        let allowed = if retries { self.silence * REPLACEMENT_SILENCES } else { self.silence };
+        if silent < allowed {
+            return;
+        }
         error!(
             worker = s.id,
             pod = %st.pod,
             uid = %st.uid,
             attempt = %st.attempt,
+            generation = st.generation,
             seq = st.seq,
             uploader_clock = st.at,
             ended = st.ended,
             silent_s = silent.as_secs(),
-            "worker {} is lost: its status object has not changed for {} s (--worker-silence {} s) and it has no \
-             end marker; its routes count as not run",
+            "worker {} is lost: its status object has not changed for {} s ({}) and it has no end marker; its \
+             routes count as not run",
             s.id,
             silent.as_secs(),
+            if retries {
+                format!(
+                    "{REPLACEMENT_SILENCES} x --worker-silence {} s: its pod had retries left, no replacement reported",
+                    self.silence.as_secs()
+                )
+            } else {
+                format!("--worker-silence {} s", self.silence.as_secs())
+            }
+        );
+        self.set_lost(i, Lost::Silent);
+    }
+
+    fn judge_never_started(&mut self, i: usize) {
+        let mut last_end = self.started;
+        for (j, o) in self.shards.iter().enumerate() {
+            // Another shard that never reported does not hold this one back (nor it that one).
+            if j == i || o.newest.is_none() {
+                continue;
+            }
+            match o.ended_at {
+                Some(at) => last_end = last_end.max(at),
+                None => return,
+            }
+        }
+        if last_end.elapsed() < self.silence {
+            return;
+        }
+        let id = self.shards[i].id;
+        error!(
+            worker = id,
+            "worker {id} never started (no pod reported): every other worker has ended and --worker-silence {} s has \
+             passed since the last of them; its routes count as not run",
             self.silence.as_secs()
         );
-        self.shards[i].lost = true;
-        self.lost.set(self.shards[i].id, true);
+        self.set_lost(i, Lost::NeverStarted);
+    }
+
+    fn set_lost(&mut self, i: usize, how: Lost) {
+        let s = &mut self.shards[i];
+        s.lost = true;
+        s.ended_at = Some(Instant::now());
+        self.lost.set_how(s.id, Some(how));
     }
 }
 
@@ -343,7 +425,12 @@ mod tests {
         std::fs::create_dir_all(&vol).unwrap();
         let args = ["--local", out.to_str().unwrap(), "--logs", vol.to_str().unwrap(), "--workers", "2"];
         let cfg = crate::config::tests::parse(&args).unwrap();
-        let mon = MonitorArgs { monitor_period: Duration::from_secs(1), worker_silence: Duration::from_secs(60) };
+        let mon = MonitorArgs {
+            monitor_period: Duration::from_secs(1),
+            worker_silence: Duration::from_secs(60),
+            backoff_limit_per_index: None,
+            monitor_job_uid: None,
+        };
         let store = Arc::new(LocalStore::new(&out.join("s3")));
         let root = Arc::new(Root::open(&vol).unwrap());
         let lost = LostWorkers::default();
@@ -358,7 +445,8 @@ mod tests {
             uid: format!("uid-{failures}"),
             job: String::new(),
             attempt: PodAttempt { failures, ignored: 0 },
-            generation: 0,
+            // Each replacement took the shard over from the one before.
+            generation: u64::from(failures),
             seq,
             results: None,
             markers,
@@ -478,5 +566,89 @@ mod tests {
         t.fetcher.shards[0].changed = long_ago;
         t.fetcher.pass().await;
         assert!(!t.lost.contains(1), "no object yet: waiting for a pod, not lost");
+    }
+
+    /// The shard's chain of owners, not its attempt counts: a pod with the same counts and another UID (a suspended
+    /// and resumed Job, a duplicate pod) that took the shard over (a higher generation) is followed; an object of a
+    /// pod the chain has passed is ignored, whatever its counts say.
+    #[tokio::test]
+    async fn the_fetcher_follows_the_chain_of_owners() {
+        let mut t = setup("chain");
+        let mut old = status(1, 1, 5, vec![start(1)]);
+        old.generation = 1;
+        t.put_status(&old).await;
+        t.fetcher.pass().await;
+        let mut new = status(1, 1, 1, done(1));
+        new.uid = "uid-duplicate".into();
+        new.pod = "pod-duplicate".into();
+        new.generation = 2;
+        t.put_status(&new).await;
+        assert_eq!(t.fetcher.pass().await.objects, 1);
+        assert!(t.vol("containers-status/agent-1.done").exists(), "equal counts, another pod, a higher generation");
+        assert_eq!(t.fetcher.shards[0].newest.as_ref().unwrap().uid, "uid-duplicate");
+
+        // The old owner writes on (a later seq of its generation, higher counts even): ignored, logged once.
+        let mut stale = status(1, 3, 9, vec![start(1)]);
+        stale.uid = old.uid.clone();
+        stale.generation = 1;
+        t.put_status(&stale).await;
+        t.fetcher.pass().await;
+        stale.seq += 1;
+        t.put_status(&stale).await;
+        t.fetcher.pass().await;
+        assert!(t.vol("containers-status/agent-1.done").exists(), "a passed owner's markers are not mirrored");
+        assert_eq!(t.fetcher.shards[0].newest.as_ref().unwrap().uid, "uid-duplicate");
+        assert_eq!(t.fetcher.shards[0].stale_pods, [old.uid.clone()], "each passed pod logged once");
+    }
+
+    /// A silent shard whose pod still had retries (`failures < --backoff-limit-per-index`) has a replacement due
+    /// (a per-index backoff, a slot behind the parallelism): lost only after 3 x `--worker-silence`; one on its last
+    /// try, after `--worker-silence`.
+    #[tokio::test]
+    async fn a_shard_with_retries_left_gets_longer_before_it_is_lost() {
+        let mut t = setup("backoff");
+        t.fetcher.backoff_limit = Some(2);
+        t.put_status(&status(1, 1, 1, vec![start(1)])).await;
+        t.put_status(&status(2, 2, 1, vec![start(2)])).await;
+        t.fetcher.pass().await;
+        let ago = |s| Instant::now().checked_sub(Duration::from_secs(s)).unwrap();
+        for s in &mut t.fetcher.shards {
+            s.changed = ago(61);
+        }
+        t.fetcher.pass().await;
+        assert!(!t.lost.contains(1), "retries left: its replacement is due, not lost yet");
+        assert!(t.lost.contains(2), "its last try: lost after --worker-silence");
+        t.fetcher.shards[0].changed = ago(3 * 60 + 1);
+        t.fetcher.pass().await;
+        assert!(t.lost.contains(1), "no replacement after 3 x --worker-silence: lost");
+
+        // No limit given: every shard is on its last try.
+        let mut t = setup("backoff-unset");
+        t.put_status(&status(1, 0, 1, vec![start(1)])).await;
+        t.fetcher.pass().await;
+        t.fetcher.shards[0].changed = ago(61);
+        t.fetcher.pass().await;
+        assert!(t.lost.contains(1));
+    }
+
+    /// A shard that never wrote a status object (a pod never scheduled, a restore failing on every try) is lost
+    /// once every other shard has ended and `--worker-silence` has passed since the last of them ended.
+    #[tokio::test]
+    async fn a_shard_that_never_started_is_lost_after_the_others_ended() {
+        let mut t = setup("never");
+        let ago = |s| Instant::now().checked_sub(Duration::from_secs(s)).unwrap();
+        t.fetcher.started = ago(3600);
+        t.put_status(&status(1, 0, 1, vec![start(1)])).await;
+        t.fetcher.pass().await;
+        t.fetcher.shards[0].changed = ago(30);
+        t.fetcher.pass().await;
+        assert!(!t.lost.contains(2), "worker 1 runs: worker 2 waits for a pod");
+        t.put_status(&status(1, 0, 2, done(1))).await;
+        t.fetcher.pass().await;
+        assert!(!t.lost.contains(2), "worker 1 just ended: worker 2 still has --worker-silence");
+        t.fetcher.shards[0].ended_at = Some(ago(61));
+        t.fetcher.pass().await;
+        assert_eq!(t.lost.how(2), Some(Lost::NeverStarted), "every other worker ended --worker-silence ago: lost");
+        assert!(!t.lost.contains(1), "ended: never lost");
     }
 }

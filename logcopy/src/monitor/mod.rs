@@ -13,8 +13,10 @@
 //!   `simulation-N.cancel` in S3 at once, where the uploaders poll them.
 //!
 //! At the end (completed or cancelled), after the final publish, it puts `containers-status/monitor.done`, which
-//! upstream's post-run step counts; a monitor that starts and finds it there has nothing left to do and exits 0
-//! without publishing again (a restarted monitor never sends a second final status). A monitor restarted before
+//! upstream's post-run step counts, holding the monitor Job's UID (`--monitor-job-uid`, from the Job's
+//! `controller-uid` label). A monitor that starts and finds it naming its own Job has nothing left to do and exits 0
+//! without publishing again (a restarted monitor never sends a second final status); one naming another Job is an
+//! earlier run's (a resumed submission): it is logged, the run goes on, and its end overwrites the marker. A monitor restarted before
 //! the end rebuilds its working volume from the status objects (one GET each, no LIST) before its first cycle.
 
 pub mod fetch;
@@ -76,10 +78,27 @@ async fn monitor<S: ObjectStore>(
 ) -> Result<Option<End>, SetupError> {
     let prefix = cfg.submission_id.to_string();
     let done_key = format!("{prefix}/{STATUS_DIR}/{MONITOR_DONE}");
-    match store.get_bytes(&done_key, GetCondition::default(), 4096).await {
-        Ok(GetOutcome::Found { .. }) => {
-            info!(key = %done_key, "the monitor of this submission has already ended: nothing left to do");
-            return Ok(None);
+    let job = mon.monitor_job_uid.clone().unwrap_or_default();
+    if job.is_empty() {
+        warn!(
+            "no --monitor-job-uid / MONITOR_JOB_UID (make-job gives the monitor Job's UID): a {MONITOR_DONE} of any \
+             Job without one is taken for this Job's"
+        );
+    }
+    match store.get_bytes(&done_key, GetCondition::default(), MONITOR_DONE_MAX).await {
+        Ok(GetOutcome::Found { body, .. }) => {
+            let ended = done_job(&body);
+            if ended == job {
+                info!(key = %done_key, job = %job, "this monitor Job has already ended: nothing left to do");
+                return Ok(None);
+            }
+            // A resumed submission: the marker is an earlier monitor Job's; this one runs, and its end replaces it.
+            info!(
+                key = %done_key,
+                ended_job = %ended,
+                job = %job,
+                "{MONITOR_DONE} names another monitor Job (a resumed submission): going on"
+            );
         }
         Ok(_) => {}
         Err(e) => warn!("cannot tell whether the monitor had already ended ({e}); going on"),
@@ -124,7 +143,7 @@ async fn monitor<S: ObjectStore>(
     let cancelling = async {
         loop {
             cancelled.notified().await;
-            put_all(&*store, &keys, "the cancel markers").await;
+            put_all(&*store, &keys, Vec::new(), "the cancel markers").await;
             cancel_put.store(true, Ordering::Relaxed);
         }
     };
@@ -135,22 +154,39 @@ async fn monitor<S: ObjectStore>(
         _ = cancelling => unreachable!("the cancel task loops until the run ends"),
     };
     if matches!(end, End::Cancelled { .. }) && !cancel_put.load(Ordering::Relaxed) {
-        put_all(&*store, &keys, "the cancel markers").await;
+        put_all(&*store, &keys, Vec::new(), "the cancel markers").await;
     }
     if matches!(end, End::Completed { .. } | End::Cancelled { .. }) {
-        put_all(&*store, &[done_key], MONITOR_DONE).await;
+        put_all(&*store, &[done_key], done_body(&job), MONITOR_DONE).await;
     }
     Ok(Some(end))
 }
 
-/// Puts each key (an empty marker), retrying what failed for a while; every failure is logged.
-async fn put_all<S: ObjectStore>(store: &S, keys: &[String], what: &str) {
+/// The most of `monitor.done` read: it holds a Job UID.
+const MONITOR_DONE_MAX: u64 = 4096;
+
+/// `monitor.done`'s body: the UID of the monitor Job that ended (an ordinary `.done` file for upstream's post-run
+/// step, which counts the files and reads none).
+fn done_body(job: &str) -> Vec<u8> {
+    if job.is_empty() { Vec::new() } else { format!("{job}\n").into_bytes() }
+}
+
+/// The monitor Job UID a `monitor.done` names (empty: none, as an older monitor wrote it).
+fn done_job(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).trim().chars().take(MAX_JOB_UID).collect()
+}
+
+/// The longest Job UID kept from `monitor.done`.
+const MAX_JOB_UID: usize = 64;
+
+/// Puts each key (with `body`), retrying what failed for a while; every failure is logged.
+async fn put_all<S: ObjectStore>(store: &S, keys: &[String], body: Vec<u8>, what: &str) {
     let mut pending: Vec<&String> = keys.iter().collect();
     let mut pause = Duration::from_millis(250);
     for _ in 0..8 {
         let mut failed = Vec::new();
         for key in pending {
-            match store.put_bytes(key, Vec::new(), PutCondition::Always).await {
+            match store.put_bytes(key, body.clone(), PutCondition::Always).await {
                 Ok(PutOutcome::Written { .. }) => {}
                 Ok(PutOutcome::PreconditionFailed) => {}
                 Err(e) => {
@@ -198,6 +234,14 @@ fn is_own(rel: &Path, merged: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monitor_done_names_the_job() {
+        assert_eq!(done_job(&done_body("a-b-c")), "a-b-c");
+        assert_eq!(done_job(&done_body("")), "");
+        assert_eq!(done_job(b""), "", "an older monitor's marker names no Job");
+        assert_eq!(done_job(&[b'x'; 100]).len(), MAX_JOB_UID);
+    }
 
     #[test]
     fn the_monitor_uploads_only_its_own_files() {
