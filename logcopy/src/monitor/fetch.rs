@@ -196,7 +196,7 @@ impl<S: ObjectStore> Fetcher<S> {
         // read plus one, so `(generation, seq)` orders its objects whatever the attempt counts say (equal counts and
         // another pod UID: a suspended and resumed Job, a duplicate pod; a resumed submission's new Job).
         if let Some(old) = &s.newest
-            && !st.supersedes(old)
+            && !follows(&st, old)
         {
             if st != *old && !s.stale_pods.contains(&st.uid) {
                 let why = format!(
@@ -388,6 +388,16 @@ impl<S: ObjectStore> Fetcher<S> {
         s.ended_at = Some(Instant::now());
         self.lost.set_how(s.id, Some(how));
     }
+}
+
+/// Whether `st` comes after `old` in the shard's chain of owners ([`ShardStatus::supersedes`]). Two objects of
+/// generation 0 were written by uploaders that do not fence (an object without the field, as before the fencing
+/// generation): only their attempt counts order them, within one Job (a new Job's objects replace an older Job's).
+fn follows(st: &ShardStatus, old: &ShardStatus) -> bool {
+    if st.generation == 0 && old.generation == 0 {
+        return !st.same_job(old) || st.newer_than(old);
+    }
+    st.supersedes(old)
 }
 
 /// The keys of the cancel markers the workers' uploaders poll: `simulation.cancel` and each `simulation-N.cancel`.
@@ -599,6 +609,19 @@ mod tests {
         assert!(t.vol("containers-status/agent-1.done").exists(), "a passed owner's markers are not mirrored");
         assert_eq!(t.fetcher.shards[0].newest.as_ref().unwrap().uid, "uid-duplicate");
         assert_eq!(t.fetcher.shards[0].stale_pods, [old.uid.clone()], "each passed pod logged once");
+
+        // Uploaders that do not fence (generation 0 on both sides): the attempt counts order them.
+        let mut t = setup("unfenced");
+        t.put_status(&status(1, 0, 50, vec![start(1)])).await;
+        t.fetcher.pass().await;
+        t.put_status(&status(1, 0, 1, done(1))).await;
+        t.fetcher.pass().await;
+        assert!(!t.vol("containers-status/agent-1.done").exists(), "the same pod, earlier: ignored");
+        let mut next = status(1, 1, 1, done(1));
+        next.generation = 0;
+        t.put_status(&next).await;
+        t.fetcher.pass().await;
+        assert!(t.vol("containers-status/agent-1.done").exists(), "a later pod, not fenced: followed");
     }
 
     /// A silent shard whose pod still had retries (`failures < --backoff-limit-per-index`) has a replacement due
