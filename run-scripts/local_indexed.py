@@ -15,13 +15,18 @@ Nothing is shared between the pods and the monitor but moto's S3 (and EvalAI).
 This is our model of the Job controller, not Kubernetes: it schedules pods by index up to the parallelism, gives a
 replacement pod the next failure count (`batch.kubernetes.io/job-index-failure-count`) or, after an eviction, the
 next ignored-failure count, fails an index on the podFailurePolicy's FailIndex exit codes or past
-backoffLimitPerIndex, and stops a pod's native sidecar (SIGTERM, then SIGKILL after the grace period) once its
-main containers have exited. The manifests themselves are checked by kubernetes-validate and check-manifest.
+backoffLimitPerIndex, makes a failed index wait a per-index backoff (1 s doubling, Kubernetes' 10 s scaled down)
+and queues it behind the indexes that never started when P < S, and stops a pod's native sidecar (SIGTERM, then
+SIGKILL after the grace period) once its main containers have exited; an eviction signals the main containers
+first and the sidecar only after they exit (Kubernetes' sidecar order), all within one grace period. The manifests
+themselves are checked by kubernetes-validate and check-manifest.
 
 Faults: --kill-pod W@S (SIGKILL pod W's processes S s after it started: the pod fails, a replacement restores and
 resumes), --lose-pod W@S (as kill, but no replacement: the index's last try; only the monitor's silence rule
 sees it), --evict-pod W@S (SIGTERM with the grace period, a disruption: no budget spent), --stale-pod W@S (a
 replacement starts while the old pod runs on, as after a network partition: the old one must stand down),
+--same-counts-pod W@S (a replacement with the SAME failure counts starts while the old pod runs on, a duplicate
+pod: only the chain of owners, not the counts, tells them apart; no route may be recorded twice),
 --kill-monitor S (SIGKILL the monitor; it is restarted with its folder, as restartPolicy OnFailure does),
 --cancel-after S, --s3-fault-rate R (a proxy in front of moto answers that share of the requests with a 503).
 """
@@ -122,6 +127,11 @@ class FaultyProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
+# The per-index backoff: Kubernetes' 10 s doubling up to 6 min, scaled down.
+BACKOFF_BASE = 1.0
+BACKOFF_MAX = 36.0
+
+
 class K8sPod:
     """One pod of the worker Job: its containers' processes and its own volume folder."""
 
@@ -138,6 +148,7 @@ class K8sPod:
         self.wall_started = time.time()
         self.term_at = None
         self.evicting = False
+        self.sidecar_signalled = False  # the native sidecar (uploader) has had its SIGTERM
         self.ignore = False  # a pod the controller no longer follows (stale, lost)
 
 
@@ -151,6 +162,7 @@ class IndexedJob:
         self.pods = []
         self.t0 = time.monotonic()
         self.job_uid = str(uuid.uuid4())
+        self.monitor_job_uid = str(uuid.uuid4())
 
     # -- the model ---------------------------------------------------------------------------------------------
 
@@ -254,14 +266,14 @@ class IndexedJob:
             self.moto_env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{self.proxy.port}"
         self.model()
         self.faults = {}
-        for flag in ("kill_pod", "lose_pod", "evict_pod", "stale_pod"):
+        for flag in ("kill_pod", "lose_pod", "evict_pod", "stale_pod", "same_counts_pod"):
             for spec in getattr(a, flag) or []:
                 w, s = lj.parse_fault(spec, "--" + flag.replace("_", "-"), 5.0)
                 if not 1 <= w <= a.workers:
                     lj.die(f"--{flag.replace('_', '-')} {spec}: worker {w} does not exist (1..{a.workers})")
                 self.faults.setdefault(w, []).append([flag, s, False])
         self.index = {
-            i: {"failures": 0, "ignored": 0, "state": "pending", "pod": None, "pods": []}
+            i: {"failures": 0, "ignored": 0, "state": "pending", "pod": None, "pods": [], "ready_at": 0.0}
             for i in range(1, a.workers + 1)
         }
 
@@ -433,6 +445,11 @@ class IndexedJob:
         else:
             st["failures"] += 1
             st["state"] = "failed" if st["failures"] > self.backoff_per_index else "pending"
+            if st["state"] == "pending":
+                # Kubernetes' per-index backoff (10 s doubling, up to 6 min), scaled down: 1 s doubling.
+                delay = min(BACKOFF_BASE * 2 ** (st["failures"] - 1), BACKOFF_MAX)
+                st["ready_at"] = time.monotonic() + delay
+                self.event(f"worker {p.index}: replacement due after a backoff of {delay:g} s")
         if st["state"] == "failed":
             self.event(f"worker {p.index}: index failed")
 
@@ -449,6 +466,12 @@ class IndexedJob:
         if p.phase == "running" and all(m.end is not None for m in mains):
             p.phase = "terminating"
             p.term_at = now
+        if p.phase == "terminating" and not p.sidecar_signalled and all(m.end is not None for m in mains):
+            # Kubernetes' order: the native sidecar is signalled only once the main containers have exited (an
+            # eviction's grace period runs from its start: what the mains used is not the sidecar's).
+            p.sidecar_signalled = True
+            if p.evicting:
+                self.event(f"worker {p.index}: pod {p.n}'s main containers exited: SIGTERM to its uploader")
             self.signal_pod(p, signal.SIGTERM, ["uploader"])
         if p.phase == "terminating":
             up = p.procs["uploader"]
@@ -489,30 +512,42 @@ class IndexedJob:
                     p.phase = "killed"
                     self.pod_ended(p, "lost")
                 elif flag == "evict_pod":
-                    self.event(f"worker {w}: pod {p.n} evicted (SIGTERM to every container)")
+                    self.event(f"worker {w}: pod {p.n} evicted (SIGTERM to the main containers, then the sidecar)")
                     p.evicting = True
                     p.phase = "terminating"
                     p.term_at = now
-                    self.signal_pod(p, signal.SIGTERM)
+                    self.signal_pod(p, signal.SIGTERM, ["simulator", "agent"])
                 elif flag == "stale_pod":
                     self.event(f"worker {w}: pod {p.n} partitioned: a replacement starts beside it")
                     p.ignore = True
                     st = self.index[w]
                     st["failures"] += 1
                     self.start_pod(w)
+                elif flag == "same_counts_pod":
+                    self.event(f"worker {w}: pod {p.n} duplicated: a pod with the same failure counts starts beside it")
+                    p.ignore = True
+                    self.start_pod(w)
 
     def schedule(self):
+        """Up to the parallelism: first the indexes that never started (in index order), then those whose
+        replacement is due (their per-index backoff past), as the Job controller queues them."""
         active = sum(1 for st in self.index.values() if st["state"] == "running")
-        for i, st in sorted(self.index.items()):
+        now = time.monotonic()
+        pending = [(i, st) for i, st in sorted(self.index.items()) if st["state"] == "pending"]
+        queue = [x for x in pending if not x[1]["pods"]] + [x for x in pending if x[1]["pods"]]
+        for i, st in queue:
             if active >= (self.a.parallelism or self.a.workers):
                 break
-            if st["state"] == "pending":
-                self.start_pod(i)
-                active += 1
+            if st["ready_at"] > now:
+                continue
+            self.start_pod(i)
+            active += 1
 
     def start_monitor(self):
         c = self.monitor_container
-        env = self.env(c, {})
+        env = self.env(c, {"metadata.labels['batch.kubernetes.io/controller-uid']": self.monitor_job_uid})
+        if self.a.backoff_limit_per_index is not None:
+            env["BACKOFF_LIMIT_PER_INDEX"] = str(self.backoff_per_index)
         if self.a.monitor_period:
             env["MONITOR_PERIOD"] = self.a.monitor_period
         if self.a.worker_silence:

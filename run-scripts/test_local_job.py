@@ -319,6 +319,12 @@ class IndexedJob(unittest.TestCase):
         shard = s["indexes"]["1"]
         self.assertEqual((shard["failures"], shard["ignored"]), (0, 1))
         self.assertEqual([p["result"] for p in shard["pods"]], ["evicted", "succeeded"])
+        # Kubernetes' sidecar order: the uploader (a native sidecar) ends after the main containers.
+        ends = {pr["name"]: pr["end"] for pr in s["processes"] if pr["name"].startswith("w1.0/")}
+        said = "pod 0's main containers exited: SIGTERM to its uploader"
+        signalled = next(e["t"] for e in s["events"] if said in e["event"])
+        self.assertGreaterEqual(signalled, max(ends["w1.0/agent"], ends["w1.0/simulator"]), ends)
+        self.assertGreaterEqual(ends["w1.0/uploader"], signalled, ends)
 
     def test_a_stale_pod_racing_its_replacement_stands_down(self):
         _, s = run_indexed(self, "indexed-stale", "--stale-pod", "3@4")
@@ -327,6 +333,31 @@ class IndexedJob(unittest.TestCase):
         old = (Path(s["out"]) / "pods/w3.0/uploader.log").read_text()
         self.assertIn("stale pod", old)
         self.assertEqual(s["s3_mismatched"], [], "S3 holds the replacement's files, not the stale pod's")
+
+    def test_a_failed_index_waits_its_backoff_behind_the_indexes_that_never_started(self):
+        _, s = run_indexed(self, "indexed-backoff", "--parallelism", "2", "--workers", "4", "--kill-pod", "1@4")
+        self.assertEqual(s["final_status"], "FINISHED")
+        self.assert_once_each(s, INDEXED_ROUTES)
+        shard = s["indexes"]["1"]
+        self.assertEqual([p["result"] for p in shard["pods"]], ["killed", "succeeded"])
+        events = [e["event"] for e in s["events"]]
+        killed = next(e for e in s["events"] if "worker 1: pod 0 killed" in e["event"])
+        replaced = next(e for e in s["events"] if "worker 1: pod 1" in e["event"] and "starts" in e["event"])
+        self.assertGreaterEqual(replaced["t"] - killed["t"], 1.0, "the per-index backoff (1 s) was waited")
+        self.assertTrue(any("backoff of 1 s" in e for e in events), events)
+        # P < S: the failed index queued behind the indexes that never started (3 and 4 started before it).
+        first = {i: min(p["started"] for p in s["indexes"][str(i)]["pods"]) for i in (3, 4)}
+        self.assertLess(max(first.values()), shard["pods"][1]["started"], "indexes 3 and 4 went first")
+
+    def test_a_duplicate_pod_with_the_same_counts_records_no_route_twice(self):
+        _, s = run_indexed(self, "indexed-same-counts", "--same-counts-pod", "2@4")
+        self.assertEqual(s["final_status"], "FINISHED")
+        self.assert_once_each(s, INDEXED_ROUTES)
+        shard = s["indexes"]["2"]
+        self.assertEqual(len(shard["pods"]), 2)
+        self.assertEqual(shard["failures"], 0, "the duplicate has the same failure counts")
+        log = (Path(s["out"]) / "monitor/monitor.log").read_text()
+        self.assertNotIn("worker 2 stopped reporting", log)
 
     def test_the_monitor_killed_and_restarted_publishes_one_final_result(self):
         job, s = run_indexed(self, "indexed-monitor", "--kill-monitor", "5", "--final-status")
