@@ -378,15 +378,35 @@ async fn a_lost_worker_ends_the_run_failed_and_one_that_reports_again_is_no_long
     let mut three = beat.await.unwrap();
     three.finish().await;
     assert_eq!(mon.exit(90).await, 0, "{}", mon.output());
+    failed_with(&fake, "worker 2 stopped reporting (its pod was lost)", "RouteScenario_7_rep0");
+    let merged = String::from_utf8(object(&moto, "lost", MERGED_KEY).await.unwrap()).unwrap();
+    let ids = route_ids(&merged);
+    assert_eq!(ids.len(), 5 + 2 + 5 + 5, "every route recorded once: {ids:?}");
+}
+
+/// The one final status is FAILED, its stdout saying `reason` and listing `route` (a lost worker's) as not run.
+fn failed_with(fake: &FakeEvalAi, reason: &str, route: &str) {
     let finals: Vec<_> = fake.requests().into_iter().filter(|r| r.is_final_put()).collect();
     assert_eq!(finals.len(), 1);
     assert_eq!(finals[0].body_str("submission_status"), Some("FAILED"));
     let stdout = finals[0].body_str("stdout").unwrap_or_default().to_string();
-    assert!(stdout.contains("worker 2 stopped reporting (its pod was lost)"), "{stdout}");
-    assert!(stdout.contains("RouteScenario_7_rep0"), "its routes are listed as not run: {stdout}");
-    let merged = String::from_utf8(object(&moto, "lost", MERGED_KEY).await.unwrap()).unwrap();
-    let ids = route_ids(&merged);
-    assert_eq!(ids.len(), 5 + 2 + 5 + 5, "every route recorded once: {ids:?}");
+    assert!(stdout.contains(reason), "{stdout}");
+    assert!(stdout.contains(route), "its routes are listed as not run: {stdout}");
+}
+
+/// A worker whose pod never reports (never scheduled, or its restore failing on every try) is lost once every
+/// other worker has ended and `--worker-silence` has passed since: the run ends FAILED, saying it never started,
+/// its routes listed as not run (it waited for a pod until the Job's deadline, with no final status).
+#[tokio::test]
+async fn a_worker_that_never_started_ends_the_run_failed() {
+    let (moto, dir) = setup("never").await;
+    for w in 1..=3 {
+        Uploader::new(&moto, "never", w, 0).await.finish().await;
+    }
+    let fake = FakeEvalAi::start();
+    let mut mon = Monitor::start(&moto, "never", &fake, &dir.path(""), &["--worker-silence", "3s"]);
+    assert_eq!(mon.exit(90).await, 0, "{}", mon.output());
+    failed_with(&fake, "worker 4 never started (no pod reported)", "RouteScenario_19_rep0");
 }
 
 /// A monitor killed mid-run and started again on a fresh working volume rebuilds it from S3 and finishes; one final
