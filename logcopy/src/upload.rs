@@ -692,7 +692,9 @@ impl<S: ObjectStore> Uploader<S> {
                 self.results_sha = None;
             }
             Ok(GetOutcome::Missing) => {
+                // Written again with If-None-Match: * (an If-Match on a missing key is no precondition failure).
                 warn!(expected = %mine, "the results object is missing: uploaded again");
+                self.results = None;
                 self.results_sha = None;
             }
             Ok(GetOutcome::Changed) => {}
