@@ -741,16 +741,19 @@ impl<S: ObjectStore> Uploader<S> {
     /// Writes what a pass found: the results object, the changed markers and records, then the status object
     /// when anything it says changed (or `force`: a heartbeat; or `ended`: the final flush).
     async fn apply(&mut self, mut p: Pending, force: bool, ended: bool) -> Result<(), Stale> {
-        // The churn limit: a change within results_gap of the last upload waits for its end (the first change after
-        // a quiet spell goes at once; the final flush never waits).
-        if p.results.is_some() && !ended {
-            let gap = self.results_gap();
-            if let Some(last) = self.last_results_put
-                && last.elapsed() < gap
-            {
-                self.results_due = Some(last + gap);
-                p.results = None;
-            }
+        // The churn limit: a change of the results file or its companions (the supervisor rewrites the last good copy
+        // as often as the results file) within results_gap of the last upload waits for its end (the first change
+        // after a quiet spell goes at once; the final flush never waits).
+        let companions = self.companions().map(|c| c.to_string_lossy().into_owned());
+        let companion = |name: &String| companions.contains(name);
+        if !ended
+            && (p.results.is_some() || p.files.iter().any(|(n, ..)| companion(n)))
+            && let Some(last) = self.last_results_put
+            && last.elapsed() < self.results_gap()
+        {
+            self.results_due = Some(last + self.results_gap());
+            p.results = None;
+            p.files.retain(|(n, ..)| !companion(n));
         }
         if p.results.is_some() || !p.files.is_empty() {
             self.guard().await?;
@@ -760,6 +763,9 @@ impl<S: ObjectStore> Uploader<S> {
             None => false,
         };
         for (name, bytes, sha) in p.files {
+            if companion(&name) {
+                self.last_results_put = Some(Instant::now());
+            }
             let key = self.key(Path::new(&name));
             match self.store.put_bytes(&key, bytes, PutCondition::Always).await {
                 Ok(_) => {

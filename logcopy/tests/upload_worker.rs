@@ -658,15 +658,21 @@ async fn a_results_file_rewritten_all_the_time_costs_one_put_an_interval() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     moto.reset_recording();
     let results = vol.join("agent/agent1/agent_results.json");
+    let last_good = vol.join("agent/agent1/.agent_results.json.last-good");
     let (t, mut i) = (Instant::now(), 0u32);
     while t.elapsed() < Duration::from_secs(5) {
         std::fs::write(&results, format!("{{\"rewrite\": {i}}}\n")).unwrap();
+        // The supervisor's last good copy follows the results file as often: limited with it.
+        std::fs::write(&last_good, format!("{{\"rewrite\": {i}}}\n")).unwrap();
         i += 1;
         std::thread::sleep(Duration::from_millis(20));
     }
     let puts = moto.object_puts(BUCKET).get("4321/agent/agent1/agent_results.json").copied().unwrap_or(0);
     println!("{i} rewrites in 5 s: {puts} results PUTs (debounce 100 ms, interval 500 ms)");
     assert!((2..=12).contains(&puts), "one results PUT at most every 500 ms: {puts}");
+    let companion_puts =
+        moto.object_puts(BUCKET).get("4321/agent/agent1/.agent_results.json.last-good").copied().unwrap_or(0);
+    assert!(companion_puts <= 12, "its last good copy as seldom: {companion_puts}");
     let last = format!("{{\"rewrite\": {}}}\n", i - 1);
     until(10, "the last content is uploaded", || async {
         let (body, etag) = object(&moto, "4321/agent/agent1/agent_results.json").await?;
