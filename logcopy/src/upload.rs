@@ -3,19 +3,27 @@
 //! keys (`volume::shard::key_of`), and coordinates with the other pods of its shard and with `logcopy monitor`
 //! through S3 alone (docs/architecture.md, "Indexed Job"):
 //!
-//! - **Takeover.** At start it GETs the shard status object (`shards/worker-N.json`). Written by a newer pod of the
-//!   shard ([`ShardStatus::newer_than`]): this pod is stale; it writes nothing to S3, writes the local marker
+//! - **Takeover.** At start it GETs the shard status object (`shards/worker-N.json`, fencing generation g).
+//!   Written by a newer pod of the same Job by the attempt counts ([`ShardStatus::same_job`],
+//!   [`ShardStatus::newer_than`]): this pod is stale; it writes nothing to S3, writes the local marker
 //!   `simulation-N.cancel` so that its supervisors stop, and waits for SIGTERM (a native sidecar that exits is
-//!   restarted by the kubelet, so exiting would only loop), then exits 0. Otherwise its first status PUT is
-//!   conditional on the ETag it read (`If-None-Match: *` when there was none).
-//! - **On change** of worker N's results file, markers or status records (notify events, debounced, and a rescan
-//!   every period): the results file with `If-Match` on the ETag this shard uploaded last, the changed markers and
-//!   records, then the status object with `If-Match` on its last ETag (seq + 1). A failed precondition means another
-//!   pod wrote: the status object is read again, and a newer pod makes this one stale.
-//! - **Every period**: one conditional GET of `containers-status/simulation.cancel` (`If-None-Match` on its last
+//!   restarted by the kubelet, so exiting would only loop), then exits 0. Otherwise its first status PUT carries
+//!   generation g + 1 and is conditional on the ETag it read (`If-None-Match: *` and generation 1 when there was
+//!   none); its own object (a container restarted in place, the same pod UID) is continued in its generation.
+//! - **Overtaken.** From then on, an object it reads with a higher generation than its own makes it stale, whatever
+//!   the attempt counts and Jobs.
+//! - **On change** of worker N's results file, its companions (last good copy, route-crash record), markers or
+//!   status records (notify events, debounced, and a rescan every period): a guard GET of the status object, the
+//!   results file with `If-Match` on the ETag this shard uploaded last (at most one upload every
+//!   `min(1 s, --upload-period)`), the changed companions, markers and records, then the status object with
+//!   `If-Match` on its last ETag (seq + 1). A failed precondition means another pod wrote: the status object is
+//!   read again, and a higher generation makes this one stale; a write after it is conditional on what was read,
+//!   never blind.
+//! - **Every period**, first: one conditional GET of `containers-status/simulation.cancel` (`If-None-Match` on its last
 //!   ETag): present, it writes the local markers `simulation.cancel` and `simulation-N.cancel`; the rest of worker
 //!   N's files (logs, CARLA's) through the manifest-based sync, lowest priority, within `run`'s caps; and the
-//!   status object again once `--heartbeat` has passed without a write. Idle: 1 GET a period plus a PUT a heartbeat.
+//!   status object again once `--heartbeat` has passed without a write, after a conditional GET of the results
+//!   object (a write behind this pod's back is undone). Idle: 1 GET a period plus a GET and a PUT a heartbeat.
 //! - **SIGTERM**: within `--flush-budget`, the results file, markers and records, then the status object with
 //!   `ended: true`, then `containers-status/uploader-N.done`, then the logs. Exit 0.
 
@@ -37,8 +45,8 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 use tracing_subscriber::filter::LevelFilter;
 use volume::layout::{self, STATUS_DIR};
-use volume::markers::{Marker, WorkerId};
-use volume::safe::{Kind, Root};
+use volume::markers::{MAX_STATUS_ENTRIES, Marker, Role, WorkerId};
+use volume::safe::Root;
 use volume::shard::{self, ObjectRef, PodAttempt, ShardStatus};
 use volume::status;
 
@@ -331,6 +339,9 @@ struct Uploader<S: ObjectStore> {
     root: Arc<Root>,
     /// The last status object this pod wrote (or the one it took over from, before its first write).
     seq: u64,
+    /// This pod's fencing generation (`ShardStatus::generation`): the one it took over with; an object of a
+    /// higher generation means another pod took the shard over since.
+    generation: u64,
     status_etag: Option<String>,
     /// Whether this pod's first status PUT went through.
     owner: bool,
@@ -340,8 +351,11 @@ struct Uploader<S: ObjectStore> {
     /// What the status object says of the volume: markers and records, as last written.
     markers: Vec<Marker>,
     records: Vec<status::Record>,
-    /// The SHA-256 of each status file (by name) uploaded.
+    /// The SHA-256 of each status file (by name) and results companion (by path) uploaded.
     sent: HashMap<String, String>,
+    /// When the results file was last uploaded, and when a change held back by the churn limit is due.
+    last_results_put: Option<Instant>,
+    results_due: Option<Instant>,
     last_write: Instant,
     cancel_etag: Option<String>,
     cancelled: bool,
@@ -358,6 +372,11 @@ fn hash(bytes: &[u8]) -> String {
 
 /// The largest marker file uploaded (markers are empty; a forged large one goes as nothing more than this).
 const MAX_MARKER_BYTES: u64 = 4096;
+/// The most start and crash markers a pass keeps (the lowest attempts): the status object lists at most
+/// `shard::MAX_MARKERS`, start and crash markers first, so this leaves room for the four end markers.
+const MAX_ATTEMPT_MARKERS: usize = shard::MAX_MARKERS - 4;
+/// The largest route-crash record uploaded (as `restore` caps it).
+const MAX_ROUTE_CRASHES_BYTES: u64 = 1 << 20;
 /// The largest cancel object read.
 const MAX_CANCEL_BYTES: u64 = 4096;
 
@@ -388,7 +407,7 @@ impl<S: ObjectStore> Uploader<S> {
             uid: self.cfg.uid.clone(),
             job: self.cfg.job.clone(),
             attempt: self.cfg.attempt,
-            generation: 0,
+            generation: self.generation,
             seq: self.seq + 1,
             results: self.results.clone(),
             markers: self.markers.clone(),
@@ -416,15 +435,23 @@ impl<S: ObjectStore> Uploader<S> {
         }
     }
 
-    /// Whether `other` was written by a newer pod of the shard than this one.
-    fn newer(&self, other: &ShardStatus) -> bool {
-        let mut mine = self.status(false);
-        if other.uid == self.cfg.uid {
-            // This pod's own object (the container restarted in place): never newer than itself.
-            mine.seq = mine.seq.max(other.seq);
-        }
-        // An earlier Job's object (a resumed submission) is taken over, whatever its counts.
+    /// Whether `other` is this pod's own object: the container restarted in place (the same pod UID).
+    fn own(&self, other: &ShardStatus) -> bool {
+        !self.cfg.uid.is_empty() && other.uid == self.cfg.uid
+    }
+
+    /// At take-over only: whether `other` (not this pod's own) was written by a newer pod of the same Job by the
+    /// attempt counts, so that taking over would be a stale pod's. An earlier Job's object (a resumed submission)
+    /// and a pod of equal counts (a duplicate pod, a resumed Job) are taken over.
+    fn refuse_take_over(&self, other: &ShardStatus) -> bool {
+        let mine = self.status(false);
         other.same_job(&mine) && other.newer_than(&mine)
+    }
+
+    /// Once this pod owns the shard: whether `other` is of a higher fencing generation than this pod's (another
+    /// pod took the shard over since), whatever the attempt counts and Jobs.
+    fn overtaken(&self, other: &ShardStatus) -> bool {
+        other.generation > self.generation
     }
 
     /// At start: reads the status object and takes the shard over, unless a newer pod owns it.
@@ -435,32 +462,45 @@ impl<S: ObjectStore> Uploader<S> {
                 Some((prev, etag)) => (prev, Some(etag)),
                 None => (None, None),
             };
+            // The fencing generation: this pod's own (restarted in place: continued), else the one read plus one
+            // (the first write is conditional on the ETag read, so only one pod takes generation g + 1 over g).
+            self.seq = 0;
+            self.generation = 1;
             if let Some(prev) = &prev {
-                if self.newer(prev) {
+                if self.own(prev) {
+                    self.seq = prev.seq;
+                    self.generation = prev.generation.max(1);
+                } else if self.refuse_take_over(prev) {
                     self.stale(prev);
                     return Err(Ok(Stale));
-                }
-                if prev.uid == self.cfg.uid {
-                    self.seq = prev.seq;
+                } else {
+                    self.generation = prev.generation.saturating_add(1);
                 }
                 self.results = prev.results.clone();
                 self.results_sha = self.restored_results_sha(prev);
                 info!(
                     previous_pod = %prev.pod,
                     previous = %prev.attempt,
+                    previous_generation = prev.generation,
                     this = %self.cfg.attempt,
+                    generation = self.generation,
                     results = prev.results.is_some(),
                     "taking the shard over from its previous pod"
                 );
             }
             self.status_etag = etag;
+            self.restored_companions();
             let p = self.scan();
             self.markers = p.markers;
             self.records = p.records;
             match self.put_status(false).await {
                 Ok(true) => {
                     self.owner = true;
-                    info!(seq = self.seq, "this pod owns the shard: status object written");
+                    info!(
+                        seq = self.seq,
+                        generation = self.generation,
+                        "this pod owns the shard: status object written"
+                    );
                     return Ok(());
                 }
                 Ok(false) => continue,
@@ -491,7 +531,9 @@ impl<S: ObjectStore> Uploader<S> {
         error!(
             newer_pod = %newer.pod,
             newer = %newer.attempt,
+            newer_generation = newer.generation,
             this = %self.cfg.attempt,
+            generation = self.generation,
             "stale pod: a newer pod of the shard owns worker {}'s keys; this pod writes nothing more to S3 and stops \
              its pair (local marker simulation-{}.cancel)",
             self.cfg.worker,
@@ -509,34 +551,61 @@ impl<S: ObjectStore> Uploader<S> {
         let mut p = Pending { results: self.read_results(), ..Pending::default() };
         let w = self.cfg.worker;
         let dir = Path::new(STATUS_DIR);
-        let entries = match self.root.list(dir) {
-            Ok(e) => e.unwrap_or_default(),
+        // Read by name as the folder is read (never the whole listing), at most MAX_STATUS_ENTRIES entries: only
+        // this worker's own names are kept, its start and crash markers at most MAX_ATTEMPT_MARKERS of the lowest (a
+        // participant can write a million forged `agent-N.crashK`), its end markers and records whatever the cap.
+        let mut attempts = std::collections::BTreeSet::<Marker>::new();
+        let mut others = std::collections::BTreeSet::<String>::new();
+        let scanned = self.root.scan_names(dir, MAX_STATUS_ENTRIES, &mut |name| {
+            let Ok(name) = name.to_str() else { return };
+            if !shard::is_own_status_file(name, w) {
+                return;
+            }
+            match Marker::parse(name) {
+                Some(m @ (Marker::Start { .. } | Marker::Crash { .. })) => {
+                    attempts.insert(m);
+                    if attempts.len() > MAX_ATTEMPT_MARKERS {
+                        attempts.pop_last();
+                    }
+                }
+                _ => {
+                    others.insert(name.to_string());
+                }
+            }
+        });
+        match scanned {
+            Ok(Some(true)) => {
+                // More entries than read: the end markers and records are found by name (a stat each).
+                self.warn_once(format!(
+                    "{} holds more than {MAX_STATUS_ENTRIES} entries: the rest are not read; worker {w}'s end \
+                     markers and records are found by name",
+                    self.root.display(dir).display()
+                ));
+                let mut names: Vec<String> =
+                    [Role::Agent, Role::Simulator].iter().map(|r| status::file_name(*r, w)).collect();
+                for role in [Role::Agent, Role::Simulator] {
+                    names.push(Marker::Done { role, worker: w }.file_name());
+                    names.push(Marker::Failed { role, worker: w }.file_name());
+                }
+                for name in names {
+                    if self.root.stat(&dir.join(&name)).ok().flatten().is_some() {
+                        others.insert(name);
+                    }
+                }
+            }
+            Ok(_) => {}
             Err(e) => {
                 self.warn_once(format!("cannot list {}: {e}", self.root.display(dir).display()));
                 p.markers = self.markers.clone();
                 p.records = self.records.clone();
                 return p;
             }
-        };
-        let mut names: Vec<String> = entries
-            .into_iter()
-            .filter(|e| e.kind == Kind::File)
-            .filter_map(|e| e.name.into_string().ok())
-            .filter(|n| shard::is_own_status_file(n, w))
-            .collect();
-        names.sort();
-        names.truncate(shard::MAX_MARKERS + 2);
+        }
+        let names: Vec<String> = others.into_iter().chain(attempts.iter().map(Marker::file_name)).collect();
         for name in names {
             let rel = dir.join(&name);
             let max = if Marker::parse(&name).is_some() { MAX_MARKER_BYTES } else { status::MAX_BYTES };
-            let bytes = match self.root.read_capped(&rel, max) {
-                Ok(Some(b)) => b,
-                Ok(None) => continue,
-                Err(e) => {
-                    self.warn_once(format!("not uploaded: {}: {e}", rel.display()));
-                    continue;
-                }
-            };
+            let Some(bytes) = self.read_local(&rel, max) else { continue };
             match Marker::parse(&name) {
                 Some(m) => p.markers.push(m),
                 None => match status::Record::parse(&bytes) {
@@ -549,13 +618,88 @@ impl<S: ObjectStore> Uploader<S> {
                     }
                 },
             }
-            let sha = hash(&bytes);
-            if self.sent.get(&name) != Some(&sha) {
-                p.files.push((name, bytes, sha));
-            }
+            self.queue(&mut p, &rel, bytes);
         }
         p.markers.sort();
+        // The results file's companions, which `restore --worker` brings into the next pod: with the results,
+        // after the guard (never through the logs' sync).
+        let [last_good, route_crashes] = self.companions();
+        for (rel, max) in [(last_good, self.cfg.max_results_bytes), (route_crashes, MAX_ROUTE_CRASHES_BYTES)] {
+            if let Some(bytes) = self.read_local(&rel, max) {
+                self.queue(&mut p, &rel, bytes);
+            }
+        }
         p
+    }
+
+    /// The volume's file `rel`, up to `max` bytes; `None` when it is missing or cannot be read (warned once).
+    fn read_local(&mut self, rel: &Path, max: u64) -> Option<Vec<u8>> {
+        match self.root.read_capped(rel, max) {
+            Ok(b) => b,
+            Err(e) => {
+                self.warn_once(format!("not uploaded: {}: {e}", rel.display()));
+                None
+            }
+        }
+    }
+
+    /// Adds `rel` to what a pass writes when its content is not the one uploaded last.
+    fn queue(&self, p: &mut Pending, rel: &Path, bytes: Vec<u8>) {
+        let sha = hash(&bytes);
+        let rel = rel.to_string_lossy().into_owned();
+        if self.sent.get(&rel) != Some(&sha) {
+            p.files.push((rel, bytes, sha));
+        }
+    }
+
+    /// The results file's companions: the supervisor's last good copy and its route-crash record.
+    fn companions(&self) -> [PathBuf; 2] {
+        companions(self.cfg.worker)
+    }
+
+    /// At take-over: the companions that the volume holds exactly as `restore --worker` fetched them (seeded into
+    /// the upload manifest) count as sent.
+    fn restored_companions(&mut self) {
+        let manifest = Manifest::load(&self.root, &self.cfg.manifest_target());
+        for rel in self.companions() {
+            let Some(entry) = manifest.files.get(&*rel.to_string_lossy()) else { continue };
+            if let Ok(Some(meta)) = self.root.stat(&rel)
+                && entry.stat_matches(&meta)
+            {
+                self.sent.insert(rel.to_string_lossy().into_owned(), entry.sha256.clone());
+            }
+        }
+    }
+
+    /// The minimum interval between two results uploads (a participant rewriting its results file all the time
+    /// costs one PUT an interval, not one a debounce): 1 s, or `--upload-period` when shorter.
+    fn results_gap(&self) -> Duration {
+        self.cfg.period.min(Duration::from_secs(1))
+    }
+
+    /// At a heartbeat and at the final flush: whether the results object is still the one this pod's status object
+    /// names (a conditional GET, a 304 when it is). A stale pod's PUT that landed in the guard's window left its
+    /// results there: the volume's results file is then uploaded again (on the ETag found) at this pass.
+    async fn verify_results(&mut self) {
+        let Some(mine) = self.results.as_ref().map(|r| r.etag.clone()) else { return };
+        let key = self.key(&self.results_rel());
+        let cond = GetCondition { if_none_match: Some(&mine), if_match: None };
+        match self.store.get_bytes(&key, cond, self.cfg.max_results_bytes.max(1 << 20)).await {
+            Ok(GetOutcome::NotModified) => {}
+            Ok(GetOutcome::Found { etag, .. }) if etag == mine => {}
+            Ok(GetOutcome::Found { etag, .. }) => {
+                warn!(found = %etag, expected = %mine, "the results object is not this pod's: uploaded again");
+                self.results_sha = None;
+            }
+            Ok(GetOutcome::Missing) => {
+                // Written again with If-None-Match: * (an If-Match on a missing key is no precondition failure).
+                warn!(expected = %mine, "the results object is missing: uploaded again");
+                self.results = None;
+                self.results_sha = None;
+            }
+            Ok(GetOutcome::Changed) => {}
+            Err(e) => warn!(error = %e, "cannot check the results object; checked again at the next heartbeat"),
+        }
     }
 
     /// The results file's bytes and SHA-256 when its content is not the one this shard uploaded last.
@@ -580,7 +724,7 @@ impl<S: ObjectStore> Uploader<S> {
         let cond = GetCondition { if_none_match: Some(&etag), if_match: None };
         match self.store.get_bytes(&self.status_key(), cond, shard::MAX_BYTES).await {
             Ok(GetOutcome::Found { body, .. }) => match ShardStatus::parse(&body) {
-                Ok(other) if self.newer(&other) => {
+                Ok(other) if self.overtaken(&other) => {
                     self.stale(&other);
                     Err(Stale)
                 }
@@ -596,7 +740,21 @@ impl<S: ObjectStore> Uploader<S> {
 
     /// Writes what a pass found: the results object, the changed markers and records, then the status object
     /// when anything it says changed (or `force`: a heartbeat; or `ended`: the final flush).
-    async fn apply(&mut self, p: Pending, force: bool, ended: bool) -> Result<(), Stale> {
+    async fn apply(&mut self, mut p: Pending, force: bool, ended: bool) -> Result<(), Stale> {
+        // The churn limit: a change of the results file or its companions (the supervisor rewrites the last good copy
+        // as often as the results file) within results_gap of the last upload waits for its end (the first change
+        // after a quiet spell goes at once; the final flush never waits).
+        let companions = self.companions().map(|c| c.to_string_lossy().into_owned());
+        let companion = |name: &String| companions.contains(name);
+        if !ended
+            && (p.results.is_some() || p.files.iter().any(|(n, ..)| companion(n)))
+            && let Some(last) = self.last_results_put
+            && last.elapsed() < self.results_gap()
+        {
+            self.results_due = Some(last + self.results_gap());
+            p.results = None;
+            p.files.retain(|(n, ..)| !companion(n));
+        }
         if p.results.is_some() || !p.files.is_empty() {
             self.guard().await?;
         }
@@ -605,7 +763,10 @@ impl<S: ObjectStore> Uploader<S> {
             None => false,
         };
         for (name, bytes, sha) in p.files {
-            let key = self.key(&Path::new(STATUS_DIR).join(&name));
+            if companion(&name) {
+                self.last_results_put = Some(Instant::now());
+            }
+            let key = self.key(Path::new(&name));
             match self.store.put_bytes(&key, bytes, PutCondition::Always).await {
                 Ok(_) => {
                     self.sent.insert(name, sha);
@@ -631,6 +792,8 @@ impl<S: ObjectStore> Uploader<S> {
             Some(r) => PutCondition::IfMatch(r.etag.clone()),
             None => PutCondition::IfAbsent,
         };
+        self.last_results_put = Some(Instant::now());
+        self.results_due = None;
         let mut outcome = self.store.put_bytes(&key, bytes.clone(), cond).await;
         if let Ok(PutOutcome::PreconditionFailed) = outcome {
             // Another pod wrote the results object: a newer one makes this pod stale; an older one (which read
@@ -639,12 +802,20 @@ impl<S: ObjectStore> Uploader<S> {
             warn!("the results object was written by another (older) pod of the shard: written again by this pod");
             let current = self.results.as_ref().map(|r| r.etag.clone());
             let cond = GetCondition { if_none_match: current.as_deref(), if_match: None };
+            // Never unconditional: a write on what was just read, else nothing until the next change or period.
             let cond = match self.store.get_bytes(&key, cond, self.cfg.max_results_bytes.max(1 << 20)).await {
-                Ok(GetOutcome::Found { etag, .. }) => PutCondition::IfMatch(etag),
-                Ok(GetOutcome::Missing) => PutCondition::IfAbsent,
-                _ => PutCondition::Always,
+                Ok(GetOutcome::Found { etag, .. }) => Some(PutCondition::IfMatch(etag)),
+                Ok(GetOutcome::Missing) => Some(PutCondition::IfAbsent),
+                Ok(GetOutcome::NotModified | GetOutcome::Changed) => None,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the results object after a failed precondition");
+                    None
+                }
             };
-            outcome = self.store.put_bytes(&key, bytes, cond).await;
+            outcome = match cond {
+                Some(cond) => self.store.put_bytes(&key, bytes, cond).await,
+                None => Ok(PutOutcome::PreconditionFailed),
+            };
         }
         match outcome {
             Ok(PutOutcome::Written { etag }) => {
@@ -667,7 +838,7 @@ impl<S: ObjectStore> Uploader<S> {
     /// After a failed precondition: the status object again; `Err(Stale)` when a newer pod wrote it.
     async fn check_stale(&mut self) -> Result<Option<(Option<ShardStatus>, String)>, Stale> {
         match self.read_status().await {
-            Ok(Some((Some(other), _))) if self.newer(&other) => {
+            Ok(Some((Some(other), _))) if self.overtaken(&other) => {
                 self.stale(&other);
                 Err(Stale)
             }
@@ -717,6 +888,9 @@ impl<S: ObjectStore> Uploader<S> {
 
     /// One pass over the volume and its writes (`force`: the status object even when nothing changed).
     async fn refresh(&mut self, force: bool) -> Result<(), Stale> {
+        if force {
+            self.verify_results().await;
+        }
         let p = self.scan();
         self.apply(p, force, false).await
     }
@@ -762,12 +936,20 @@ impl<S: ObjectStore> Uploader<S> {
     }
 }
 
+/// Worker `w`'s results companions: the supervisor's last good copy and its route-crash record.
+fn companions(w: WorkerId) -> [PathBuf; 2] {
+    let results = layout::worker_results(w.0);
+    [layout::last_good_path(&results), layout::route_crashes_path(&results)]
+}
+
 /// Whether a changed path (from notify) is one the results upload or the status object follows: the worker's
 /// results file or anything in the status folder (the logs wait for the period's sync, so that an agent writing
-/// its log all the time costs no rescan).
+/// its log all the time costs no rescan); its companions go with it.
 fn watched_change(root: &Root, cfg: &UploadConfig, path: &Path) -> bool {
     let Ok(rel) = path.strip_prefix(root.path()) else { return false };
-    rel == layout::worker_results(cfg.worker.0) || rel.parent() == Some(Path::new(STATUS_DIR))
+    rel == layout::worker_results(cfg.worker.0)
+        || companions(cfg.worker).iter().any(|c| rel == c)
+        || rel.parent() == Some(Path::new(STATUS_DIR))
 }
 
 /// Whether a changed path is logcopy's own (its upload manifest): no reason for another sync.
@@ -785,11 +967,16 @@ type SyncRequest = (bool, Option<oneshot::Sender<SyncReport>>);
 fn spawn_sync<S: ObjectStore>(cfg: &UploadConfig, store: S, root: Arc<Root>) -> mpsc::Sender<SyncRequest> {
     let w = cfg.worker;
     let results = layout::worker_results(w.0);
-    // The results file and the status folder go by this module's own requests (conditional, at once); the rest of
-    // the worker's keys through the manifest-based sync.
+    let [last_good, route_crashes] = companions(w);
+    // The results file, its companions and the status folder go by this module's own requests (after the guard, at
+    // once); the rest of the worker's keys through the manifest-based sync.
     let keys = KeyMap::new(
         move |rel: &Path| {
-            if rel == results || rel.starts_with(STATUS_DIR) { None } else { shard::key_of(rel, w) }
+            if rel == results || rel == last_good || rel == route_crashes || rel.starts_with(STATUS_DIR) {
+                None
+            } else {
+                shard::key_of(rel, w)
+            }
         },
         vec![format!("{}/", layout::worker_dir(w.0).display()), format!("{}/worker-{}/", layout::SIMULATOR_DIR, w.0)],
     );
@@ -841,6 +1028,7 @@ pub async fn run<S: ObjectStore>(cfg: UploadConfig, store: S, sync_store: S, roo
         store: Arc::new(store),
         root: root.clone(),
         seq: 0,
+        generation: 0,
         status_etag: None,
         owner: false,
         results: None,
@@ -848,6 +1036,8 @@ pub async fn run<S: ObjectStore>(cfg: UploadConfig, store: S, sync_store: S, roo
         markers: Vec::new(),
         records: Vec::new(),
         sent: HashMap::new(),
+        last_results_put: None,
+        results_due: None,
         last_write: Instant::now(),
         cancel_etag: None,
         cancelled: false,
@@ -870,6 +1060,8 @@ pub async fn run<S: ObjectStore>(cfg: UploadConfig, store: S, sync_store: S, roo
     let (mut logs_dirty, mut idle_periods) = (true, 0u32);
     loop {
         let deadline = debounce.deadline();
+        // A results change held back by the churn limit.
+        let due = up.results_due;
         tokio::select! {
             () = &mut stop => break,
             Some(paths) = events.recv(), if !stale => {
@@ -884,7 +1076,15 @@ pub async fn run<S: ObjectStore>(cfg: UploadConfig, store: S, sync_store: S, roo
                     stale = true;
                 }
             }
+            () = async { tokio::time::sleep_until(due.unwrap_or_else(Instant::now)).await }, if due.is_some() && !stale => {
+                up.results_due = None;
+                if up.owner && up.refresh(false).await.is_err() {
+                    stale = true;
+                }
+            }
             _ = tick.tick(), if !stale => {
+                // The cancel first, every tick: a pod that cannot take the shard over still stops its pair.
+                up.check_cancel().await;
                 if !up.owner {
                     match up.take_over().await {
                         Ok(()) => {}
@@ -892,7 +1092,6 @@ pub async fn run<S: ObjectStore>(cfg: UploadConfig, store: S, sync_store: S, roo
                         Err(Err(e)) => { warn!(error = %e, "cannot take the shard over yet; retried at the next period"); continue; }
                     }
                 }
-                up.check_cancel().await;
                 let beat = up.last_write.elapsed() >= up.cfg.heartbeat;
                 if up.refresh(beat).await.is_err() {
                     stale = true;
@@ -919,6 +1118,7 @@ pub async fn run<S: ObjectStore>(cfg: UploadConfig, store: S, sync_store: S, roo
     info!(budget = ?up.cfg.flush_budget, "SIGTERM: final flush (results, markers and records, the status object, uploader done, then the logs)");
     let budget = up.cfg.flush_budget;
     let flush = async {
+        up.verify_results().await;
         let p = up.scan();
         if up.apply(p, false, true).await.is_err() {
             return End::Stale;

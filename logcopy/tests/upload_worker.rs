@@ -270,12 +270,17 @@ async fn an_idle_uploader_costs_one_conditional_get_a_period_and_its_heartbeats(
         puts.len(),
         reqs.len()
     );
+    let cancel = format!("{BUCKET}/4321/containers-status/simulation.cancel");
+    let results = format!("{BUCKET}/4321/agent/agent1/agent_results.json");
     assert!(
-        gets.iter().all(|p| p.as_str() == format!("{BUCKET}/4321/containers-status/simulation.cancel")),
-        "idle GETs are the cancel check alone (no LIST): {gets:?}"
+        gets.iter().all(|p| **p == cancel || **p == results),
+        "idle GETs are the cancel check and the results check of each heartbeat (no LIST): {gets:?}"
     );
+    let (cancels, checks) =
+        (gets.iter().filter(|p| ***p == cancel).count(), gets.iter().filter(|p| ***p == results).count());
     // At most one a period (the timer cannot fire faster); at least a few, however loaded the machine.
-    assert!((2..=12).contains(&gets.len()), "one cancel GET a period: {}", gets.len());
+    assert!((2..=12).contains(&cancels), "one cancel GET a period: {cancels}");
+    assert!((1..=4).contains(&checks), "one results check (a conditional GET) a heartbeat: {checks}");
     assert!(puts.iter().all(|p| p.as_str() == format!("{BUCKET}/{STATUS_KEY}")), "only heartbeats: {puts:?}");
     assert!((1..=4).contains(&puts.len()), "a heartbeat every 2 s: {}", puts.len());
     assert_eq!(reqs.len(), gets.len() + puts.len(), "{reqs:?}");
@@ -436,14 +441,18 @@ async fn restore_worker_fetches_exactly_its_keys_among_twelve_and_the_uploader_s
 #[tokio::test]
 async fn a_running_pod_that_finds_a_newer_pod_stops_writing_and_stops_its_pair() {
     let (moto, vol, mut pod, first) = started("overtaken", &[]).await;
-    // The shard's next pod (one failure) takes over behind this one's back.
-    let newer = shard("next", 1, 1, &first.results.as_ref().unwrap().etag, 33);
+    // The shard's next pod (one failure) takes over behind this one's back: the next fencing generation.
+    let mut newer = shard("next", 1, 1, &first.results.as_ref().unwrap().etag, 33);
+    newer.generation = first.generation + 1;
     put(&moto, STATUS_KEY, newer.to_json().as_bytes()).await;
     let (results_before, _) = object(&moto, "4321/agent/agent1/agent_results.json").await.unwrap();
     moto.reset_recording();
     // A change: the status object is checked (a conditional GET) before the results object or a marker is written.
     std::fs::write(vol.join("agent/agent1/agent_results.json"), b"{\"late\": true}\n").unwrap();
     std::fs::write(vol.join("containers-status/agent-1.crash0"), b"").unwrap();
+    // The results file's companions (which restore --worker brings into the next pod) are guarded as it is.
+    std::fs::write(vol.join("agent/agent1/.agent_results.json.last-good"), b"{\"late\": true}\n").unwrap();
+    std::fs::write(vol.join("agent/agent1/.agent_results.json.route-crashes"), b"{\"late\": 1}").unwrap();
     testkit::eventually_true(Duration::from_secs(10), "the overtaken pod's local cancel marker", || {
         vol.join("containers-status/simulation-1.cancel").exists()
     });
@@ -490,4 +499,203 @@ fn a_worker_out_of_range_or_missing_is_a_configuration_error_naming_it() {
     let (code, err) = run("upload", &["--logs", logs, "--worker", "1"], &[("POD_FAILURE_COUNT", "-1")]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("POD_FAILURE_COUNT"), "{err}");
+}
+
+/// The local cancel markers of worker 1's pod volume.
+fn cancelled(vol: &Path) -> bool {
+    vol.join("containers-status/simulation-1.cancel").exists()
+}
+
+/// Two pods of the shard with equal attempt counts (a suspended and resumed Job, a duplicate pod): the second's
+/// take-over writes the next fencing generation, and the first, overtaken, stops at its next write.
+#[tokio::test]
+async fn of_two_pods_with_equal_counts_the_second_take_over_makes_the_first_stale_by_generation() {
+    let (moto, vol_a, mut a, first) = started("dup-a", &[]).await;
+    let vol_b = pod_volume("dup-b");
+    std::fs::write(vol_b.join("agent/agent1/agent_results.json"), b"{\"pod\": \"b\"}\n").unwrap();
+    let mut b = upload(&moto, &vol_b, "uid-dup-b", 0, &[]);
+    until(20, "the second pod owns the shard", || async {
+        status(&moto).await.filter(|(s, _)| s.uid == "uid-dup-b" && s.results.is_some())
+    })
+    .await;
+    // A change on the first pod: its guard finds the second's generation over its own.
+    std::fs::write(vol_a.join("agent/agent1/agent_results.json"), b"{\"pod\": \"a, late\"}\n").unwrap();
+    testkit::eventually_true(Duration::from_secs(10), "the first pod's local cancel marker", || cancelled(&vol_a));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(a.sigterm(), 0);
+    assert!(a.log().contains("stale pod"), "{}", a.log());
+    let (s, _) = status(&moto).await.unwrap();
+    assert_eq!((s.uid.as_str(), s.generation, s.ended), ("uid-dup-b", 2, false), "the second pod's object stands");
+    let (body, etag) = object(&moto, "4321/agent/agent1/agent_results.json").await.unwrap();
+    assert_eq!(
+        (body.as_slice(), Some(etag.as_str())),
+        (&b"{\"pod\": \"b\"}\n"[..], s.results.as_ref().map(|r| r.etag.as_str()))
+    );
+    assert!(!cancelled(&vol_b), "the second pod runs on: {}", b.log());
+    assert_eq!(b.sigterm(), 0);
+    assert_eq!(first.generation, 1, "the shard's first owner");
+    assert_eq!((s.generation, s.attempt.failures), (2, 0), "the take-over writes the generation read plus one");
+}
+
+/// The results file's companions (the last good copy, the route-crash record, which restore --worker brings into
+/// the next pod) go after the guard, as the results file does: an overtaken pod whose only change is its last good
+/// copy uploads nothing and stops.
+#[tokio::test]
+async fn an_overtaken_pod_does_not_upload_its_results_companions() {
+    let (moto, vol, mut pod, first) = started("companions", &[]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut newer = shard("next", 1, 1, &first.results.as_ref().unwrap().etag, 33);
+    newer.generation = first.generation + 1;
+    put(&moto, STATUS_KEY, newer.to_json().as_bytes()).await;
+    moto.reset_recording();
+    std::fs::write(vol.join("agent/agent1/.agent_results.json.last-good"), b"{\"late\": true}\n").unwrap();
+    std::fs::write(vol.join("agent/agent1/.agent_results.json.route-crashes"), b"{\"late\": 1}").unwrap();
+    testkit::eventually_true(Duration::from_secs(10), "the overtaken pod's local cancel marker", || cancelled(&vol));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pod.sigterm(), 0);
+    let writes: Vec<_> = requests(&moto).into_iter().filter(|(m, _)| m != "GET" && m != "HEAD").collect();
+    assert_eq!(writes, [], "nothing written once overtaken: {}", pod.log());
+}
+
+/// A resumed submission's new Job (J2) takes the shard over while the earlier Job's pod (J1) still runs: J1's final
+/// flush gets a failed precondition, reads J2's object (of a higher generation) and writes nothing.
+#[tokio::test]
+async fn an_earlier_jobs_pod_that_flushes_after_the_new_jobs_take_over_writes_nothing() {
+    let (moto, _vol, mut pod, first) = started("job1", &["--job-uid", "job-1"]).await;
+    let (current, _) = status(&moto).await.unwrap();
+    let mut j2 = shard("j2", 0, 1, &first.results.as_ref().unwrap().etag, 33);
+    (j2.job, j2.generation) = ("job-2".into(), current.generation + 1);
+    put(&moto, STATUS_KEY, j2.to_json().as_bytes()).await;
+    moto.reset_recording();
+    assert_eq!(pod.sigterm(), 0);
+    // Its one write is the ended status object's PUT on its last ETag, refused (412); nothing after it.
+    let writes: Vec<_> = requests(&moto).into_iter().filter(|(m, _)| m != "GET" && m != "HEAD").collect();
+    assert_eq!(
+        writes,
+        [("PUT".to_string(), format!("{BUCKET}/{STATUS_KEY}"))],
+        "the earlier Job's pod writes nothing once overtaken: {}",
+        pod.log()
+    );
+    assert!(pod.log().contains("stale pod"), "{}", pod.log());
+    assert_eq!(status(&moto).await.unwrap().0, j2, "the new Job's object stands");
+    assert!(object(&moto, "4321/containers-status/uploader-1.done").await.is_none());
+}
+
+/// A participant floods containers-status/ with 100,000 forged names of its own worker (`agent-1.crashK`, which
+/// sort before `agent-1.done`; twice MAX_STATUS_ENTRIES, and 200,000 took this machine's ext4 over a minute to
+/// create): the uploader reads the folder bounded, stays small, and its done markers still go.
+#[tokio::test]
+async fn a_flooded_status_folder_costs_bounded_memory_and_the_done_markers_still_go() {
+    let vol = pod_volume("flood");
+    let dir = vol.join("containers-status");
+    let t = Instant::now();
+    for i in 0..100_000 {
+        let path = std::ffi::CString::new(dir.join(format!("agent-1.crash{i}")).into_os_string().into_encoded_bytes())
+            .unwrap();
+        // SAFETY: a NUL-terminated path; mknod creates an empty regular file.
+        assert_eq!(unsafe { libc::mknod(path.as_ptr(), libc::S_IFREG | 0o644, 0) }, 0);
+    }
+    println!("100,000 files in {:?}", t.elapsed());
+    let moto = Moto::start("upload-flood");
+    moto.setup(BUCKET, TABLE).await;
+    let mut pod = upload(&moto, &vol, "uid-flood", 0, &[]);
+    until(60, "the first status object", || async { status(&moto).await.filter(|(s, _)| s.results.is_some()) }).await;
+    std::fs::write(dir.join("agent-1.done"), b"").unwrap();
+    std::fs::write(dir.join("simulator-1.done"), b"").unwrap();
+    let (s, _) = until(60, "the done markers are listed", || async {
+        status(&moto).await.filter(|(s, _)| {
+            let names: Vec<String> = s.markers.iter().map(|m| m.file_name()).collect();
+            names.contains(&"agent-1.done".to_string()) && names.contains(&"simulator-1.done".to_string())
+        })
+    })
+    .await;
+    assert!(s.markers.len() <= volume::shard::MAX_MARKERS);
+    for done in ["agent-1.done", "simulator-1.done"] {
+        until(20, "the done marker is uploaded", || async {
+            object(&moto, &format!("4321/containers-status/{done}")).await
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", pod.child.id())).unwrap();
+    let hwm_kib: u64 = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    println!("peak RSS of the uploader over a 100,000-file status folder: {hwm_kib} KiB");
+    assert_eq!(pod.sigterm(), 0);
+    assert!(hwm_kib < 64 * 1024, "peak RSS {hwm_kib} KiB");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pod that cannot take the shard over (here: the status object is over the reader's cap, so every read fails)
+/// still gets the cancel: the check comes first on every tick.
+#[tokio::test]
+async fn a_cancel_reaches_a_pod_whose_take_over_keeps_failing() {
+    let moto = Moto::start("upload-cancel-unowned");
+    moto.setup(BUCKET, TABLE).await;
+    let unreadable = vec![b' '; volume::shard::MAX_BYTES as usize + 1];
+    put(&moto, STATUS_KEY, &unreadable).await;
+    let vol = pod_volume("cancel-unowned");
+    let mut pod = upload(&moto, &vol, "uid-unowned", 0, &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!vol.join("containers-status/simulation.cancel").exists());
+    put(&moto, "4321/containers-status/simulation.cancel", b"").await;
+    testkit::eventually_true(Duration::from_secs(10), "the local cancel markers", || {
+        vol.join("containers-status/simulation.cancel").exists() && cancelled(&vol)
+    });
+    assert_eq!(pod.sigterm(), 0);
+    assert!(pod.log().contains("cannot take the shard over"), "{}", pod.log());
+    assert_eq!(object(&moto, STATUS_KEY).await.unwrap().0, unreadable, "nothing written over it");
+}
+
+/// A participant rewriting its results file all the time: at most one results PUT an interval (the upload period
+/// of 500 ms here, under 1 s), and the last content goes once it is quiet.
+#[tokio::test]
+async fn a_results_file_rewritten_all_the_time_costs_one_put_an_interval() {
+    let (moto, vol, mut pod, _) = started("churn", &[]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    moto.reset_recording();
+    let results = vol.join("agent/agent1/agent_results.json");
+    let last_good = vol.join("agent/agent1/.agent_results.json.last-good");
+    let (t, mut i) = (Instant::now(), 0u32);
+    while t.elapsed() < Duration::from_secs(5) {
+        std::fs::write(&results, format!("{{\"rewrite\": {i}}}\n")).unwrap();
+        // The supervisor's last good copy follows the results file as often: limited with it.
+        std::fs::write(&last_good, format!("{{\"rewrite\": {i}}}\n")).unwrap();
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let puts = moto.object_puts(BUCKET).get("4321/agent/agent1/agent_results.json").copied().unwrap_or(0);
+    println!("{i} rewrites in 5 s: {puts} results PUTs (debounce 100 ms, interval 500 ms)");
+    assert!((2..=12).contains(&puts), "one results PUT at most every 500 ms: {puts}");
+    let companion_puts =
+        moto.object_puts(BUCKET).get("4321/agent/agent1/.agent_results.json.last-good").copied().unwrap_or(0);
+    assert!(companion_puts <= 12, "its last good copy as seldom: {companion_puts}");
+    let last = format!("{{\"rewrite\": {}}}\n", i - 1);
+    until(10, "the last content is uploaded", || async {
+        let (body, etag) = object(&moto, "4321/agent/agent1/agent_results.json").await?;
+        let (s, _) = status(&moto).await?;
+        (body == last.as_bytes() && s.results?.etag == etag).then_some(())
+    })
+    .await;
+    assert_eq!(pod.sigterm(), 0);
+}
+
+/// A stale pod's results PUT that lands in the guard's window leaves S3 holding its results while the owner's status
+/// object names the owner's ETag: the owner's heartbeat check finds it and uploads its own again.
+#[tokio::test]
+async fn a_results_object_overwritten_behind_the_owners_back_is_uploaded_again_at_the_heartbeat() {
+    let (moto, vol, mut pod, _) = started("overwritten", &["--heartbeat", "1s"]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mine = std::fs::read(vol.join("agent/agent1/agent_results.json")).unwrap();
+    put(&moto, "4321/agent/agent1/agent_results.json", b"{\"stale pod\": true}\n").await;
+    until(10, "the owner's results again, named by its status object", || async {
+        let (body, etag) = object(&moto, "4321/agent/agent1/agent_results.json").await?;
+        let (s, _) = status(&moto).await?;
+        (body == mine && s.results?.etag == etag).then_some(())
+    })
+    .await;
+    assert_eq!(pod.sigterm(), 0);
 }
