@@ -556,7 +556,8 @@ class IndexedJob:
         vol = folder / "volume"
         vol.mkdir(parents=True, exist_ok=True)
         argv = self.command(c) + ["--logs", vol, "--status-period", self.a.status_period]
-        argv += ["--evalai-rpm", self.a.evalai_rpm]
+        # The pod's termination message file (Kubernetes' /dev/termination-log), here beside the monitor's folder.
+        argv += ["--evalai-rpm", self.a.evalai_rpm, "--termination-log", folder / "termination-log"]
         if not self.evalai:
             argv += ["--local-evalai", self.sinks / "logcopy-local"]
         self.monitor_runs = getattr(self, "monitor_runs", 0) + 1
@@ -657,6 +658,18 @@ class IndexedJob:
                 if have is None or lj.hashlib.sha256(have).hexdigest() != digest:
                     mismatched.append(key)
         status = self.final_status(monitor)
+        # `logcopy status` reads the monitor's working volume as it reads a generation 1 volume.
+        argv = [self.bin / "logcopy", "status", "--json", "--logs", self.out / "monitor/volume"]
+        argv += ["--workers", a.workers, "--route-count", a.routes]
+        proc = subprocess.run([str(x) for x in argv], capture_output=True, text=True)
+        try:
+            monitor_status = json.loads(proc.stdout)
+        except ValueError:
+            monitor_status = {"error": proc.stderr.strip()[-500:]}
+        try:
+            termination = (self.out / "monitor/termination-log").read_text()
+        except OSError:
+            termination = None
         summary = {
             "out": str(self.out),
             "topology": "indexed",
@@ -693,6 +706,8 @@ class IndexedJob:
                 {"name": pr.name, "pid": pr.pid, "start": pr.start, "end": pr.end, "rc": pr.rc} for pr in self.pod.procs
             ],
             "cancel_at": getattr(self, "cancel_at", None),
+            "monitor_status": monitor_status,
+            "monitor_termination": termination,
         }
         if a.summary:
             Path(a.summary).write_text(json.dumps(summary, indent=2, default=str))

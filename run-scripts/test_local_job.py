@@ -364,6 +364,11 @@ class IndexedJob(unittest.TestCase):
         self.assertEqual(s["final_status"], "FINISHED")
         self.assert_once_each(s, INDEXED_ROUTES)
         self.assertEqual(len(self.final_puts(job)), 1, "exactly one final status")
+        # The monitor serves the operator as `logcopy run` does: its termination message and `logcopy status`.
+        self.assertIn("final status FINISHED", s["monitor_termination"] or "")
+        st = s["monitor_status"]
+        self.assertEqual([w["routes_done"] for w in st["workers"]], [4, 4, 4], st)
+        self.assertTrue(all(set(w["state"].values()) == {"done"} for w in st["workers"]), st)
 
     def test_cancel_early_and_mid_run_stops_every_pod(self):
         for name, at in (("indexed-cancel-early", "1"), ("indexed-cancel-mid", "6")):
