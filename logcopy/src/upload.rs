@@ -362,10 +362,6 @@ struct Uploader<S: ObjectStore> {
     warned: std::collections::HashSet<String>,
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
 fn hash(bytes: &[u8]) -> String {
     sha256(bytes).map(|(h, _)| h).unwrap_or_default()
 }
@@ -413,7 +409,7 @@ impl<S: ObjectStore> Uploader<S> {
             markers: self.markers.clone(),
             records: self.records.clone(),
             ended,
-            at: now_unix(),
+            at: volume::time::unix_now(),
         }
     }
 

@@ -735,11 +735,6 @@ fn parse_utc(s: &str) -> Option<i64> {
     (volume::time::utc_timestamp(t) == s).then_some(t)
 }
 
-/// Unix seconds now.
-pub fn system_clock() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

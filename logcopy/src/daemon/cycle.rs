@@ -458,7 +458,7 @@ fn initial_clock() -> Arc<dyn Fn() -> i64 + Send + Sync> {
     if let Some(now) = TEST_CLOCK.with(std::cell::Cell::get) {
         return Arc::new(move || now);
     }
-    Arc::new(view::system_clock)
+    Arc::new(volume::time::unix_now)
 }
 
 /// The volume state, which each cycle takes to the volume's own thread and brings back; between two cycles it is
