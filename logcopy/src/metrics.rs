@@ -221,7 +221,8 @@ impl Metrics {
         );
         r.register(
             "s3_requests",
-            "S3 operations, by op (put, multipart, list, get, delete) and outcome (ok, timeout, error)",
+            "S3 operations, by op (put, multipart, list, get, delete) and outcome (ok, timeout, error; for the \
+             conditional requests of an Indexed Job also not_modified, precondition_failed, missing)",
             m.s3_requests.clone(),
         );
         r.register("s3_uploads", "Files uploaded to S3", m.uploads.clone());
