@@ -96,20 +96,10 @@ class Shard:
             (self.volume / "containers-status" / m).touch()
 
 
-def classify(recording, bucket):
+def classify(moto, bucket):
     """{operation: count} of the S3 requests in moto's recording (DynamoDB's are counted apart)."""
     ops = {}
-    text = recording.read_text(errors="replace")
-    dec, i = json.JSONDecoder(), 0
-    while i < len(text):
-        while i < len(text) and text[i].isspace():
-            i += 1
-        if i >= len(text):
-            break
-        try:
-            v, i = dec.raw_decode(text, i)
-        except ValueError:
-            break
+    for v in moto.recorded():
         url, method = v.get("url", ""), v.get("method", "")
         headers = {k.lower(): val for k, val in (v.get("headers") or {}).items()}
         if f"/{bucket}" not in url:
@@ -188,7 +178,7 @@ def requests_run(a, shards, measure_latency):
         moto.reset_recording()
         cpu0 = proc_cpu(monitor.pid)
         time.sleep(a.window)
-        rows["idle"] = classify(moto.recording, LJ.BUCKET)
+        rows["idle"] = classify(moto, LJ.BUCKET)
         cpu1 = proc_cpu(monitor.pid)
         hwm = LJ.vm_hwm_kib(monitor.pid)
         moto.reset_recording()
@@ -199,7 +189,7 @@ def requests_run(a, shards, measure_latency):
             shard_list[k % shards].add_route()
             k += 1
             time.sleep(10.0 / shards)
-        rows["busy"] = classify(moto.recording, LJ.BUCKET)
+        rows["busy"] = classify(moto, LJ.BUCKET)
         latencies, merges = [], []
         if measure_latency:
             for n in range(a.samples):

@@ -28,22 +28,21 @@ replacement starts while the old pod runs on, as after a network partition: the 
 --same-counts-pod W@S (a replacement with the SAME failure counts starts while the old pod runs on, a duplicate
 pod: only the chain of owners, not the counts, tells them apart; no route may be recorded twice),
 --kill-monitor S (SIGKILL the monitor; it is restarted with its folder, as restartPolicy OnFailure does),
---cancel-after S, --s3-fault-rate R (a proxy in front of moto answers that share of the requests with a 503).
+--cancel-after S, --s3-fault-rate R (fixtures/bin/fault-proxy in front of moto answers that share of the requests
+with a 503).
 """
 
-import http.client
-import http.server
 import json
 import os
-import random
 import signal
-import socketserver
 import subprocess
 import sys
-import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
+
+FAULT_PROXY = Path(__file__).resolve().parent.parent / "fixtures/bin/fault-proxy"
 
 
 def key_of(rel, worker):
@@ -71,60 +70,36 @@ def key_of(rel, worker):
     return None
 
 
-class FaultyProxy:
-    """An HTTP proxy in front of moto that answers a share of the requests with 503 Slow Down (S3's throttle)."""
+class FaultProxy:
+    """fixtures/bin/fault-proxy in front of moto, answering a share of the S3 requests with 503 SlowDown."""
 
-    def __init__(self, target_port, rate, seed=7):
-        rng = random.Random(seed)
-        lock = threading.Lock()
-        self.faults = 0
+    def __init__(self, pod, out, target_port, rate, die):
+        port_file = out / "fault-proxy.port"
+        argv = [sys.executable, FAULT_PROXY, "--target", f"127.0.0.1:{target_port}", "--port-file", port_file]
+        pod.spawn("fault-proxy", argv, dict(os.environ), out / "fault-proxy.log")
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text().strip():
+            if time.monotonic() > deadline:
+                die("fault-proxy did not start within 30 s (see fault-proxy.log)")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+        # A standing fault: every request drawn at `rate`, for the whole run.
+        self.control("faults", {"mode": "http", "status": 503, "rate": rate, "count": 10**9})
 
-        outer = self
+    def control(self, what, doc=None):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/__proxy__/{what}",
+            data=None if doc is None else json.dumps(doc).encode(),
+            method="GET" if doc is None else "POST",
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def _any(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                with lock:
-                    fail = rng.random() < rate
-                    if fail:
-                        outer.faults += 1
-                if fail:
-                    msg = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(msg)))
-                    self.end_headers()
-                    self.wfile.write(msg)
-                    return
-                conn = http.client.HTTPConnection("127.0.0.1", target_port, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                r = conn.getresponse()
-                data = r.read()
-                self.send_response(r.status, r.reason)
-                for k, v in r.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
-
-        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-            daemon_threads = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def faults(self):
+        try:
+            return self.control("stats").get("faulted", {}).get("http", 0)
+        except OSError:
+            return None
 
 
 # The per-index backoff: Kubernetes' 10 s doubling up to 6 min, scaled down.
@@ -262,7 +237,7 @@ class IndexedJob:
         self.moto_env = dict(self.moto.env)
         self.proxy = None
         if a.s3_fault_rate:
-            self.proxy = FaultyProxy(self.moto.port, a.s3_fault_rate)
+            self.proxy = FaultProxy(self.pod, self.out, self.moto.port, a.s3_fault_rate, lj.die)
             self.moto_env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{self.proxy.port}"
         self.model()
         self.faults = {}
@@ -349,9 +324,8 @@ class IndexedJob:
             FAKE_EVAL_RECORDS=str(self.records_file),
             FAKE_EVAL_LOG=str(p.folder / "evaluator.starts"),
         )
-        if "ROUTES_SUBSET" not in agent_env:
-            agent_env["ROUTES_SUBSET"] = self.subset(i)
-        p.subset = agent_env["ROUTES_SUBSET"]
+        # No ROUTES_SUBSET: the pods share one template, and the agent's supervisor computes its share from
+        # ROUTE_COUNT, SUBMISSION_WORKERS and JOB_COMPLETION_INDEX, as in the cluster.
         # The model's CHECKPOINT_ENDPOINT names the worker's folder below the agent's mount of the pod volume.
         tmpl = next(
             (e["value"] for e in agent.get("env", []) if e["name"] == "CHECKPOINT_ENDPOINT"),
@@ -367,12 +341,6 @@ class IndexedJob:
         p.procs["agent"] = self.pod.spawn(f"w{i}.{p.n}/agent", argv, agent_env, p.folder / "agent.log")
         p.phase = "running"
 
-    def subset(self, i):
-        import math
-
-        step = self.a.routes / self.a.workers
-        return f"{math.ceil((i - 1) * step)}-{min(math.ceil(i * step), self.a.routes) - 1}"
-
     def pod_pids(self, p):
         out = []
         for proc in p.procs.values():
@@ -382,22 +350,7 @@ class IndexedJob:
         return out
 
     def tree(self, root):
-        children = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    stat = f.read().decode(errors="replace")
-                children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-        out, todo = [], [root]
-        while todo:
-            for c in children.get(todo.pop(), []):
-                out.append(c)
-                todo.append(c)
-        return out
+        return self.lj.Pod.descendants(root)
 
     def signal_pod(self, p, sig, names=None):
         for name, proc in p.procs.items():
@@ -700,7 +653,7 @@ class IndexedJob:
             "s3_keys": sorted(objects),
             "s3_mismatched": sorted(mismatched),
             "dynamodb": self.moto.item(),
-            "s3_faults": self.proxy.faults if self.proxy else 0,
+            "s3_faults": self.proxy.faults() if self.proxy else 0,
             "evalai_requests": self.evalai.requests() if self.evalai else None,
             "processes": [
                 {"name": pr.name, "pid": pr.pid, "start": pr.start, "end": pr.end, "rc": pr.rc} for pr in self.pod.procs
