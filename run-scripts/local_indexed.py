@@ -18,8 +18,10 @@ next ignored-failure count, fails an index on the podFailurePolicy's FailIndex e
 backoffLimitPerIndex, makes a failed index wait a per-index backoff (1 s doubling, Kubernetes' 10 s scaled down)
 and queues it behind the indexes that never started when P < S, and stops a pod's native sidecar (SIGTERM, then
 SIGKILL after the grace period) once its main containers have exited; an eviction signals the main containers
-first and the sidecar only after they exit (Kubernetes' sidecar order), all within one grace period. The manifests
-themselves are checked by kubernetes-validate and check-manifest.
+first and the sidecar only after they exit (Kubernetes' sidecar order), all within one grace period. When the
+monitor ends, the worker Job is deleted as the state machine of `make-job --format step-functions` deletes it: every
+pod still there is stopped that way. The manifests themselves are checked by kubernetes-validate and
+check-manifest.
 
 Faults: --kill-pod W@S (SIGKILL pod W's processes S s after it started: the pod fails, a replacement restores and
 resumes), --lose-pod W@S (as kill, but no replacement: the index's last try; only the monitor's silence rule
@@ -27,7 +29,8 @@ sees it), --evict-pod W@S (SIGTERM with the grace period, a disruption: no budge
 replacement starts while the old pod runs on, as after a network partition: the old one must stand down),
 --same-counts-pod W@S (a replacement with the SAME failure counts starts while the old pod runs on, a duplicate
 pod: only the chain of owners, not the counts, tells them apart; no route may be recorded twice),
---kill-monitor S (SIGKILL the monitor; it is restarted with its folder, as restartPolicy OnFailure does),
+--freeze-pod W@S (SIGSTOP the pod's supervisors: a pair that no cancel stops, which only the worker Job's deletion
+after the monitor's end, SIGTERM then SIGKILL, ends), --kill-monitor S (SIGKILL the monitor; it is restarted with its folder, as restartPolicy OnFailure does),
 --cancel-after S, --s3-fault-rate R (fixtures/bin/fault-proxy in front of moto answers that share of the requests
 with a 503).
 """
@@ -43,6 +46,9 @@ import uuid
 from pathlib import Path
 
 FAULT_PROXY = Path(__file__).resolve().parent.parent / "fixtures/bin/fault-proxy"
+# From the monitor's end to the state machine's DELETE of the worker Job (eks:runJob.sync learns of the end by
+# polling; AWS does not publish the interval).
+DELETE_DELAY = 10.0
 
 
 def key_of(rel, worker):
@@ -117,12 +123,13 @@ class K8sPod:
         self.folder = folder
         self.volume = folder / "volume"
         self.phase = "init"  # init -> running -> terminating -> ended
-        self.result = None  # succeeded / failed / failindex / evicted / killed / lost / stale
+        self.result = None  # succeeded / failed / failindex / evicted / killed / lost / stale / deleted
         self.procs = {}
         self.started = time.monotonic()
         self.wall_started = time.time()
         self.term_at = None
         self.evicting = False
+        self.deleting = False  # deleted with the worker Job after the monitor ended
         self.sidecar_signalled = False  # the native sidecar (uploader) has had its SIGTERM
         self.ignore = False  # a pod the controller no longer follows (stale, lost)
 
@@ -241,7 +248,7 @@ class IndexedJob:
             self.moto_env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{self.proxy.port}"
         self.model()
         self.faults = {}
-        for flag in ("kill_pod", "lose_pod", "evict_pod", "stale_pod", "same_counts_pod"):
+        for flag in ("kill_pod", "lose_pod", "evict_pod", "stale_pod", "same_counts_pod", "freeze_pod"):
             for spec in getattr(a, flag) or []:
                 w, s = lj.parse_fault(spec, "--" + flag.replace("_", "-"), 5.0)
                 if not 1 <= w <= a.workers:
@@ -392,6 +399,8 @@ class IndexedJob:
             st["state"] = "failed"
         elif result == "lost":
             st["state"] = "failed"
+        elif result == "deleted":
+            st["state"] = "deleted"
         elif result == "evicted":
             st["ignored"] += 1
             st["state"] = "pending"
@@ -436,6 +445,9 @@ class IndexedJob:
                 if p.evicting:
                     self.pod_ended(p, "evicted")
                     return
+                if p.deleting:
+                    self.pod_ended(p, "deleted")
+                    return
                 rcs = [m.rc for m in mains]
                 if all(rc == 0 for rc in rcs):
                     self.pod_ended(p, "succeeded")
@@ -476,6 +488,9 @@ class IndexedJob:
                     st = self.index[w]
                     st["failures"] += 1
                     self.start_pod(w)
+                elif flag == "freeze_pod":
+                    self.event(f"worker {w}: pod {p.n}'s supervisors frozen (SIGSTOP): no cancel reaches them")
+                    self.signal_pod(p, signal.SIGSTOP, ["simulator", "agent"])
                 elif flag == "same_counts_pod":
                     self.event(f"worker {w}: pod {p.n} duplicated: a pod with the same failure counts starts beside it")
                     p.ignore = True
@@ -562,18 +577,39 @@ class IndexedJob:
                 self.event(f"timeout after {a.timeout} s")
                 break
             time.sleep(0.05)
-        # The workers' pods end on their own (done, cancelled); give them the grace period, then kill the rest.
-        end_deadline = time.monotonic() + self.grace + 5
-        while any(p.phase not in ("ended", "killed") for p in self.pods) and time.monotonic() < end_deadline:
+        # The state machine's last step (make-job --format step-functions): the worker Job deleted once the monitor
+        # ended, which the state machine learns by polling the monitor Job (DELETE_DELAY here). Meanwhile the pods
+        # end on their own (done, cancelled); one still running then gets the deletion's SIGTERM (main containers,
+        # then the sidecar once they exited, one grace period), then SIGKILL.
+        self.step_pods_until(time.monotonic() + DELETE_DELAY)
+        now = time.monotonic()
+        for p in self.pods:
+            # A pod already terminating (its main containers exited, its uploader flushing) ends as it would.
+            if p.phase not in ("init", "running"):
+                continue
+            self.event(f"worker {p.index}: pod {p.n} deleted with the worker Job (SIGTERM, grace period)")
+            p.deleting = True
+            if p.phase == "init":
+                # An init container has no sidecar order to keep: stopped at once.
+                self.kill_pod(p)
+                self.pod_ended(p, "deleted")
+            else:
+                p.phase = "terminating"
+                p.term_at = now
+                self.signal_pod(p, signal.SIGTERM, ["simulator", "agent"])
+        self.step_pods_until(time.monotonic() + self.grace + 5)
+        for p in self.pods:
+            self.kill_pod(p)
+        self.pod.reap()
+        return self.report(monitor)
+
+    def step_pods_until(self, deadline):
+        while any(p.phase not in ("ended", "killed") for p in self.pods) and time.monotonic() < deadline:
             self.pod.reap()
             for p in list(self.pods):
                 if p.phase not in ("ended", "killed"):
                     self.step_pod(p, time.monotonic())
             time.sleep(0.05)
-        for p in self.pods:
-            self.kill_pod(p)
-        self.pod.reap()
-        return self.report(monitor)
 
     def final_status(self, monitor):
         try:

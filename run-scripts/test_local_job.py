@@ -379,6 +379,18 @@ class IndexedJob(unittest.TestCase):
             self.assertTrue(all(p["end"] for p in workers), f"{name}: a worker process outlived the run")
             self.assertFalse(self.final_puts(job), f"{name}: no FINISHED or FAILED after a cancel")
 
+    def test_a_pair_no_cancel_stops_ends_with_the_worker_jobs_deletion(self):
+        """Worker 2's supervisors are frozen (as a pair whose participant code keeps it from stopping): the cancel
+        ends the monitor, and the worker Job's deletion (the state machine's last step, modelled) ends the pod with
+        SIGTERM, then SIGKILL after the grace period, instead of its GPU being held to the Job's deadline."""
+        job, s = run_indexed(self, "indexed-freeze", "--freeze-pod", "2@2", "--cancel-after", "4")
+        self.assertEqual(s["final_status"], "CANCELLED")
+        pods = s["indexes"]["2"]["pods"]
+        self.assertEqual([p["result"] for p in pods], ["deleted"], pods)
+        self.assertEqual([p["result"] for i in ("1", "3") for p in s["indexes"][i]["pods"]], ["succeeded"] * 2)
+        workers = [p for p in s["processes"] if p["name"].startswith("w")]
+        self.assertTrue(all(p["end"] for p in workers), "a worker process outlived the run")
+
 
 if __name__ == "__main__":
     unittest.main()

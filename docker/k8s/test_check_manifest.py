@@ -185,6 +185,15 @@ class CheckIndexed(unittest.TestCase):
         of(self.docs, "NetworkPolicy", "-monitor-egress")["spec"]["egress"].append({})
         self.fails_with("NetworkPolicy leaderboard-submission-monitor-egress: an egress rule reaches")
 
+    def test_imds_reachable_over_ipv6(self):
+        policy = of(self.docs, "NetworkPolicy", "-worker-egress")
+        policy["spec"]["egress"][1]["to"].append({"ipBlock": {"cidr": "fd00:ec2::/64"}})
+        self.fails_with("NetworkPolicy leaderboard-submission-worker-egress: an egress rule reaches the instance "
+                        "metadata service")
+        policy["spec"]["egress"][1]["to"][-1]["ipBlock"]["except"] = ["fd00:ec2::254/128"]
+        rc, out = check(self.docs)
+        self.assertEqual(rc, 0, out)
+
     def test_no_network_policy_for_the_workers(self):
         self.docs.remove(of(self.docs, "NetworkPolicy", "-worker-egress"))
         self.fails_with("no NetworkPolicy in")

@@ -201,6 +201,33 @@ class MakeJob(unittest.TestCase):
         https = [r for r in policy["egress"] if r.get("to")]
         self.assertEqual(https[0]["to"][0]["ipBlock"]["except"], ["169.254.169.254/32"])
 
+    def test_indexed_egress_limited_to_the_cidrs_given(self):
+        docs = self.indexed(
+            "--worker-egress-cidr", "52.218.0.0/17", "--worker-egress-cidr", "10.0.0.0/16",
+            "--worker-egress-cidr", "169.254.0.0/16", "--worker-egress-cidr", "::/0",
+        )
+        https = [r for r in docs[("NetworkPolicy", "leaderboard-submission-worker-egress")]["spec"]["egress"] if r.get("to")]
+        self.assertEqual(
+            [p["ipBlock"] for p in https[0]["to"]],
+            [
+                {"cidr": "52.218.0.0/17"},
+                {"cidr": "10.0.0.0/16"},
+                {"cidr": "169.254.0.0/16", "except": ["169.254.169.254/32"]},
+                {"cidr": "::/0", "except": ["fd00:ec2::254/128"]},
+            ],
+        )
+        self.assertEqual(https[0]["ports"], [{"protocol": "TCP", "port": 443}])
+        monitor = docs[("NetworkPolicy", "leaderboard-submission-monitor-egress")]["spec"]["egress"][1]["to"]
+        self.assertEqual(monitor, [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}])
+        for bad, msg in [
+            (["--topology", "indexed", "--worker-egress-cidr", "10.0.0.1/16"], "--worker-egress-cidr '10.0.0.1/16': "),
+            (["--topology", "indexed", "--monitor-egress-cidr", "s3"], "--monitor-egress-cidr 's3': "),
+            (["--worker-egress-cidr", "10.0.0.0/16"], "need --topology indexed"),
+        ]:
+            r = make_job(*ids(), *bad)
+            self.assertEqual(r.returncode, 2, bad)
+            self.assertIn(msg, r.stderr)
+
     def test_indexed_parallelism_and_limits(self):
         spec = self.indexed("--workers", "64", "--routes", "100", "--parallelism", "4")[("Job", "submission-111111-workers")]["spec"]
         self.assertEqual((spec["completions"], spec["parallelism"]), (64, 4))
@@ -248,9 +275,11 @@ class MakeJob(unittest.TestCase):
             task_doc = json.loads(r.stdout)
             self.assertNotIn("@@", r.stdout, "no sentinel left")
             self.assertNotIn("987", r.stdout, "no submission value is written literally")
-            tasks = [task_doc] if topology == "pod" else [next(iter(b["States"].values())) for b in task_doc["Branches"]]
-            for t in tasks:
-                self.assertEqual(t["Resource"], "arn:aws:states:::eks:runJob.sync")
+            if topology == "pod":
+                tasks = [task_doc]
+                self.assertEqual(task_doc["Resource"], "arn:aws:states:::eks:runJob.sync")
+            else:
+                tasks = self.check_indexed_flow(task_doc, state)
             jobs = [resolve(t["Parameters"], state) for t in tasks]
             for j in jobs:
                 self.assertEqual((j["ClusterName"], j["Endpoint"], j["Namespace"]), ("lb", "https://k8s", "default"))
@@ -258,6 +287,34 @@ class MakeJob(unittest.TestCase):
             want = json.loads(r.stdout)
             want = [want] if topology == "pod" else [d for d in want if d["kind"] == "Job"]
             self.assertEqual([j["Job"] for j in jobs], want)
+
+    def check_indexed_flow(self, parallel, state):
+        """The indexed state: the worker Job created, the monitor Job run to its end, then the worker Job deleted
+        (also when the monitor failed, which then fails the state). Returns the two runJob tasks."""
+        self.assertEqual(parallel["Type"], "Parallel")
+        (branch,) = parallel["Branches"]
+        states = branch["States"]
+        order, name = [], branch["StartAt"]
+        while name:
+            order.append(name)
+            name = states[name].get("Next")
+        start, run, stop = (states[n] for n in order)
+        self.assertEqual(start["Resource"], "arn:aws:states:::eks:runJob", "created, not waited for")
+        self.assertEqual(start["Parameters"]["Job"]["metadata"]["labels"]["leaderboard/role"], "worker")
+        self.assertEqual(run["Resource"], "arn:aws:states:::eks:runJob.sync")
+        self.assertEqual(run["Parameters"]["Job"]["metadata"]["labels"]["leaderboard/role"], "monitor")
+        self.assertTrue(stop.get("End"))
+        worker_name = "submission-{}-workers".format(state["data"]["submission"]["submission_id"])
+        for delete in (stop, states[run["Catch"][0]["Next"]]):
+            call = resolve(delete["Parameters"], state)
+            self.assertEqual(delete["Resource"], "arn:aws:states:::eks:call")
+            self.assertEqual(
+                (call["Method"], call["Path"], call["QueryParameters"]),
+                ("DELETE", f"/apis/batch/v1/namespaces/default/jobs/{worker_name}", {"propagationPolicy": ["Background"]}),
+            )
+        failed = states[states[run["Catch"][0]["Next"]]["Next"]]
+        self.assertEqual(failed["Type"], "Fail")
+        return [start, run]
 
     def test_every_flag_has_help(self):
         loader = importlib.machinery.SourceFileLoader("make_job", str(HERE / "make-job"))

@@ -907,9 +907,13 @@ impl<S: ObjectStore> Uploader<S> {
     }
 
     /// The cancel check: one conditional GET of the Job-wide cancel object (which the monitor always writes);
-    /// present, the local markers `simulation.cancel` and `simulation-N.cancel`.
+    /// present, the local markers `simulation.cancel` and `simulation-N.cancel`. Once cancelled, no more GETs: each
+    /// period the local markers are looked for (a stat each) and written again when gone, since the participant's
+    /// code can write the status folder (without `--run-as`) and would otherwise keep its pair, and its GPU, running
+    /// after a cancel until the Job's deadline.
     async fn check_cancel(&mut self) {
         if self.cancelled {
+            self.write_cancel_markers(true);
             return;
         }
         let key = self.key(&Path::new(STATUS_DIR).join(Marker::Cancel.file_name()));
@@ -918,17 +922,33 @@ impl<S: ObjectStore> Uploader<S> {
             Ok(GetOutcome::Found { etag, .. }) => {
                 self.cancel_etag = Some(etag);
                 info!("the submission is cancelled (S3 {key}): writing the local cancel markers");
-                for m in [Marker::Cancel, Marker::WorkerCancel { worker: self.cfg.worker }] {
-                    if let Err(e) = m.create_in(&self.root, Path::new(STATUS_DIR)) {
-                        error!("cannot write the local marker {m}: {e}");
-                        return;
-                    }
-                }
-                self.cancelled = true;
+                self.cancelled = self.write_cancel_markers(false);
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "cancel check failed; retried at the next period"),
         }
+    }
+
+    /// Writes the local cancel markers that are missing; `false` when one cannot be written (tried again at the
+    /// next period). `again`: they were written before, so a missing one was removed behind logcopy's back.
+    fn write_cancel_markers(&self, again: bool) -> bool {
+        let dir = Path::new(STATUS_DIR);
+        for m in [Marker::Cancel, Marker::WorkerCancel { worker: self.cfg.worker }] {
+            if matches!(self.root.stat(&dir.join(m.file_name())), Ok(Some(_))) {
+                continue;
+            }
+            if again {
+                warn!(
+                    "the local marker {m} was removed after logcopy wrote it (the participant's code can write the \
+                     status folder; --run-as keeps it out): written again"
+                );
+            }
+            if let Err(e) = m.create_in(&self.root, dir) {
+                error!("cannot write the local marker {m}: {e}");
+                return false;
+            }
+        }
+        true
     }
 }
 

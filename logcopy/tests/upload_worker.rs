@@ -365,6 +365,20 @@ async fn a_cancel_in_s3_reaches_the_local_markers_within_a_period() {
             && vol.join("containers-status/simulation-1.cancel").exists()
     });
     println!("cancel in S3 to the local markers: {:?} (period 500 ms)", t.elapsed());
+    // The participant's code removes them (it can write the status folder): they are written again within a period,
+    // so its supervisors still stop.
+    let gets = |moto: &Moto| requests(moto).iter().filter(|(m, _)| m == "GET").count();
+    let before = gets(&moto);
+    for name in ["simulation.cancel", "simulation-1.cancel"] {
+        std::fs::remove_file(vol.join("containers-status").join(name)).unwrap();
+    }
+    testkit::eventually_true(Duration::from_secs(10), "the removed cancel markers written again", || {
+        vol.join("containers-status/simulation.cancel").exists()
+            && vol.join("containers-status/simulation-1.cancel").exists()
+    });
+    assert!(pod.log().contains("was removed after logcopy wrote it"), "{}", pod.log());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(gets(&moto) - before <= 2, "no cancel GET once cancelled (at most a heartbeat's check)");
     assert_eq!(pod.sigterm(), 0);
     let all = moto.objects(BUCKET).await;
     assert!(!all.contains_key("4321/containers-status/simulation-1.cancel"), "the local markers are not uploaded");
