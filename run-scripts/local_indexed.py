@@ -46,8 +46,9 @@ import uuid
 from pathlib import Path
 
 FAULT_PROXY = Path(__file__).resolve().parent.parent / "fixtures/bin/fault-proxy"
-# From the monitor's end to the state machine's DELETE of the worker Job (eks:runJob.sync learns of the end by
-# polling; AWS does not publish the interval).
+# From the monitor's end to the state machine's DELETE of the worker Job: eks:runJob.sync learns of the end by
+# polling, about once a minute at first, slowing to about every 5 minutes (AWS's Step Functions EKS page); scaled
+# down here as the per-index backoff is.
 DELETE_DELAY = 10.0
 
 
@@ -438,7 +439,7 @@ class IndexedJob:
         if p.phase == "terminating":
             up = p.procs["uploader"]
             if up.end is None and now - p.term_at > self.grace:
-                self.event(f"worker {p.index}: pod {p.n}'s uploader outlived the grace period: SIGKILL")
+                self.event(f"worker {p.index}: pod {p.n} outlived the grace period: SIGKILL")
                 self.kill_pod(p)
             if up.end is not None or now - p.term_at > self.grace + 1:
                 self.kill_pod(p)
@@ -590,7 +591,7 @@ class IndexedJob:
             self.event(f"worker {p.index}: pod {p.n} deleted with the worker Job (SIGTERM, grace period)")
             p.deleting = True
             if p.phase == "init":
-                # An init container has no sidecar order to keep: stopped at once.
+                # Its init container (restore) is killed at once: the model gives no grace period to an init step.
                 self.kill_pod(p)
                 self.pod_ended(p, "deleted")
             else:

@@ -223,6 +223,8 @@ class MakeJob(unittest.TestCase):
             (["--topology", "indexed", "--worker-egress-cidr", "10.0.0.1/16"], "--worker-egress-cidr '10.0.0.1/16': "),
             (["--topology", "indexed", "--monitor-egress-cidr", "s3"], "--monitor-egress-cidr 's3': "),
             (["--worker-egress-cidr", "10.0.0.0/16"], "need --topology indexed"),
+            (["--topology", "indexed", "--worker-egress-cidr", "169.254.169.254/32"], "the instance metadata service"),
+            (["--topology", "indexed", "--monitor-egress-cidr", "fd00:ec2::254/128"], "the instance metadata service"),
         ]:
             r = make_job(*ids(), *bad)
             self.assertEqual(r.returncode, 2, bad)

@@ -359,6 +359,8 @@ struct Uploader<S: ObjectStore> {
     last_write: Instant,
     cancel_etag: Option<String>,
     cancelled: bool,
+    /// The local cancel markers were all written once (a missing one after that was removed behind our back).
+    cancel_written: bool,
     warned: std::collections::HashSet<String>,
 }
 
@@ -913,7 +915,7 @@ impl<S: ObjectStore> Uploader<S> {
     /// after a cancel until the Job's deadline.
     async fn check_cancel(&mut self) {
         if self.cancelled {
-            self.write_cancel_markers(true);
+            self.cancel_written = self.write_cancel_markers(self.cancel_written);
             return;
         }
         let key = self.key(&Path::new(STATUS_DIR).join(Marker::Cancel.file_name()));
@@ -922,7 +924,10 @@ impl<S: ObjectStore> Uploader<S> {
             Ok(GetOutcome::Found { etag, .. }) => {
                 self.cancel_etag = Some(etag);
                 info!("the submission is cancelled (S3 {key}): writing the local cancel markers");
-                self.cancelled = self.write_cancel_markers(false);
+                // Cancelled from now on, whether the markers could be written or not: a marker that could not be
+                // written is tried again each period (the next GET would only answer 304 on this ETag).
+                self.cancelled = true;
+                self.cancel_written = self.write_cancel_markers(false);
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "cancel check failed; retried at the next period"),
@@ -1057,6 +1062,7 @@ pub async fn run<S: ObjectStore>(cfg: UploadConfig, store: S, sync_store: S, roo
         last_write: Instant::now(),
         cancel_etag: None,
         cancelled: false,
+        cancel_written: false,
         warned: Default::default(),
         cfg,
     };

@@ -378,7 +378,7 @@ async fn a_cancel_in_s3_reaches_the_local_markers_within_a_period() {
     });
     assert!(pod.log().contains("was removed after logcopy wrote it"), "{}", pod.log());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(gets(&moto) - before <= 2, "no cancel GET once cancelled (at most a heartbeat's check)");
+    assert_eq!(gets(&moto), before, "no GET once cancelled (the heartbeat's results check is 60 s away)");
     assert_eq!(pod.sigterm(), 0);
     let all = moto.objects(BUCKET).await;
     assert!(!all.contains_key("4321/containers-status/simulation-1.cancel"), "the local markers are not uploaded");
