@@ -385,6 +385,26 @@ async fn a_cancel_in_s3_reaches_the_local_markers_within_a_period() {
 }
 
 #[tokio::test]
+async fn a_cancel_marker_that_cannot_be_written_at_first_is_written_at_a_later_period() {
+    let (moto, vol, mut pod, _) = started("cancel-unwritable", &[]).await;
+    // The status folder replaced by a file: the local markers cannot be written.
+    let status = vol.join("containers-status");
+    std::fs::rename(&status, vol.join("status-aside")).unwrap();
+    std::fs::write(&status, b"not a folder").unwrap();
+    put(&moto, "4321/containers-status/simulation.cancel", b"").await;
+    testkit::eventually_true(Duration::from_secs(10), "the failed marker write logged", || {
+        pod.log().contains("cannot write the local marker")
+    });
+    // The folder back: the markers follow within a period or two, though S3 answers the cancel GET with a 304 now.
+    std::fs::remove_file(&status).unwrap();
+    std::fs::rename(vol.join("status-aside"), &status).unwrap();
+    testkit::eventually_true(Duration::from_secs(10), "the local cancel markers, once the folder is back", || {
+        status.join("simulation.cancel").exists() && status.join("simulation-1.cancel").exists()
+    });
+    assert_eq!(pod.sigterm(), 0);
+}
+
+#[tokio::test]
 async fn restore_worker_fetches_exactly_its_keys_among_twelve_and_the_uploader_sends_none_again() {
     let moto = Moto::start("upload-restore");
     moto.setup(BUCKET, TABLE).await;
