@@ -217,6 +217,11 @@ class MakeJob(unittest.TestCase):
             ],
         )
         self.assertEqual(https[0]["ports"], [{"protocol": "TCP", "port": 443}])
+        note = "the worker pods may reach any address on 443"
+        self.assertIn(note, make_job(*ids(), "--topology", "indexed").stderr, "the open default is pointed out")
+        r = make_job(*ids(), "--topology", "indexed", "--worker-egress-cidr", "10.0.0.0/16")
+        self.assertNotIn(note, r.stderr)
+        self.assertNotIn(note, make_job(*ids()).stderr, "generation 1 has no such policy")
         monitor = docs[("NetworkPolicy", "leaderboard-submission-monitor-egress")]["spec"]["egress"][1]["to"]
         self.assertEqual(monitor, [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}])
         for bad, msg in [
