@@ -733,3 +733,69 @@ async fn a_results_object_overwritten_behind_the_owners_back_is_uploaded_again_a
     .await;
     assert_eq!(pod.sigterm(), 0);
 }
+
+/// A container restarted in place (the same pod, so the same UID) finds its own status object: it continues its
+/// generation and seq, never reads itself as a newer pod, and uploads the next change.
+#[tokio::test]
+async fn a_container_restarted_in_place_continues_its_generation_and_seq() {
+    let (moto, vol, mut pod, _) = started("in-place", &[]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pod.sigterm(), 0);
+    let (before, _) = status(&moto).await.unwrap();
+    assert!(before.ended);
+    let mut again = upload(&moto, &vol, "uid-in-place", 0, &[]);
+    std::fs::write(vol.join("agent/agent1/agent_results.json"), b"{\"_checkpoint\": {\"records\": [2]}}\n").unwrap();
+    let (after, _) = until(10, "the restarted container uploads the change", || async {
+        let (s, _) = status(&moto).await?;
+        let (body, etag) = object(&moto, "4321/agent/agent1/agent_results.json").await?;
+        (body.ends_with(b"[2]}}\n") && s.results.as_ref()?.etag == etag).then_some((s, etag))
+    })
+    .await;
+    assert_eq!(after.generation, before.generation, "the same pod keeps its generation");
+    assert!(after.seq > before.seq, "seq {} then {}", before.seq, after.seq);
+    assert!(!after.ended, "running again");
+    assert!(!again.log().contains("stale pod"), "{}", again.log());
+    assert_eq!(again.sigterm(), 0);
+}
+
+/// A shard's first pod before its evaluator wrote anything: the status object names no results object, and the
+/// results file is uploaded (and named) once it appears.
+#[tokio::test]
+async fn a_pod_without_a_results_file_yet_names_none_and_uploads_it_when_it_appears() {
+    let moto = Moto::start("upload-no-results");
+    moto.setup(BUCKET, TABLE).await;
+    let vol = pod_volume("no-results");
+    std::fs::remove_file(vol.join("agent/agent1/agent_results.json")).unwrap();
+    let mut pod = upload(&moto, &vol, "uid-no-results", 0, &[]);
+    let (first, _) = until(20, "the first status object", || async { status(&moto).await }).await;
+    assert!(first.results.is_none(), "no results object yet: {:?}", first.results);
+    assert!(object(&moto, "4321/agent/agent1/agent_results.json").await.is_none());
+    std::fs::write(vol.join("agent/agent1/agent_results.json"), b"{\"_checkpoint\": {\"records\": [3]}}\n").unwrap();
+    until(10, "the new results file uploaded and named", || async {
+        let (s, _) = status(&moto).await?;
+        let (body, etag) = object(&moto, "4321/agent/agent1/agent_results.json").await?;
+        (body.ends_with(b"[3]}}\n") && s.results.as_ref()?.etag == etag).then_some(())
+    })
+    .await;
+    assert_eq!(pod.sigterm(), 0);
+}
+
+/// An older pod's results PUT that landed after this pod took the shard over (it had not seen this pod's status
+/// yet): this pod's next upload, `If-Match` on its own last ETag, gets a 412; the status object still names this
+/// pod's generation, so it is not stale: it uploads again on the ETag it then reads, and its status names it.
+#[tokio::test]
+async fn a_failed_precondition_from_an_older_pods_write_is_uploaded_again_on_the_new_etag() {
+    let (moto, vol, mut pod, _) = started("refused", &[]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    put(&moto, "4321/agent/agent1/agent_results.json", b"{\"older pod\": true}\n").await;
+    std::fs::write(vol.join("agent/agent1/agent_results.json"), b"{\"_checkpoint\": {\"records\": [4]}}\n").unwrap();
+    until(10, "this pod's results, named by its status object", || async {
+        let (s, _) = status(&moto).await?;
+        let (body, etag) = object(&moto, "4321/agent/agent1/agent_results.json").await?;
+        (body.ends_with(b"[4]}}\n") && s.results.as_ref()?.etag == etag).then_some(())
+    })
+    .await;
+    assert!(pod.log().contains("written by another (older) pod of the shard"), "the 412 path: {}", pod.log());
+    assert!(!pod.log().contains("stale pod"), "{}", pod.log());
+    assert_eq!(pod.sigterm(), 0);
+}
