@@ -734,6 +734,18 @@ async fn a_results_object_overwritten_behind_the_owners_back_is_uploaded_again_a
     assert_eq!(pod.sigterm(), 0);
 }
 
+/// Writes worker 1's results file with record `n` and waits until S3 holds it and the status object names it.
+async fn results_change_is_named(moto: &Moto, vol: &Path, n: u32, what: &str) -> ShardStatus {
+    let body = format!("{{\"_checkpoint\": {{\"records\": [{n}]}}}}\n");
+    std::fs::write(vol.join("agent/agent1/agent_results.json"), &body).unwrap();
+    until(10, what, || async {
+        let (s, _) = status(moto).await?;
+        let (got, etag) = object(moto, "4321/agent/agent1/agent_results.json").await?;
+        (got == body.as_bytes() && s.results.as_ref()?.etag == etag).then_some(s)
+    })
+    .await
+}
+
 /// A container restarted in place (the same pod, so the same UID) finds its own status object: it continues its
 /// generation and seq, never reads itself as a newer pod, and uploads the next change.
 #[tokio::test]
@@ -744,13 +756,7 @@ async fn a_container_restarted_in_place_continues_its_generation_and_seq() {
     let (before, _) = status(&moto).await.unwrap();
     assert!(before.ended);
     let mut again = upload(&moto, &vol, "uid-in-place", 0, &[]);
-    std::fs::write(vol.join("agent/agent1/agent_results.json"), b"{\"_checkpoint\": {\"records\": [2]}}\n").unwrap();
-    let (after, _) = until(10, "the restarted container uploads the change", || async {
-        let (s, _) = status(&moto).await?;
-        let (body, etag) = object(&moto, "4321/agent/agent1/agent_results.json").await?;
-        (body.ends_with(b"[2]}}\n") && s.results.as_ref()?.etag == etag).then_some((s, etag))
-    })
-    .await;
+    let after = results_change_is_named(&moto, &vol, 2, "the restarted container uploads the change").await;
     assert_eq!(after.generation, before.generation, "the same pod keeps its generation");
     assert!(after.seq > before.seq, "seq {} then {}", before.seq, after.seq);
     assert!(!after.ended, "running again");
@@ -770,13 +776,7 @@ async fn a_pod_without_a_results_file_yet_names_none_and_uploads_it_when_it_appe
     let (first, _) = until(20, "the first status object", || async { status(&moto).await }).await;
     assert!(first.results.is_none(), "no results object yet: {:?}", first.results);
     assert!(object(&moto, "4321/agent/agent1/agent_results.json").await.is_none());
-    std::fs::write(vol.join("agent/agent1/agent_results.json"), b"{\"_checkpoint\": {\"records\": [3]}}\n").unwrap();
-    until(10, "the new results file uploaded and named", || async {
-        let (s, _) = status(&moto).await?;
-        let (body, etag) = object(&moto, "4321/agent/agent1/agent_results.json").await?;
-        (body.ends_with(b"[3]}}\n") && s.results.as_ref()?.etag == etag).then_some(())
-    })
-    .await;
+    results_change_is_named(&moto, &vol, 3, "the new results file uploaded and named").await;
     assert_eq!(pod.sigterm(), 0);
 }
 
@@ -788,13 +788,7 @@ async fn a_failed_precondition_from_an_older_pods_write_is_uploaded_again_on_the
     let (moto, vol, mut pod, _) = started("refused", &[]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     put(&moto, "4321/agent/agent1/agent_results.json", b"{\"older pod\": true}\n").await;
-    std::fs::write(vol.join("agent/agent1/agent_results.json"), b"{\"_checkpoint\": {\"records\": [4]}}\n").unwrap();
-    until(10, "this pod's results, named by its status object", || async {
-        let (s, _) = status(&moto).await?;
-        let (body, etag) = object(&moto, "4321/agent/agent1/agent_results.json").await?;
-        (body.ends_with(b"[4]}}\n") && s.results.as_ref()?.etag == etag).then_some(())
-    })
-    .await;
+    results_change_is_named(&moto, &vol, 4, "this pod's results, named by its status object").await;
     assert!(pod.log().contains("written by another (older) pod of the shard"), "the 412 path: {}", pod.log());
     assert!(!pod.log().contains("stale pod"), "{}", pod.log());
     assert_eq!(pod.sigterm(), 0);
