@@ -64,7 +64,34 @@ impl Method {
 pub struct Request {
     pub method: Method,
     pub path: String,
-    pub body: Option<String>,
+    pub body: Option<Body>,
+}
+
+/// A request's JSON body, shared: a retry, a transport's copy or a record of it costs no copy of the bytes (an update
+/// carries the merged file, 14 MB at 10,000 routes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body(bytes::Bytes);
+
+impl Body {
+    /// `value` as JSON, written into a buffer of `size_hint` bytes (the sum of the strings it carries, a margin for
+    /// their escapes): growing a 14 MB body by doubling kept up to twice its size.
+    pub fn json(value: &impl Serialize, size_hint: usize) -> Body {
+        let mut buf = Vec::with_capacity(size_hint);
+        // Writing our own structs of strings and numbers into a Vec cannot fail.
+        serde_json::to_writer(&mut buf, value).expect("a JSON body serialises");
+        Body(buf.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Built from JSON text or a String: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl From<String> for Body {
+    fn from(s: String) -> Body {
+        Body(s.into())
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -159,7 +186,7 @@ impl Transport for HttpTransport {
             .header("Authorization", format!("Bearer {}", self.token.expose()))
             .header("Accept", "application/json");
         if let Some(body) = &req.body {
-            rb = rb.header("Content-Type", "application/json").body(body.clone());
+            rb = rb.header("Content-Type", "application/json").body(body.0.clone());
         }
         let classify = |e: reqwest::Error| {
             // Without the URL: it may carry credentials (`http://user:pass@host`). The token is in a header.
@@ -589,9 +616,7 @@ impl<T: Transport> EvalAiSink<T> {
             self.refresh(events).await;
             return;
         }
-        let body =
-            serde_json::to_string(&StartPatch { submission: self.cfg.submission_id, submission_status: "running" })
-                .unwrap_or_default();
+        let body = Body::json(&StartPatch { submission: self.cfg.submission_id, submission_status: "running" }, 64);
         let path = self.partial_path();
         let patch = |st: &Status| {
             st.wants_start().then(|| Request { method: Method::Patch, path: path.clone(), body: Some(body.clone()) })
@@ -608,7 +633,7 @@ impl<T: Transport> EvalAiSink<T> {
     /// One partial update: a status GET right before it, then the PUT unless the GET says stop.
     async fn publish(&mut self, seq: u64, outputs: &Outputs, events: &mpsc::Sender<SinkEvent>) {
         self.last_pair = Some(Instant::now());
-        let body = serde_json::to_string(&PartialUpdate {
+        let update = PartialUpdate {
             submission: self.cfg.submission_id,
             submission_status: "PARTIALLY_EVALUATED",
             challenge_phase: self.cfg.track_id,
@@ -616,8 +641,9 @@ impl<T: Transport> EvalAiSink<T> {
             result: &outputs.results,
             stderr: &outputs.stderr,
             metadata: &outputs.merged,
-        })
-        .unwrap_or_default();
+        };
+        let body =
+            Body::json(&update, body_size_hint(&[&outputs.stdout, &outputs.results, &outputs.stderr, &outputs.merged]));
         let path = self.partial_path();
         let put = |st: &Status| {
             (!st.is_terminal()).then(|| Request { method: Method::Put, path: path.clone(), body: Some(body.clone()) })
@@ -668,7 +694,7 @@ impl<T: Transport> EvalAiSink<T> {
             let mut chosen = proposed;
             let put = |st: &Status| {
                 chosen = if st.is_cancelled() { FinalStatus::Cancelled } else { proposed };
-                let body = serde_json::to_string(&FinalUpdate {
+                let update = FinalUpdate {
                     submission: submission.clone(),
                     challenge_phase: phase.clone(),
                     submission_status: chosen.as_str(),
@@ -677,8 +703,9 @@ impl<T: Transport> EvalAiSink<T> {
                     stderr: &o.stderr,
                     environment_log: &o.environment_log,
                     metadata: &o.merged,
-                })
-                .unwrap_or_default();
+                };
+                let strings = [&o.results, &o.stdout, &o.stderr, &o.environment_log, &o.merged];
+                let body = Body::json(&update, body_size_hint(&strings));
                 Some(Request { method: Method::Put, path: path.clone(), body: Some(body) })
             };
             let outcome = self.guarded("final status PUT", events, put).await;
@@ -748,6 +775,14 @@ impl<T: Transport> EvalAiSink<T> {
     fn status_at(&mut self, now: Instant) -> Instant {
         self.next_status.max(self.budget.ready_at(now, 3))
     }
+}
+
+/// The size to reserve for an update's body: its strings, an eighth more for the escapes of the JSON text they are
+/// (quotes and line ends in the merged file, the summary's lines), and the fields' names. An estimate: a body that
+/// outgrows it is reallocated once, as before.
+fn body_size_hint(strings: &[&String]) -> usize {
+    let text: usize = strings.iter().map(|s| s.len()).sum();
+    text + text / 8 + 512
 }
 
 fn parse_status(resp: &Response) -> Result<Status, RequestError> {

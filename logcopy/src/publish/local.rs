@@ -15,7 +15,7 @@
 //! A refused host token, as EvalAI answers a wrong or revoked one: while the file `OUT/evalai-refuse-token` exists,
 //! every request is recorded and answered 401 (`{"detail": "Invalid token."}`).
 
-use super::evalai::{Method, Request, Response, Transport, TransportError};
+use super::evalai::{Body, Method, Request, Response, Transport, TransportError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -77,7 +77,7 @@ impl LocalTransport {
             serde_json::Value::from(req.method.as_str()),
             serde_json::Value::from(req.path.as_str())
         );
-        let body: std::borrow::Cow<'_, str> = match req.body.as_deref() {
+        let body: std::borrow::Cow<'_, str> = match req.body.as_ref().map(Body::as_str) {
             Some(b) if serde_json::from_str::<serde::de::IgnoredAny>(b).is_ok() => b.into(),
             Some(b) => serde_json::Value::String(b.into()).to_string().into(),
             None => "null".into(),
@@ -115,10 +115,10 @@ impl Transport for LocalTransport {
         // Only the status is read: the rest of the body (a 14 MB merged file at 10,000 routes) is skipped, never
         // parsed into a tree.
         #[derive(serde::Deserialize)]
-        struct Body {
+        struct StatusOnly {
             submission_status: Option<String>,
         }
-        let body: Option<Body> = req.body.as_deref().and_then(|b| serde_json::from_str(b).ok());
+        let body: Option<StatusOnly> = req.body.as_ref().and_then(|b| serde_json::from_str(b.as_str()).ok());
         let new_status = body.and_then(|b| b.submission_status).map(|s| s.to_lowercase());
         let Some(status) = new_status.filter(|s| accepted(req.method, &req.path).contains(&s.as_str())) else {
             let body = serde_json::json!({"error": "Sorry, submission status is invalid"});
@@ -140,7 +140,7 @@ mod tests {
     use super::*;
 
     fn req(method: Method, body: Option<&str>) -> Request {
-        Request { method, path: "/api/jobs/submission/1".into(), body: body.map(String::from) }
+        Request { method, path: "/api/jobs/submission/1".into(), body: body.map(|b| Body::from(b.to_string())) }
     }
 
     async fn status(t: &LocalTransport) -> String {
@@ -153,7 +153,7 @@ mod tests {
         Request {
             method: Method::Put,
             path: "/api/jobs/challenges/1/update_partially_evaluated_submission/".into(),
-            body: Some(format!(r#"{{"submission_status":"{status}"}}"#)),
+            body: Some(format!(r#"{{"submission_status":"{status}"}}"#).into()),
         }
     }
 

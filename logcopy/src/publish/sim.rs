@@ -113,7 +113,7 @@ impl SimEvalAi {
             };
         }
         let body: serde_json::Value =
-            req.body.as_deref().and_then(|b| serde_json::from_str(b).ok()).unwrap_or_default();
+            req.body.as_ref().and_then(|b| serde_json::from_str(b.as_str()).ok()).unwrap_or_default();
         if let Some(s) = body.get("submission_status").and_then(|s| s.as_str()) {
             st.status = s.to_lowercase();
             if st.status == "running" {
@@ -131,7 +131,7 @@ impl Transport for SimEvalAi {
             let i = st.faults.iter().position(|(m, _)| m.is_none_or(|m| m == req.method));
             let fault = i.and_then(|i| st.faults.remove(i)).map(|(_, f)| f);
             let body: serde_json::Value =
-                req.body.as_deref().and_then(|b| serde_json::from_str(b).ok()).unwrap_or_default();
+                req.body.as_ref().and_then(|b| serde_json::from_str(b.as_str()).ok()).unwrap_or_default();
             let field = |k: &str| body.get(k).and_then(|s| s.as_str()).map(str::to_string);
             st.log.push(Seen {
                 at: Instant::now(),
