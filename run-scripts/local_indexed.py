@@ -129,8 +129,7 @@ class K8sPod:
         self.started = time.monotonic()
         self.wall_started = time.time()
         self.term_at = None
-        self.evicting = False
-        self.deleting = False  # deleted with the worker Job after the monitor ended
+        self.stopped_as = None  # "evicted" or "deleted": stopped from outside (SIGTERM, grace), its result then
         self.sidecar_signalled = False  # the native sidecar (uploader) has had its SIGTERM
         self.ignore = False  # a pod the controller no longer follows (stale, lost)
 
@@ -433,7 +432,7 @@ class IndexedJob:
             # Kubernetes' order: the native sidecar is signalled only once the main containers have exited (an
             # eviction's grace period runs from its start: what the mains used is not the sidecar's).
             p.sidecar_signalled = True
-            if p.evicting:
+            if p.stopped_as:
                 self.event(f"worker {p.index}: pod {p.n}'s main containers exited: SIGTERM to its uploader")
             self.signal_pod(p, signal.SIGTERM, ["uploader"])
         if p.phase == "terminating":
@@ -443,11 +442,8 @@ class IndexedJob:
                 self.kill_pod(p)
             if up.end is not None or now - p.term_at > self.grace + 1:
                 self.kill_pod(p)
-                if p.evicting:
-                    self.pod_ended(p, "evicted")
-                    return
-                if p.deleting:
-                    self.pod_ended(p, "deleted")
+                if p.stopped_as:
+                    self.pod_ended(p, p.stopped_as)
                     return
                 rcs = [m.rc for m in mains]
                 if all(rc == 0 for rc in rcs):
@@ -479,10 +475,7 @@ class IndexedJob:
                     self.pod_ended(p, "lost")
                 elif flag == "evict_pod":
                     self.event(f"worker {w}: pod {p.n} evicted (SIGTERM to the main containers, then the sidecar)")
-                    p.evicting = True
-                    p.phase = "terminating"
-                    p.term_at = now
-                    self.signal_pod(p, signal.SIGTERM, ["simulator", "agent"])
+                    self.stop_pod(p, now, "evicted")
                 elif flag == "stale_pod":
                     self.event(f"worker {w}: pod {p.n} partitioned: a replacement starts beside it")
                     p.ignore = True
@@ -589,20 +582,25 @@ class IndexedJob:
             if p.phase not in ("init", "running"):
                 continue
             self.event(f"worker {p.index}: pod {p.n} deleted with the worker Job (SIGTERM, grace period)")
-            p.deleting = True
             if p.phase == "init":
                 # Its init container (restore) is killed at once: the model gives no grace period to an init step.
                 self.kill_pod(p)
                 self.pod_ended(p, "deleted")
             else:
-                p.phase = "terminating"
-                p.term_at = now
-                self.signal_pod(p, signal.SIGTERM, ["simulator", "agent"])
+                self.stop_pod(p, now, "deleted")
         self.step_pods_until(time.monotonic() + self.grace + 5)
         for p in self.pods:
             self.kill_pod(p)
         self.pod.reap()
         return self.report(monitor)
+
+    def stop_pod(self, p, now, result):
+        """A pod stopped from outside (an eviction, the Job's deletion): SIGTERM to its main containers, its sidecar
+        after they exit (step_pod), all within one grace period; it ends with `result`."""
+        p.stopped_as = result
+        p.phase = "terminating"
+        p.term_at = now
+        self.signal_pod(p, signal.SIGTERM, ["simulator", "agent"])
 
     def step_pods_until(self, deadline):
         while any(p.phase not in ("ended", "killed") for p in self.pods) and time.monotonic() < deadline:
